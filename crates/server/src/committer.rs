@@ -1,0 +1,136 @@
+//! Group commit: one task takes every write that is waiting, applies them in
+//! one transaction, then routes the new messages and answers the writers.
+//!
+//! While a batch commits, the next one gathers, so the busier the server the
+//! bigger the batches and the cheaper each message's durability. Messages are
+//! routed in commit order, before any sender hears its ACK.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Store, StoreError, StoreResult, WriteOp, WriteOutcome};
+
+/// Told about every committed outcome, in commit order.
+pub trait Dispatch: Send + Sync {
+    /// Called once per op after its batch committed.
+    fn committed(&self, outcome: &WriteOutcome);
+}
+
+struct Job {
+    op: WriteOp,
+    reply: Option<oneshot::Sender<StoreResult<WriteOutcome>>>,
+}
+
+/// Handle for submitting writes.
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Job>,
+}
+
+/// The running committer task.
+pub struct CommitTask {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl CommitTask {
+    /// Refuses new writes, commits those already queued, and waits.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+impl Committer {
+    /// Starts the committer task.
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        dispatch: Arc<dyn Dispatch>,
+        max_batch: usize,
+        queue: usize,
+    ) -> (Committer, CommitTask) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(run(store, dispatch, rx, max_batch.max(1), stop.clone()));
+        (Committer { tx }, CommitTask { stop, handle })
+    }
+
+    /// Submits a write and waits until it is durable.
+    pub async fn submit(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job {
+                op,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Submits a write without waiting for it (delivery confirmations).
+    pub async fn submit_detached(&self, op: WriteOp) -> StoreResult<()> {
+        self.tx
+            .send(Job { op, reply: None })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    dispatch: Arc<dyn Dispatch>,
+    mut rx: mpsc::Receiver<Job>,
+    max_batch: usize,
+    stop: CancellationToken,
+) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+    loop {
+        let first = tokio::select! {
+            biased;
+            j = rx.recv() => j,
+            _ = stop.cancelled() => {
+                // Stop taking new writes; what is queued still commits.
+                rx.close();
+                rx.recv().await
+            }
+        };
+        let Some(first) = first else { break };
+        jobs.push(first);
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let (ops, replies): (Vec<WriteOp>, Vec<_>) =
+            jobs.drain(..).map(|j| (j.op, j.reply)).unzip();
+        let n = ops.len();
+        match store.commit(ops).await {
+            Ok(outcomes) => {
+                for o in &outcomes {
+                    dispatch.committed(o);
+                }
+                for (reply, o) in replies.into_iter().zip(outcomes) {
+                    if let Some(r) = reply {
+                        let _ = r.send(Ok(o));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = n, "group commit failed; writers get errno 10");
+                for reply in replies {
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(StoreError::Unavailable(sqlx::Error::Protocol(
+                            format!("batch failed: {e}"),
+                        ))));
+                    }
+                }
+            }
+        }
+    }
+    tracing::debug!("committer stopped");
+}

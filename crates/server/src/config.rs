@@ -1,0 +1,119 @@
+//! Server tuning. `chat-server` fills this from flags and environment
+//! variables; tests build it directly. Defaults follow the protocol.
+
+use std::time::Duration;
+
+use chat_protocol::limits;
+
+/// Field limits enforced on every request (errno 6 when broken).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// User names: 1..=this many characters.
+    pub name_chars: usize,
+    /// Passwords: 1..=this many bytes.
+    pub password_bytes: usize,
+    /// Group names: 1..=this many characters.
+    pub group_name_chars: usize,
+    /// Group descriptions: up to this many characters.
+    pub group_desc_chars: usize,
+    /// Message text: 1..=this many bytes.
+    pub msg_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            name_chars: limits::MAX_NAME_CHARS,
+            password_bytes: limits::MAX_PASSWORD_BYTES,
+            group_name_chars: limits::MAX_GROUP_NAME_CHARS,
+            group_desc_chars: limits::MAX_GROUP_DESC_CHARS,
+            msg_bytes: limits::MAX_MSG_BYTES,
+        }
+    }
+}
+
+/// argon2id cost. The default is OWASP's recommendation (19 MiB, 2 passes).
+#[derive(Debug, Clone)]
+pub struct HashCost {
+    /// Memory in KiB.
+    pub m_kib: u32,
+    /// Passes.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+    /// Hashes computed at once; more wait in line.
+    pub concurrency: usize,
+    /// Hashes allowed to wait in line before LOGIN/REG get errno 10.
+    pub queue: usize,
+}
+
+impl Default for HashCost {
+    fn default() -> Self {
+        HashCost {
+            m_kib: 19 * 1024,
+            t: 2,
+            p: 1,
+            concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            queue: 1024,
+        }
+    }
+}
+
+/// Everything a server instance needs besides its listener, store and bus.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Longest client frame in bytes.
+    pub max_frame: usize,
+    /// Open connections at most; more are told errno 10 and closed.
+    pub max_connections: usize,
+    /// Frames queued for one client before it counts as too slow and is dropped.
+    pub outbound_queue: usize,
+    /// Requests one connection may have in flight (pipelined).
+    pub max_inflight: usize,
+    /// Sustained frames per second per connection; 0 turns limiting off.
+    pub rate_limit: u32,
+    /// Burst allowance on top of `rate_limit`.
+    pub rate_burst: u32,
+    /// A connection that is not logged in is closed after this long idle.
+    pub login_idle_timeout: Duration,
+    /// Lifetime of level-2 login tokens.
+    pub token_ttl: Duration,
+    /// How long shutdown waits for connections to flush.
+    pub shutdown_grace: Duration,
+    /// Password hashing cost.
+    pub hash: HashCost,
+    /// Largest group-commit batch.
+    pub commit_batch: usize,
+    /// Writes waiting for the committer before senders wait.
+    pub commit_queue: usize,
+    /// Offline messages put inside a level-1 login ack; the rest follow as pushes.
+    pub l1_offline_in_ack: usize,
+    /// Rows per page when replaying undelivered messages.
+    pub backlog_page: i64,
+    /// Field limits.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_frame: limits::MAX_FRAME,
+            max_connections: 10_000,
+            outbound_queue: 1024,
+            max_inflight: 64,
+            rate_limit: 5_000,
+            rate_burst: 5_000,
+            login_idle_timeout: Duration::from_secs(300),
+            token_ttl: Duration::from_secs(14 * 24 * 3600),
+            shutdown_grace: Duration::from_secs(5),
+            hash: HashCost::default(),
+            commit_batch: 1024,
+            commit_queue: 16_384,
+            l1_offline_in_ack: 100,
+            backlog_page: 256,
+            limits: Limits::default(),
+        }
+    }
+}

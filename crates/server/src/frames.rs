@@ -1,0 +1,227 @@
+//! Encoding of every server-to-client frame. Each function returns the frame's
+//! bytes with the trailing LF, ready for a connection's outbound queue.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use chat_protocol::{msgid, time::format_utc, Errno};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use crate::error::ServiceError;
+use crate::store::{StoredMessage, Target, UserId};
+
+fn finish(v: &Value) -> Bytes {
+    let mut out = serde_json::to_vec(v).expect("a JSON value always serialises");
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+/// A failed request: LOGIN and REG failures come back in their own ack type,
+/// everything else as ERROR with `re` naming the failed msgid.
+pub fn failure(re: Option<i64>, reqid: Option<&Value>, err: &ServiceError) -> Bytes {
+    let mut m = Map::new();
+    let kind = match re {
+        Some(msgid::LOGIN) => msgid::LOGIN_ACK,
+        Some(msgid::REG) => msgid::REG_ACK,
+        _ => msgid::ERROR,
+    };
+    m.insert("msgid".into(), kind.into());
+    m.insert("errno".into(), err.errno.code().into());
+    m.insert("errmsg".into(), err.msg.as_ref().into());
+    if let Some(r) = reqid {
+        m.insert("reqid".into(), r.clone());
+    }
+    if kind == msgid::ERROR {
+        if let Some(re) = re {
+            m.insert("re".into(), re.into());
+        }
+    }
+    finish(&Value::Object(m))
+}
+
+/// A level-2 ACK with optional result fields.
+pub fn ack(re: i64, reqid: Option<&Value>, extra: Vec<(&'static str, Value)>) -> Bytes {
+    let mut m = Map::new();
+    m.insert("msgid".into(), msgid::ACK.into());
+    m.insert("re".into(), re.into());
+    m.insert("errno".into(), 0.into());
+    if let Some(r) = reqid {
+        m.insert("reqid".into(), r.clone());
+    }
+    for (k, v) in extra {
+        m.insert(k.into(), v);
+    }
+    finish(&Value::Object(m))
+}
+
+/// REG_ACK on success (the connection adds `reqid`).
+pub fn reg_ack(id: UserId) -> Value {
+    json!({"msgid": msgid::REG_ACK, "errno": 0, "id": id})
+}
+
+/// PONG (the connection adds `reqid`).
+pub fn pong() -> Value {
+    json!({"msgid": msgid::PONG})
+}
+
+/// A reply frame of its own kind, with the request's `reqid` echoed.
+pub fn with_reqid(mut v: Value, reqid: Option<&Value>) -> Bytes {
+    if let (Some(r), Value::Object(m)) = (reqid, &mut v) {
+        m.insert("reqid".into(), r.clone());
+    }
+    finish(&v)
+}
+
+/// PRESENCE for level-2 friends.
+pub fn presence(id: UserId, online: bool) -> Bytes {
+    finish(&json!({"msgid": msgid::PRESENCE, "id": id, "state": state(online)}))
+}
+
+/// KICKED, just before the server closes a replaced session.
+pub fn kicked() -> Bytes {
+    finish(
+        &json!({"msgid": msgid::KICKED, "errmsg": "you logged in somewhere else; this session is closed"}),
+    )
+}
+
+/// A connection over the server's cap.
+pub fn server_full() -> Bytes {
+    failure(
+        None,
+        None,
+        &ServiceError::busy("server is full, retry later"),
+    )
+}
+
+/// `"online"` or `"offline"`.
+pub fn state(online: bool) -> &'static str {
+    if online {
+        "online"
+    } else {
+        "offline"
+    }
+}
+
+/// A pushed chat frame, field order as the classic server writes it.
+#[derive(Serialize)]
+struct ChatFrame<'a> {
+    msgid: i64,
+    id: UserId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    userid: Option<UserId>,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    toid: Option<UserId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groupid: Option<i64>,
+    msg: &'a str,
+    time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mid: Option<i64>,
+}
+
+fn chat_frame(m: &StoredMessage, with_mid: bool) -> ChatFrame<'_> {
+    let (toid, groupid, userid) = match m.target {
+        Target::User(u) => (Some(u), None, None),
+        Target::Group(g) => (None, Some(g), Some(m.sender)),
+    };
+    ChatFrame {
+        msgid: m.target.kind(),
+        id: m.sender,
+        userid,
+        name: &m.sender_name,
+        toid,
+        groupid,
+        msg: &m.body,
+        time: format_utc(m.time),
+        mid: with_mid.then_some(m.mid),
+    }
+}
+
+/// A stored message as a JSON object with `mid` (HISTORY entries).
+pub fn history_entry(m: &StoredMessage) -> Value {
+    serde_json::to_value(chat_frame(m, true)).expect("chat frames serialise")
+}
+
+/// One message encoded once for all its recipients: the level-1 frame is the
+/// same for everyone; level 2 only appends the recipient's `seq`.
+#[derive(Debug)]
+pub struct PushBody {
+    /// The stored message.
+    pub message: std::sync::Arc<StoredMessage>,
+    l1: Bytes,
+    l2_prefix: Bytes,
+}
+
+impl PushBody {
+    /// Encodes a stored message.
+    pub fn new(message: std::sync::Arc<StoredMessage>) -> Self {
+        let mut l1 =
+            serde_json::to_vec(&chat_frame(&message, false)).expect("chat frames serialise");
+        l1.push(b'\n');
+        let mut l2 =
+            serde_json::to_vec(&chat_frame(&message, true)).expect("chat frames serialise");
+        l2.pop(); // the closing brace; `seq` goes there
+        PushBody {
+            message,
+            l1: Bytes::from(l1),
+            l2_prefix: Bytes::from(l2),
+        }
+    }
+
+    /// The classic frame, LF-terminated.
+    pub fn level1(&self) -> Bytes {
+        self.l1.clone()
+    }
+
+    /// The classic frame without its LF, as the level-1 login ack embeds it.
+    pub fn level1_text(&self) -> &str {
+        std::str::from_utf8(&self.l1[..self.l1.len() - 1]).expect("serde_json writes UTF-8")
+    }
+
+    /// The level-2 frame: classic fields plus `mid` and this recipient's `seq`.
+    pub fn level2(&self, seq: i64) -> Bytes {
+        let mut b = BytesMut::with_capacity(self.l2_prefix.len() + 32);
+        b.put_slice(&self.l2_prefix);
+        b.put_slice(b",\"seq\":");
+        b.put_slice(seq.to_string().as_bytes());
+        b.put_slice(b"}\n");
+        b.freeze()
+    }
+}
+
+/// Encodes a finished JSON value (for login acks built by the auth module).
+pub fn value(v: &Value) -> Bytes {
+    finish(v)
+}
+
+/// errno 6 for frames that are not requests at all.
+pub fn malformed(msg: &'static str) -> Bytes {
+    failure(None, None, &ServiceError::new(Errno::Malformed, msg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn push_frames_keep_the_classic_shape() {
+        let m = Arc::new(StoredMessage {
+            mid: 9,
+            sender: 1,
+            sender_name: "li \"lei\"".into(),
+            target: Target::Group(3),
+            body: "你好".into(),
+            time: 0,
+        });
+        let p = PushBody::new(m);
+        assert_eq!(
+            p.level1_text(),
+            r#"{"msgid":10,"id":1,"userid":1,"name":"li \"lei\"","groupid":3,"msg":"你好","time":"1970-01-01 00:00:00"}"#
+        );
+        let l2: Value = serde_json::from_slice(&p.level2(42)).unwrap();
+        assert_eq!(l2["mid"], 9);
+        assert_eq!(l2["seq"], 42);
+        assert_eq!(l2["groupid"], 3);
+    }
+}

@@ -1,0 +1,174 @@
+//! `chat-server`: runs one clusterchat node.
+//!
+//! With no arguments it listens on 127.0.0.1:6000 and keeps its data in
+//! `./clusterchat.db` (SQLite, WAL), creating and migrating it as needed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use clusterchat::config::{Config, HashCost};
+use clusterchat::store::{self, StoreOptions};
+use clusterchat::Node;
+use tokio_util::sync::CancellationToken;
+
+/// SQLite durability.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Synchronous {
+    /// fsync at every commit: a message that was ACKed survives power loss.
+    Full,
+    /// fsync at checkpoints only: survives a crash of the server, not of the machine.
+    Normal,
+}
+
+/// The clusterchat server.
+#[derive(Debug, Parser)]
+#[command(name = "chat-server", version, about, long_about = None)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:6000")]
+    listen: SocketAddr,
+
+    /// Database URL: sqlite://PATH (created if missing).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://clusterchat.db")]
+    database_url: String,
+
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `clusterchat=debug`).
+    #[arg(long, env = "CHAT_LOG", default_value = "info")]
+    log: String,
+
+    /// Most open client connections; more are refused with errno 10.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+
+    /// Longest client frame in bytes; longer ones get errno 8 and a close.
+    #[arg(long, env = "CHAT_MAX_FRAME", default_value_t = chat_protocol::limits::MAX_FRAME)]
+    max_frame: usize,
+
+    /// Frames queued for one client before it counts as too slow and is disconnected.
+    #[arg(long, env = "CHAT_OUTBOUND_QUEUE", default_value_t = 1024)]
+    outbound_queue: usize,
+
+    /// Sustained requests per second per connection (errno 9 beyond); 0 = unlimited.
+    #[arg(long, env = "CHAT_RATE_LIMIT", default_value_t = 5_000)]
+    rate_limit: u32,
+
+    /// Requests per connection allowed at once above the sustained rate.
+    #[arg(long, env = "CHAT_RATE_BURST", default_value_t = 5_000)]
+    rate_burst: u32,
+
+    /// Seconds a connection may stay idle without logging in.
+    #[arg(long, env = "CHAT_LOGIN_IDLE_SECS", default_value_t = 300)]
+    login_idle_secs: u64,
+
+    /// Lifetime of level-2 login tokens, in days.
+    #[arg(long, env = "CHAT_TOKEN_TTL_DAYS", default_value_t = 14)]
+    token_ttl_days: u64,
+
+    /// Seconds shutdown waits for connections to flush and log out.
+    #[arg(long, env = "CHAT_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
+    shutdown_grace_secs: u64,
+
+    /// argon2id memory cost in KiB (OWASP: 19456).
+    #[arg(long, env = "CHAT_ARGON2_M_KIB", default_value_t = 19 * 1024)]
+    argon2_m_kib: u32,
+
+    /// argon2id passes.
+    #[arg(long, env = "CHAT_ARGON2_T", default_value_t = 2)]
+    argon2_t: u32,
+
+    /// Database connections for reads.
+    #[arg(long, env = "CHAT_POOL_SIZE", default_value_t = 4)]
+    pool_size: u32,
+
+    /// SQLite durability: `full` fsyncs every group commit.
+    #[arg(long, env = "CHAT_SQLITE_SYNCHRONOUS", value_enum, default_value_t = Synchronous::Full)]
+    sqlite_synchronous: Synchronous,
+
+    /// Most writes in one group commit.
+    #[arg(long, env = "CHAT_COMMIT_BATCH", default_value_t = 1024)]
+    commit_batch: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log)
+                .with_context(|| format!("bad --log filter {:?}", args.log))?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = Config {
+        max_frame: args.max_frame,
+        max_connections: args.max_connections,
+        outbound_queue: args.outbound_queue,
+        rate_limit: args.rate_limit,
+        rate_burst: args.rate_burst,
+        login_idle_timeout: Duration::from_secs(args.login_idle_secs),
+        token_ttl: Duration::from_secs(args.token_ttl_days * 24 * 3600),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        hash: HashCost {
+            m_kib: args.argon2_m_kib,
+            t: args.argon2_t,
+            ..HashCost::default()
+        },
+        commit_batch: args.commit_batch,
+        ..Config::default()
+    };
+    let opts = StoreOptions {
+        pool_size: args.pool_size,
+        sqlite_synchronous_full: matches!(args.sqlite_synchronous, Synchronous::Full),
+    };
+    let store = store::open(&args.database_url, &opts)
+        .await
+        .with_context(|| format!("cannot open database {}", args.database_url))?;
+    let node = Node::single(cfg, store)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        database = %args.database_url,
+        max_connections = args.max_connections,
+        "clusterchat server ready"
+    );
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    node.run(listener, shutdown).await
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn signals(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    shutdown.cancel();
+}

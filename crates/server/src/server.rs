@@ -1,0 +1,117 @@
+//! A server node: its shared state, the accept loop, and graceful shutdown.
+//!
+//! [`Node::run`] takes a listener that is already bound, so tests bind
+//! `127.0.0.1:0` and run several nodes in one process.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::{local::LocalBus, Bus};
+use crate::committer::{CommitTask, Committer};
+use crate::config::Config;
+use crate::frames;
+use crate::password::Passwords;
+use crate::service::{BusDispatch, Shared};
+use crate::sessions::Sessions;
+use crate::store::Store;
+
+/// A configured node, ready to serve.
+pub struct Node {
+    shared: Arc<Shared>,
+    commit: CommitTask,
+}
+
+impl Node {
+    /// A node whose bus `make_bus` builds over the node's sessions.
+    pub fn new(
+        cfg: Config,
+        store: Arc<dyn Store>,
+        make_bus: impl FnOnce(Arc<Sessions>) -> Arc<dyn Bus>,
+    ) -> anyhow::Result<Node> {
+        let passwords = Passwords::new(&cfg.hash)?;
+        let sessions = Arc::new(Sessions::default());
+        let bus = make_bus(sessions.clone());
+        let (committer, commit) = Committer::spawn(
+            store.clone(),
+            Arc::new(BusDispatch(bus.clone())),
+            cfg.commit_batch,
+            cfg.commit_queue,
+        );
+        let shared = Arc::new(Shared::new(cfg, store, committer, bus, sessions, passwords));
+        Ok(Node { shared, commit })
+    }
+
+    /// A single node with the in-process bus.
+    pub fn single(cfg: Config, store: Arc<dyn Store>) -> anyhow::Result<Node> {
+        Self::new(cfg, store, |s| Arc::new(LocalBus::new(s)))
+    }
+
+    /// The node's shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Accepts connections until `shutdown` fires, then stops accepting, lets
+    /// connections flush and log out (bounded by the grace period), and
+    /// commits what is queued.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let sh = self.shared;
+        let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(sh.cfg.max_connections.max(1)));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok((sock, peer)) => match slots.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            tracker.spawn(crate::connection::serve(sock, peer, sh.clone(), shutdown.clone(), permit));
+                        }
+                        Err(_) => {
+                            tracing::warn!(%peer, max = sh.cfg.max_connections, "connection limit reached; refusing");
+                            tracker.spawn(refuse(sock));
+                        }
+                    },
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        tracing::info!(
+            connections = tracker.len(),
+            "shutting down: no longer accepting"
+        );
+        tracker.close();
+        let grace = sh.cfg.shutdown_grace + std::time::Duration::from_secs(2);
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                left = tracker.len(),
+                "connections still open after the grace period"
+            );
+        }
+        self.commit.shutdown().await;
+        sh.store.close().await;
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+async fn refuse(mut sock: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let _ = sock.write_all(&frames::server_full()).await;
+        let _ = sock.shutdown().await;
+    })
+    .await;
+}

@@ -1,0 +1,129 @@
+//! ONE_CHAT, GROUP_CHAT, DELIVERED and HISTORY.
+
+use std::sync::Arc;
+
+use chat_protocol::{limits, msgid, time::unix_now, Errno};
+use serde_json::Value;
+
+use super::{HandlerResult, Pending, Reply, Session, Shared};
+use crate::error::ServiceError;
+use crate::frames;
+use crate::request::{check_bytes, Request};
+use crate::store::{Conversation, NewMessage, Target, WriteOp, WriteOutcome};
+
+/// ONE_CHAT / GROUP_CHAT: validate, hand to the group commit, ACK with the mid
+/// once the message is durable (routing happens in the committer).
+pub fn send(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, ServiceError> {
+    req.check_self(s.user)?;
+    let target = if req.msgid == msgid::ONE_CHAT {
+        Target::User(req.int_or("toid", "to")?)
+    } else {
+        Target::Group(req.int("groupid")?)
+    };
+    let body = req.str("msg")?;
+    check_bytes("msg", body, 1, sh.cfg.limits.msg_bytes)?;
+    let cmid = req.opt_str("cmid")?;
+    if let Some(c) = cmid {
+        check_bytes("cmid", c, 1, limits::MAX_CMID_BYTES)?;
+    }
+    let op = WriteOp::Append(NewMessage {
+        sender: s.user,
+        sender_name: s.name.clone(),
+        target,
+        body: body.to_owned(),
+        cmid: cmid.map(str::to_owned),
+        time: unix_now(),
+    });
+    let committer = sh.committer.clone();
+    Ok(Box::pin(async move {
+        match committer.submit(op).await? {
+            WriteOutcome::Appended { message, .. } => {
+                Ok(Reply::Ack(vec![("mid", message.mid.into())]))
+            }
+            WriteOutcome::Duplicate { mid } => Ok(Reply::Ack(vec![("mid", mid.into())])),
+            WriteOutcome::Failed(e) => Err(ServiceError::from(e).say(
+                Errno::NotFound,
+                match target {
+                    Target::User(_) => "no such user",
+                    Target::Group(_) => "no such group",
+                },
+            )),
+            other => unreachable!("append answered with {other:?}"),
+        }
+    }))
+}
+
+/// DELIVERED: a cumulative confirmation, queued for the next commit. No reply.
+pub fn delivered(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, ServiceError> {
+    let seq = req.int("seq")?;
+    if seq < 0 {
+        return Err(ServiceError::malformed("seq must not be negative"));
+    }
+    let committer = sh.committer.clone();
+    let user = s.user;
+    Ok(Box::pin(async move {
+        committer
+            .submit_detached(WriteOp::Ack { user, seq })
+            .await?;
+        Ok(Reply::Nothing)
+    }))
+}
+
+/// HISTORY: one page of a conversation, newest first.
+pub fn history(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, ServiceError> {
+    req.check_self(s.user)?;
+    let toid = req.opt_int("toid")?;
+    let groupid = req.opt_int("groupid")?;
+    let before = req.opt_int("before")?;
+    if before.is_some_and(|b| b < 1) {
+        return Err(ServiceError::malformed("before must be a positive mid"));
+    }
+    let limit = match req.opt_int("limit")? {
+        None => limits::HISTORY_DEFAULT,
+        Some(l) if l < 1 => return Err(ServiceError::malformed("limit must be at least 1")),
+        Some(l) => l.min(limits::HISTORY_MAX),
+    };
+    let conv = match (toid, groupid) {
+        (Some(t), None) => Conversation::Direct(s.user, t),
+        (None, Some(g)) => Conversation::Group(g),
+        _ => {
+            return Err(ServiceError::malformed(
+                "give exactly one of toid and groupid",
+            ))
+        }
+    };
+    let sh = sh.clone();
+    let me = s.user;
+    Ok(Box::pin(
+        async move { page(&sh, me, conv, before, limit).await },
+    ))
+}
+
+async fn page(
+    sh: &Shared,
+    me: i64,
+    conv: Conversation,
+    before: Option<i64>,
+    limit: i64,
+) -> HandlerResult {
+    match conv {
+        Conversation::Direct(_, peer) => {
+            if sh.store.find_user(peer).await?.is_none() {
+                return Err(ServiceError::new(Errno::NotFound, "no such user"));
+            }
+        }
+        Conversation::Group(g) => match sh.store.membership(g, me).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(ServiceError::new(
+                    Errno::Forbidden,
+                    "you are not a member of this group",
+                ))
+            }
+            Err(e) => return Err(ServiceError::from(e).say(Errno::NotFound, "no such group")),
+        },
+    }
+    let msgs = sh.store.history(conv, before, limit).await?;
+    let list: Vec<Value> = msgs.iter().map(frames::history_entry).collect();
+    Ok(Reply::AckAlways(vec![("messages", Value::Array(list))]))
+}

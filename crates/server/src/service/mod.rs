@@ -1,0 +1,129 @@
+//! The chat service: shared state and the request handlers, one module per
+//! command group (auth, chat, social), each decoding its requests, doing the
+//! work and naming its reply.
+
+pub mod auth;
+pub mod chat;
+pub mod social;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::bus::Bus;
+use crate::committer::{Committer, Dispatch};
+use crate::config::Config;
+use crate::error::ServiceError;
+use crate::frames::PushBody;
+use crate::password::Passwords;
+use crate::sessions::{Event, SessionHandle, Sessions};
+use crate::store::{Store, UserId, WriteOutcome};
+
+/// State shared by every connection of one server instance. Passed around
+/// explicitly, so several servers can live in one process (tests do).
+pub struct Shared {
+    /// Tuning and limits.
+    pub cfg: Config,
+    /// Storage.
+    pub store: Arc<dyn Store>,
+    /// The group-commit writer.
+    pub committer: Committer,
+    /// Routing and presence.
+    pub bus: Arc<dyn Bus>,
+    /// Sessions on this node.
+    pub sessions: Arc<Sessions>,
+    /// Password hashing.
+    pub passwords: Passwords,
+    next_sid: AtomicU64,
+}
+
+impl Shared {
+    /// Assembles the state.
+    pub fn new(
+        cfg: Config,
+        store: Arc<dyn Store>,
+        committer: Committer,
+        bus: Arc<dyn Bus>,
+        sessions: Arc<Sessions>,
+        passwords: Passwords,
+    ) -> Self {
+        Shared {
+            cfg,
+            store,
+            committer,
+            bus,
+            sessions,
+            passwords,
+            next_sid: AtomicU64::new(1),
+        }
+    }
+
+    /// A session id unique on this node.
+    pub fn next_sid(&self) -> u64 {
+        self.next_sid.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Routes committed messages to their recipients through the bus.
+pub struct BusDispatch(pub Arc<dyn Bus>);
+
+impl Dispatch for BusDispatch {
+    fn committed(&self, outcome: &WriteOutcome) {
+        if let WriteOutcome::Appended {
+            message,
+            deliveries,
+        } = outcome
+        {
+            let push = Arc::new(PushBody::new(message.clone()));
+            for &(user, seq) in deliveries {
+                self.0.send(
+                    user,
+                    Event::Chat {
+                        push: push.clone(),
+                        seq,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// A logged-in session, as its connection holds it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The user.
+    pub user: UserId,
+    /// Their name.
+    pub name: String,
+    /// Protocol level, 1 or 2.
+    pub level: u8,
+    /// Registry entry.
+    pub handle: Arc<SessionHandle>,
+}
+
+/// What a successful request sends back.
+#[derive(Debug)]
+pub enum Reply {
+    /// Nothing at either level (DELIVERED).
+    Nothing,
+    /// ACK with these result fields at level 2; nothing at level 1.
+    Ack(Vec<(&'static str, Value)>),
+    /// ACK at both levels: the request is useless without its result (HISTORY).
+    AckAlways(Vec<(&'static str, Value)>),
+    /// A frame of its own kind (REG_ACK, PONG); `reqid` is added on the way out.
+    Frame(Value),
+}
+
+/// A handler's result.
+pub type HandlerResult = Result<Reply, ServiceError>;
+
+/// A handler's pending work, run while the connection reads on.
+pub type Pending = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
+
+/// Wraps a ready result as pending work.
+pub fn ready(r: HandlerResult) -> Pending {
+    Box::pin(std::future::ready(r))
+}

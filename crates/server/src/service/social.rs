@@ -1,0 +1,115 @@
+//! Friends and groups: ADD_FRIEND, DEL_FRIEND, CREATE_GROUP, ADD_GROUP,
+//! QUIT_GROUP and DISBAND_GROUP.
+
+use std::sync::Arc;
+
+use chat_protocol::{msgid, Errno};
+
+use super::{Pending, Reply, Session, Shared};
+use crate::error::ServiceError;
+use crate::request::{check_chars, Request};
+
+/// Any friend or group request.
+pub fn handle(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, ServiceError> {
+    req.check_self(s.user)?;
+    let sh = sh.clone();
+    let me = s.user;
+    Ok(match req.msgid {
+        msgid::ADD_FRIEND => {
+            let friend = req.int("friendid")?;
+            if friend == me {
+                return Err(ServiceError::malformed("you cannot befriend yourself"));
+            }
+            Box::pin(async move {
+                sh.store
+                    .add_friend(me, friend)
+                    .await
+                    .map_err(|e| say(e, "no such user", "already friends", ""))?;
+                Ok(Reply::Ack(vec![]))
+            })
+        }
+        msgid::DEL_FRIEND => {
+            let friend = req.int("friendid")?;
+            Box::pin(async move {
+                sh.store
+                    .remove_friend(me, friend)
+                    .await
+                    .map_err(|e| say(e, "not in your friend list", "", ""))?;
+                Ok(Reply::Ack(vec![]))
+            })
+        }
+        msgid::CREATE_GROUP => {
+            let lim = &sh.cfg.limits;
+            let name = req.chars("groupname", 1, lim.group_name_chars)?.to_owned();
+            let desc = req.opt_str("groupdesc")?.unwrap_or("").to_owned();
+            check_chars("groupdesc", &desc, 0, lim.group_desc_chars)?;
+            Box::pin(async move {
+                let id = sh
+                    .store
+                    .create_group(me, &name, &desc)
+                    .await
+                    .map_err(|e| say(e, "", "a group with this name exists", ""))?;
+                Ok(Reply::Ack(vec![("groupid", id.into())]))
+            })
+        }
+        msgid::ADD_GROUP => {
+            let g = req.int("groupid")?;
+            Box::pin(async move {
+                sh.store
+                    .join_group(g, me)
+                    .await
+                    .map_err(|e| say(e, "no such group", "you are already a member", ""))?;
+                Ok(Reply::Ack(vec![]))
+            })
+        }
+        msgid::QUIT_GROUP => {
+            let g = req.int("groupid")?;
+            Box::pin(async move {
+                sh.store.quit_group(g, me).await.map_err(|e| {
+                    say(
+                        e,
+                        "no such group",
+                        "",
+                        "not a member, or the creator (who may disband instead)",
+                    )
+                })?;
+                Ok(Reply::Ack(vec![]))
+            })
+        }
+        msgid::DISBAND_GROUP => {
+            let g = req.int("groupid")?;
+            Box::pin(async move {
+                sh.store.disband_group(g, me).await.map_err(|e| {
+                    say(
+                        e,
+                        "no such group",
+                        "",
+                        "only the creator may disband a group",
+                    )
+                })?;
+                Ok(Reply::Ack(vec![]))
+            })
+        }
+        other => unreachable!("social::handle got msgid {other}"),
+    })
+}
+
+/// Store error to service error, with this request's wording.
+fn say(
+    e: crate::store::StoreError,
+    not_found: &'static str,
+    exists: &'static str,
+    forbidden: &'static str,
+) -> ServiceError {
+    let mut err = ServiceError::from(e);
+    for (errno, msg) in [
+        (Errno::NotFound, not_found),
+        (Errno::Exists, exists),
+        (Errno::Forbidden, forbidden),
+    ] {
+        if !msg.is_empty() {
+            err = err.say(errno, msg);
+        }
+    }
+    err
+}

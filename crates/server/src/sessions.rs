@@ -1,0 +1,261 @@
+//! The sessions this node holds, and how an event reaches one of them.
+//!
+//! Each logged-in connection registers a [`SessionHandle`]. Delivery never
+//! blocks: it puts a frame on the connection's bounded queue, and a client
+//! whose queue is full is disconnected (its messages stay stored and are
+//! replayed at its next login).
+//!
+//! While a session is replaying its backlog from storage, live pushes are
+//! not queued; the gate only records the highest seq it saw, and the replay
+//! reads storage again until it has caught up with that. So a message is
+//! never queued twice and never overtaken by the login ack.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::frames::{self, PushBody};
+use crate::store::UserId;
+
+/// A frame for a connection's writer. `l1_delivered` marks a level-1 push: once
+/// written to the socket, the writer confirms that seq for the user.
+#[derive(Debug)]
+pub struct Out {
+    /// The frame, LF included.
+    pub bytes: Bytes,
+    /// (user, seq) to confirm after the write, for level-1 sessions.
+    pub l1_delivered: Option<(UserId, i64)>,
+}
+
+impl Out {
+    /// A frame that confirms nothing.
+    pub fn frame(bytes: Bytes) -> Self {
+        Out {
+            bytes,
+            l1_delivered: None,
+        }
+    }
+}
+
+/// Something that happened for a user, routed to wherever their session is.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A chat message with the recipient's seq.
+    Chat {
+        /// The encoded message.
+        push: Arc<PushBody>,
+        /// The recipient's seq for it.
+        seq: i64,
+    },
+    /// A friend's presence changed.
+    Presence {
+        /// The friend.
+        id: UserId,
+        /// Whether they are now online.
+        online: bool,
+    },
+    /// A newer login replaced session `sid`.
+    Kick {
+        /// The session to close.
+        sid: u64,
+    },
+}
+
+#[derive(Debug)]
+struct Gate {
+    replaying: bool,
+    /// Highest seq pushed while replaying.
+    seen: i64,
+    /// Highest seq the replay queued; pushes at or below it are duplicates.
+    floor: i64,
+}
+
+/// A logged-in session as the rest of the node sees it.
+#[derive(Debug)]
+pub struct SessionHandle {
+    /// Unique per login on this node.
+    pub sid: u64,
+    /// Whose session.
+    pub user: UserId,
+    /// Protocol level, 1 or 2.
+    pub level: u8,
+    out: mpsc::Sender<Out>,
+    close: CancellationToken,
+    gate: Mutex<Gate>,
+}
+
+impl SessionHandle {
+    /// A handle that starts in replay mode.
+    pub fn new(
+        sid: u64,
+        user: UserId,
+        level: u8,
+        out: mpsc::Sender<Out>,
+        close: CancellationToken,
+    ) -> Self {
+        SessionHandle {
+            sid,
+            user,
+            level,
+            out,
+            close,
+            gate: Mutex::new(Gate {
+                replaying: true,
+                seen: 0,
+                floor: 0,
+            }),
+        }
+    }
+
+    fn try_out(&self, out: Out) {
+        if self.out.try_send(out).is_err() && !self.close.is_cancelled() {
+            tracing::warn!(
+                user = self.user,
+                sid = self.sid,
+                "outbound queue full; disconnecting slow client"
+            );
+            self.close.cancel();
+        }
+    }
+
+    /// Delivers an event without blocking.
+    pub fn deliver(&self, ev: &Event) {
+        match ev {
+            Event::Chat { push, seq } => {
+                let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+                if g.replaying {
+                    g.seen = g.seen.max(*seq);
+                    return;
+                }
+                if *seq <= g.floor {
+                    return;
+                }
+                let out = if self.level >= 2 {
+                    Out::frame(push.level2(*seq))
+                } else {
+                    Out {
+                        bytes: push.level1(),
+                        l1_delivered: Some((self.user, *seq)),
+                    }
+                };
+                self.try_out(out);
+            }
+            Event::Presence { id, online } => {
+                if self.level >= 2 {
+                    self.try_out(Out::frame(frames::presence(*id, *online)));
+                }
+            }
+            Event::Kick { sid } => {
+                if *sid == self.sid {
+                    self.try_out(Out::frame(frames::kicked()));
+                    self.close.cancel();
+                }
+            }
+        }
+    }
+
+    /// Called by the replay once it has queued everything up to `floor`.
+    /// Returns false when pushes arrived beyond it: read storage again.
+    pub fn finish_replay(&self, floor: i64) -> bool {
+        let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        g.floor = g.floor.max(floor);
+        if g.seen > g.floor {
+            return false;
+        }
+        g.replaying = false;
+        true
+    }
+
+    /// Whether the session was closed (kicked, too slow, shutting down).
+    pub fn is_closed(&self) -> bool {
+        self.close.is_cancelled()
+    }
+}
+
+const SHARDS: usize = 64;
+
+/// The sessions on this node, by user, sharded to keep lock hold times short.
+#[derive(Debug)]
+pub struct Sessions {
+    shards: Vec<Mutex<HashMap<UserId, Arc<SessionHandle>>>>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+impl Sessions {
+    fn shard(
+        &self,
+        user: UserId,
+    ) -> std::sync::MutexGuard<'_, HashMap<UserId, Arc<SessionHandle>>> {
+        self.shards[user.rem_euclid(SHARDS as i64) as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The user's session here, if any.
+    pub fn get(&self, user: UserId) -> Option<Arc<SessionHandle>> {
+        self.shard(user).get(&user).cloned()
+    }
+
+    /// Registers a session and returns the one it replaces.
+    pub fn insert(&self, h: Arc<SessionHandle>) -> Option<Arc<SessionHandle>> {
+        self.shard(h.user).insert(h.user, h)
+    }
+
+    /// Removes the user's session if it is still `sid`; false if a newer
+    /// login replaced it.
+    pub fn remove_if(&self, user: UserId, sid: u64) -> bool {
+        let mut s = self.shard(user);
+        if s.get(&user).is_some_and(|h| h.sid == sid) {
+            s.remove(&user);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Delivers an event to the user's session here, if there is one.
+    pub fn deliver(&self, user: UserId, ev: &Event) -> bool {
+        match self.get(user) {
+            Some(h) => {
+                h.deliver(ev);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Number of sessions.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every user with a session here.
+    pub fn users(&self) -> Vec<UserId> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .map(|m| m.keys().copied().collect::<Vec<_>>())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}

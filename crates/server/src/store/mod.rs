@@ -1,0 +1,383 @@
+//! Storage behind traits, one per aggregate (users, friends, groups,
+//! messages), so the service never names a database. Each backend lives in a
+//! file of its own; one conformance suite (`tests/store_conformance.rs`) pins
+//! the behaviour every backend must share.
+//!
+//! Chat messages and delivery confirmations are written in batches through
+//! [`MessageStore::commit`]: one transaction for many requests (group commit),
+//! so durability costs a transaction per batch rather than per message.
+
+pub mod batch;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+/// A user's id, as the protocol carries it.
+pub type UserId = i64;
+/// A group's id.
+pub type GroupId = i64;
+
+/// Why a storage call failed. The service maps these to errno in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No such user or group.
+    #[error("not found")]
+    NotFound,
+    /// The thing being created exists already (name, friendship, membership).
+    #[error("already exists")]
+    Exists,
+    /// The caller may not do this (not a member, not the creator, creator quitting).
+    #[error("not allowed")]
+    Forbidden,
+    /// A login token that is unknown, used or expired.
+    #[error("invalid token")]
+    BadToken,
+    /// The database failed or could not be reached.
+    #[error("storage unavailable: {0}")]
+    Unavailable(#[from] sqlx::Error),
+    /// The store is shutting down.
+    #[error("storage is shutting down")]
+    Closed,
+}
+
+/// Shorthand for storage results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A registered account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// Account id.
+    pub id: UserId,
+    /// Display name, unique.
+    pub name: String,
+    /// The argon2id PHC string.
+    pub password_hash: String,
+}
+
+/// A friend or group member as listed to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    /// Account id.
+    pub id: UserId,
+    /// Display name.
+    pub name: String,
+}
+
+/// A member's role in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Created the group; may disband it, may not quit it.
+    Creator,
+    /// Joined the group.
+    Normal,
+}
+
+impl Role {
+    /// The classic `grouprole` column value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Creator => "creator",
+            Role::Normal => "normal",
+        }
+    }
+
+    /// Parses a `grouprole` value; anything unknown reads as normal.
+    pub fn parse(s: &str) -> Role {
+        if s == "creator" {
+            Role::Creator
+        } else {
+            Role::Normal
+        }
+    }
+}
+
+/// A group member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Account id.
+    pub id: UserId,
+    /// Display name.
+    pub name: String,
+    /// Creator or normal member.
+    pub role: Role,
+}
+
+/// A group with its members, as the login ack lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// Group id.
+    pub id: GroupId,
+    /// Unique group name.
+    pub name: String,
+    /// Free-text description.
+    pub desc: String,
+    /// Members, ordered by id.
+    pub members: Vec<Member>,
+}
+
+/// Where a chat message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// One-to-one, to this user.
+    User(UserId),
+    /// To every member of this group except the sender.
+    Group(GroupId),
+}
+
+impl Target {
+    /// The conversation key that HISTORY pages by: both directions of a
+    /// one-to-one chat share one key.
+    pub fn conv_key(self, sender: UserId) -> String {
+        match self {
+            Target::User(to) => Conversation::Direct(sender, to).key(),
+            Target::Group(g) => Conversation::Group(g).key(),
+        }
+    }
+
+    /// The protocol's msgid for this kind of chat.
+    pub fn kind(self) -> i64 {
+        match self {
+            Target::User(_) => 6,
+            Target::Group(_) => 10,
+        }
+    }
+
+    /// The id of the user or group.
+    pub fn id(self) -> i64 {
+        match self {
+            Target::User(id) | Target::Group(id) => id,
+        }
+    }
+
+    /// Rebuilds a target from the stored kind and id.
+    pub fn from_parts(kind: i64, id: i64) -> Target {
+        if kind == 10 {
+            Target::Group(id)
+        } else {
+            Target::User(id)
+        }
+    }
+}
+
+/// A conversation, for HISTORY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conversation {
+    /// Both directions between two users.
+    Direct(UserId, UserId),
+    /// A group's messages.
+    Group(GroupId),
+}
+
+impl Conversation {
+    /// Stored key: `d:LO:HI` or `g:ID`.
+    pub fn key(self) -> String {
+        match self {
+            Conversation::Direct(a, b) => format!("d:{}:{}", a.min(b), a.max(b)),
+            Conversation::Group(g) => format!("g:{g}"),
+        }
+    }
+}
+
+/// A chat message as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Unique, growing message id.
+    pub mid: i64,
+    /// Sender's id.
+    pub sender: UserId,
+    /// Sender's name when sent (names never change).
+    pub sender_name: String,
+    /// Recipient user or group.
+    pub target: Target,
+    /// The text.
+    pub body: String,
+    /// Unix seconds when stored.
+    pub time: i64,
+}
+
+/// A message to append.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Sender's id (from the session, never from the frame).
+    pub sender: UserId,
+    /// Sender's name, denormalised into the row.
+    pub sender_name: String,
+    /// Recipient user or group.
+    pub target: Target,
+    /// The text.
+    pub body: String,
+    /// Optional client message id for idempotent retries.
+    pub cmid: Option<String>,
+    /// Unix seconds.
+    pub time: i64,
+}
+
+/// One write in a group-commit batch.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Store a chat message and give each recipient a seq.
+    Append(NewMessage),
+    /// Cumulative delivery confirmation: `user` holds every message up to `seq`.
+    Ack {
+        /// Recipient confirming.
+        user: UserId,
+        /// Highest confirmed seq; clamped to the user's last seq.
+        seq: i64,
+    },
+    /// Issue a login token, optionally consuming (single use) an old one.
+    Token {
+        /// SHA-256 (hex) of the token to consume; `None` after a password login.
+        consume: Option<String>,
+        /// For a password login: the user the new token is for.
+        user: Option<UserId>,
+        /// SHA-256 (hex) of the new token.
+        issue: String,
+        /// Unix seconds after which the new token is refused.
+        expires_at: i64,
+        /// Now, in Unix seconds, for the expiry check of the consumed token.
+        now: i64,
+    },
+    /// Revoke every token a user holds (LOGINOUT).
+    RevokeTokens {
+        /// Whose tokens.
+        user: UserId,
+    },
+}
+
+/// The result of one [`WriteOp`].
+#[derive(Debug, Clone)]
+pub enum WriteOutcome {
+    /// The message is durable. `deliveries` lists each recipient's seq.
+    Appended {
+        /// The stored message.
+        message: Arc<StoredMessage>,
+        /// (recipient, seq) pairs, in ascending recipient id.
+        deliveries: Vec<(UserId, i64)>,
+    },
+    /// A retry of a (sender, cmid) that was stored before: nothing new stored.
+    Duplicate {
+        /// The first attempt's mid.
+        mid: i64,
+    },
+    /// Confirmation recorded.
+    Acked,
+    /// A token was issued for this user.
+    TokenIssued {
+        /// The user the token belongs to.
+        user: UserId,
+    },
+    /// Tokens revoked.
+    Revoked,
+    /// This op failed on its own; the rest of the batch stands.
+    Failed(OpError),
+}
+
+/// Per-op failures inside a batch (the batch itself committed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpError {
+    /// Recipient user or group does not exist.
+    NotFound,
+    /// Sender is not a member of the group.
+    Forbidden,
+    /// Token unknown, used or expired.
+    BadToken,
+}
+
+/// Accounts.
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Creates an account; `Exists` when the name is taken.
+    async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<UserId>;
+    /// Looks an account up by id.
+    async fn find_user(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
+}
+
+/// Mutual friendships.
+#[async_trait]
+pub trait FriendStore: Send + Sync {
+    /// Befriends both ways. `NotFound` if `friend` does not exist, `Exists` if
+    /// they are friends already.
+    async fn add_friend(&self, user: UserId, friend: UserId) -> StoreResult<()>;
+    /// Removes both directions. `NotFound` if they were not friends.
+    async fn remove_friend(&self, user: UserId, friend: UserId) -> StoreResult<()>;
+    /// A user's friends, ordered by id.
+    async fn friends(&self, user: UserId) -> StoreResult<Vec<Person>>;
+}
+
+/// Groups and memberships.
+#[async_trait]
+pub trait GroupStore: Send + Sync {
+    /// Creates a group with `creator` as its first member; `Exists` if the name is taken.
+    async fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId>;
+    /// Joins a group: `NotFound` (no group), `Exists` (already a member).
+    async fn join_group(&self, group: GroupId, user: UserId) -> StoreResult<()>;
+    /// Leaves a group: `NotFound` (no group), `Forbidden` (not a member, or the creator).
+    async fn quit_group(&self, group: GroupId, user: UserId) -> StoreResult<()>;
+    /// Deletes a group: `NotFound` (no group), `Forbidden` (not the creator).
+    /// Returns the members it had.
+    async fn disband_group(&self, group: GroupId, user: UserId) -> StoreResult<Vec<UserId>>;
+    /// `user`'s role in `group`: `NotFound` if the group does not exist, `None` if not a member.
+    async fn membership(&self, group: GroupId, user: UserId) -> StoreResult<Option<Role>>;
+    /// The groups a user belongs to, with all members, ordered by id.
+    async fn groups_of(&self, user: UserId) -> StoreResult<Vec<GroupInfo>>;
+}
+
+/// Messages, delivery state and login tokens.
+#[async_trait]
+pub trait MessageStore: Send + Sync {
+    /// Applies a batch in one transaction. The outer error means nothing was
+    /// written; otherwise there is one outcome per op, in order.
+    async fn commit(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>>;
+    /// The highest seq a user has confirmed.
+    async fn acked_seq(&self, user: UserId) -> StoreResult<i64>;
+    /// Messages for `user` with seq above `after`, oldest first, at most `limit`.
+    async fn undelivered(
+        &self,
+        user: UserId,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, StoredMessage)>>;
+    /// A conversation's messages older than `before` (if given), newest first.
+    async fn history(
+        &self,
+        conv: Conversation,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredMessage>>;
+    /// Closes connections; called once at shutdown.
+    async fn close(&self) {}
+}
+
+/// Everything the service needs from storage.
+pub trait Store: UserStore + FriendStore + GroupStore + MessageStore {}
+
+impl<T: UserStore + FriendStore + GroupStore + MessageStore> Store for T {}
+
+/// Opens the store that a database URL names, migrated and ready.
+pub async fn open(url: &str, opts: &StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url, opts).await?))
+    } else {
+        anyhow::bail!("unsupported database URL {url:?}: expected sqlite://PATH")
+    }
+}
+
+/// Tuning shared by the backends.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Connections for reads (and for MySQL, writes too).
+    pub pool_size: u32,
+    /// SQLite `synchronous`: FULL makes every commit survive power loss.
+    pub sqlite_synchronous_full: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            pool_size: 4,
+            sqlite_synchronous_full: true,
+        }
+    }
+}
