@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use clusterchat::bus::redis::RedisBusConfig;
 use clusterchat::config::{Config, HashCost};
 use clusterchat::store::{self, StoreOptions};
 use clusterchat::Node;
@@ -30,7 +31,7 @@ struct Args {
     #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:6000")]
     listen: SocketAddr,
 
-    /// Database URL: sqlite://PATH (created if missing).
+    /// Database URL: sqlite://PATH (created if missing) or mysql://USER:PASS@HOST:PORT/DB.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://clusterchat.db")]
     database_url: String,
 
@@ -86,6 +87,18 @@ struct Args {
     #[arg(long, env = "CHAT_SQLITE_SYNCHRONOUS", value_enum, default_value_t = Synchronous::Full)]
     sqlite_synchronous: Synchronous,
 
+    /// Redis URL (e.g. redis://127.0.0.1:6379/): run as a cluster node. Without it the node is standalone.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+
+    /// This node's name in the cluster (default: HOST:PORT of --listen).
+    #[arg(long, env = "CHAT_NODE_ID")]
+    node_id: Option<String>,
+
+    /// Seconds a crashed node's users still read as online (presence lease).
+    #[arg(long, env = "CHAT_PRESENCE_LEASE_SECS", default_value_t = 30)]
+    presence_lease_secs: u64,
+
     /// Most writes in one group commit.
     #[arg(long, env = "CHAT_COMMIT_BATCH", default_value_t = 1024)]
     commit_batch: usize,
@@ -131,10 +144,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let store = store::open(&args.database_url, &opts)
         .await
         .with_context(|| format!("cannot open database {}", args.database_url))?;
-    let node = Node::single(cfg, store)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let node = match &args.redis_url {
+        None => Node::single(cfg, store)?,
+        Some(url) => {
+            let node = args.node_id.clone().unwrap_or_else(|| {
+                listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            });
+            tracing::info!(%node, redis = %url, "cluster mode");
+            Node::clustered(
+                cfg,
+                store,
+                RedisBusConfig {
+                    url: url.clone(),
+                    node,
+                    lease: Duration::from_secs(args.presence_lease_secs.max(3)),
+                    resync_page: 256,
+                },
+            )?
+        }
+    };
     tracing::info!(
         listen = %listener.local_addr()?,
         database = %args.database_url,

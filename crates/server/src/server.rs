@@ -10,7 +10,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::{local::LocalBus, Bus};
+use crate::bus::local::LocalBus;
+use crate::bus::redis::{RedisBus, RedisBusConfig};
+use crate::bus::Bus;
 use crate::committer::{CommitTask, Committer};
 use crate::config::Config;
 use crate::frames;
@@ -30,11 +32,11 @@ impl Node {
     pub fn new(
         cfg: Config,
         store: Arc<dyn Store>,
-        make_bus: impl FnOnce(Arc<Sessions>) -> Arc<dyn Bus>,
+        make_bus: impl FnOnce(Arc<Sessions>) -> anyhow::Result<Arc<dyn Bus>>,
     ) -> anyhow::Result<Node> {
         let passwords = Passwords::new(&cfg.hash)?;
         let sessions = Arc::new(Sessions::default());
-        let bus = make_bus(sessions.clone());
+        let bus = make_bus(sessions.clone())?;
         let (committer, commit) = Committer::spawn(
             store.clone(),
             Arc::new(BusDispatch(bus.clone())),
@@ -47,7 +49,19 @@ impl Node {
 
     /// A single node with the in-process bus.
     pub fn single(cfg: Config, store: Arc<dyn Store>) -> anyhow::Result<Node> {
-        Self::new(cfg, store, |s| Arc::new(LocalBus::new(s)))
+        Self::new(cfg, store, |s| Ok(Arc::new(LocalBus::new(s))))
+    }
+
+    /// A cluster node: sessions elsewhere are reached through Redis.
+    pub fn clustered(
+        cfg: Config,
+        store: Arc<dyn Store>,
+        redis: RedisBusConfig,
+    ) -> anyhow::Result<Node> {
+        let st = store.clone();
+        Self::new(cfg, store, move |s| {
+            Ok(RedisBus::start(redis, s, st)? as Arc<dyn Bus>)
+        })
     }
 
     /// The node's shared state.
@@ -101,6 +115,7 @@ impl Node {
             );
         }
         self.commit.shutdown().await;
+        sh.bus.shutdown();
         sh.store.close().await;
         tracing::info!("shutdown complete");
         Ok(())

@@ -3,6 +3,7 @@
 //! cluster uses a Redis-backed bus with the same trait.
 
 pub mod local;
+pub mod redis;
 
 use async_trait::async_trait;
 
@@ -25,4 +26,7 @@ pub trait Bus: Send + Sync {
 
     /// Records that session `sid` of `user` ended here.
     async fn release(&self, user: UserId, sid: u64);
+
+    /// Stops background work at node shutdown, after sessions are released.
+    fn shutdown(&self) {}
 }
