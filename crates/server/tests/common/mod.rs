@@ -169,6 +169,11 @@ impl Client {
         )
     }
 
+    /// Half-closes: the server reads EOF, but can still write to us.
+    pub async fn shutdown_write(&mut self) {
+        let _ = self.sock.shutdown().await;
+    }
+
     /// Sends one JSON request terminated by LF.
     pub async fn send(&mut self, v: Value) {
         let mut b = serde_json::to_vec(&v).expect("serialise");
