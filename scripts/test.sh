@@ -3,8 +3,9 @@
 #
 #   scripts/test.sh
 #
-# - As root, installs missing Debian packages (MariaDB for the MySQL store
-#   tests) with apt-get. As another user it says which ones to install.
+# - As root, installs missing Debian packages with apt-get: MariaDB (MySQL
+#   store tests), Redis and nginx with its stream module (cluster tests).
+#   As another user it says which ones to install.
 # - Starts a private MariaDB on 127.0.0.1:3307 (data in ./var/), so the store
 #   conformance suite runs against both SQLite and MariaDB.
 # - Runs `cargo test --workspace`, then the benchmark tool's smoke run.
@@ -17,6 +18,9 @@ say() { printf '\n==> %s\n' "$*"; }
 missing=()
 command -v mariadbd >/dev/null 2>&1 || command -v mysqld >/dev/null 2>&1 || missing+=(mariadb-server)
 command -v mariadb-install-db >/dev/null 2>&1 || [[ " ${missing[*]} " == *" mariadb-server "* ]] || missing+=(mariadb-server)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+[[ -e /usr/lib/nginx/modules/ngx_stream_module.so ]] || missing+=(libnginx-mod-stream)
 if ((${#missing[@]})); then
   if [[ $(id -u) == 0 ]]; then
     say "installing ${missing[*]}"
