@@ -85,7 +85,8 @@ pub async fn serve(
         tracing::debug!(%peer, error = %e, "could not enable TCP keepalive");
     }
     let (rd, wr) = sock.into_split();
-    let mut frames = FramedRead::with_capacity(rd, FrameCodec::new(sh.cfg.max_frame), 8 * 1024);
+    // A small read buffer keeps idle connections cheap; it grows for big frames.
+    let mut frames = FramedRead::with_capacity(rd, FrameCodec::new(sh.cfg.max_frame), 1024);
     let (out, rx) = mpsc::channel(sh.cfg.outbound_queue.max(1));
     let close = shutdown.child_token();
     let grace = sh.cfg.shutdown_grace;
@@ -349,9 +350,10 @@ async fn write_loop(
     grace: Duration,
 ) {
     const COALESCE: usize = 64 * 1024;
-    let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut confirm: Vec<(UserId, i64)> = Vec::new();
     while let Some(first) = rx.recv().await {
+        // A fresh buffer per batch: an idle connection holds no write buffer.
+        let mut buf = BytesMut::with_capacity(first.bytes.len().max(512));
         let mut add = |o: Out, buf: &mut BytesMut| {
             buf.extend_from_slice(&o.bytes);
             if let Some((u, s)) = o.l1_delivered {
