@@ -386,6 +386,9 @@ pub async fn logout(sh: &Shared, s: &Session, revoke: bool) {
         return; // replaced by a newer login: still online
     }
     sh.bus.release(s.user, s.handle.sid).await;
+    if sh.bus.online(&[s.user]).await.first() == Some(&true) {
+        return; // a newer login on another node holds the user
+    }
     match sh.store.friends(s.user).await {
         Ok(friends) => {
             for f in friends {
