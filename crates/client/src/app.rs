@@ -1,0 +1,428 @@
+//! The program's flow: connect, show the classic menu (1. login 2. register
+//! 3. quit), log in at level 2 (with the password, or the saved token), run
+//! the session, and come back to the menu after loginout or a lost
+//! connection.
+
+use std::collections::HashMap;
+use std::future::pending;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chat_protocol::msgid;
+use serde_json::{Map, Value};
+
+use crate::commands::parse_id;
+use crate::delivery::Delivery;
+use crate::net::{int, text, Conn, Event};
+use crate::session::{Next, Session};
+use crate::state::{StateStore, UserState};
+use crate::ui::{clean, Input, Printer, Ui};
+
+/// How long LOGIN and REG may take (password hashing is slow on purpose).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the command line decided.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Server address, `HOST:PORT`.
+    pub server: String,
+    /// Base directory for saved state; `None` keeps nothing.
+    pub state_dir: Option<PathBuf>,
+    /// PING period while logged in.
+    pub heartbeat: Duration,
+}
+
+/// The client.
+pub struct App {
+    cfg: Settings,
+    ui: Ui,
+    out: Printer,
+    store: Option<StateStore>,
+    conn: Option<Conn>,
+    deliveries: HashMap<i64, Delivery>,
+}
+
+enum Choice {
+    Quit,
+    LoggedIn(Box<Session>, Conn),
+}
+
+/// The outcome of a prompt or a request inside the menu.
+enum Attempt<T> {
+    Done(T),
+    Failed,
+    Quit,
+}
+
+/// What LOGIN proves identity with.
+enum Secret {
+    Password(String),
+    Token(String),
+}
+
+async fn recv_opt(conn: &mut Option<Conn>) -> Event {
+    match conn {
+        Some(c) => c.recv().await,
+        None => pending().await,
+    }
+}
+
+impl App {
+    /// A client for `cfg`, talking to the user through `ui`.
+    pub fn new(cfg: Settings, ui: Ui) -> App {
+        let store = cfg
+            .state_dir
+            .as_deref()
+            .map(|d| StateStore::new(d, &cfg.server));
+        App {
+            out: ui.printer(),
+            ui,
+            store,
+            conn: None,
+            deliveries: HashMap::new(),
+            cfg,
+        }
+    }
+
+    /// Runs until the user quits. Fails only when the server cannot be
+    /// reached at start.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        self.conn = Some(Conn::connect(&self.cfg.server).await?);
+        self.out.line(format!("connected to {}", self.cfg.server));
+        if self.store.is_none() {
+            self.out.line(
+                "note: no state directory (see --state-dir), so delivery state and sessions are not saved",
+            );
+        }
+        loop {
+            match self.menu().await {
+                Choice::Quit => break,
+                Choice::LoggedIn(session, conn) => {
+                    let o = session.run(conn, &mut self.ui).await;
+                    self.deliveries.insert(o.user, o.delivery);
+                    self.conn = o.conn;
+                    if o.next == Next::Exit {
+                        break;
+                    }
+                }
+            }
+        }
+        self.out.line("bye");
+        self.ui.finish();
+        Ok(())
+    }
+
+    fn print_menu(&self) {
+        self.out.line(
+            "========================\n1. login\n2. register\n3. quit\n========================",
+        );
+    }
+
+    /// Reads one line at the menu, noticing meanwhile when the server drops
+    /// the idle connection.
+    async fn read(&mut self, prompt: &str) -> Input {
+        loop {
+            tokio::select! {
+                input = self.ui.read(prompt, false) => return input,
+                ev = recv_opt(&mut self.conn) => {
+                    if let Event::Closed(_) = ev {
+                        self.conn = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A prompt inside a menu action: Ctrl-C cancels the action.
+    async fn ask(&mut self, prompt: &str) -> Attempt<String> {
+        match self.read(prompt).await {
+            Input::Line(l) => Attempt::Done(l),
+            Input::Interrupted => Attempt::Failed,
+            Input::Eof => Attempt::Quit,
+        }
+    }
+
+    async fn menu(&mut self) -> Choice {
+        self.print_menu();
+        loop {
+            let line = match self.read("choice: ").await {
+                Input::Line(l) => l,
+                Input::Eof | Input::Interrupted => return Choice::Quit,
+            };
+            match line.trim() {
+                "" => continue,
+                "1" | "login" => match self.login().await {
+                    Attempt::Done((s, c)) => return Choice::LoggedIn(s, c),
+                    Attempt::Quit => return Choice::Quit,
+                    Attempt::Failed => {}
+                },
+                "2" | "register" => {
+                    if let Attempt::Quit = self.register().await {
+                        return Choice::Quit;
+                    }
+                }
+                "3" | "quit" | "exit" => return Choice::Quit,
+                other => self.out.line(format!(
+                    "invalid choice \"{}\": type 1 to log in, 2 to register, 3 to quit",
+                    clean(other)
+                )),
+            }
+            self.print_menu();
+        }
+    }
+
+    async fn connection(&mut self) -> Option<&mut Conn> {
+        if self.conn.is_none() {
+            match Conn::connect(&self.cfg.server).await {
+                Ok(c) => self.conn = Some(c),
+                Err(e) => {
+                    self.out.line(format!("{e:#}"));
+                    return None;
+                }
+            }
+        }
+        self.conn.as_mut()
+    }
+
+    /// Sends a request and waits for the reply of kind `want` (or an ERROR
+    /// for it). On failure the error is already printed, prefixed by `what`.
+    async fn call(
+        &mut self,
+        what: &str,
+        msg: i64,
+        fields: Vec<(&str, Value)>,
+        want: i64,
+    ) -> Option<Map<String, Value>> {
+        let Some(conn) = self.connection().await else {
+            return None;
+        };
+        let reqid = match conn.request(msg, fields).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None;
+                self.out.line(format!("{what} failed: {e:#}"));
+                return None;
+            }
+        };
+        let wait = async {
+            loop {
+                match conn.recv().await {
+                    Event::Frame(f) => {
+                        let kind = int(&f, "msgid");
+                        let mine = f
+                            .get("reqid")
+                            .and_then(Value::as_u64)
+                            .is_none_or(|r| r == reqid);
+                        if mine && (kind == Some(want) || kind == Some(msgid::ERROR)) {
+                            return Ok(f);
+                        }
+                    }
+                    Event::Closed(why) => {
+                        return Err(why.unwrap_or_else(|| "the server closed the connection".into()))
+                    }
+                }
+            }
+        };
+        let reply = match tokio::time::timeout(REPLY_TIMEOUT, wait).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(why)) => {
+                self.conn = None;
+                self.out.line(format!("{what} failed: {why}"));
+                return None;
+            }
+            Err(_) => {
+                self.conn = None;
+                self.out
+                    .line(format!("{what} failed: no reply from the server"));
+                return None;
+            }
+        };
+        Some(reply)
+    }
+
+    fn load_state(&self, user: i64) -> UserState {
+        self.store
+            .as_ref()
+            .map(|s| s.load(user))
+            .unwrap_or_default()
+    }
+
+    fn save_state(&self, user: i64, st: &UserState) {
+        if let Some(s) = &self.store {
+            if let Err(e) = s.save(user, st) {
+                self.out.line(format!(
+                    "warning: cannot save state in {}: {e}",
+                    s.dir().display()
+                ));
+            }
+        }
+    }
+
+    async fn login(&mut self) -> Attempt<(Box<Session>, Conn)> {
+        let line = match self.ask("id: ").await {
+            Attempt::Done(l) => l,
+            Attempt::Failed => return Attempt::Failed,
+            Attempt::Quit => return Attempt::Quit,
+        };
+        let Some(id) = parse_id(&line) else {
+            self.out.line(format!(
+                "\"{}\" is not a user id: the id is the number you got when you registered",
+                clean(line.trim())
+            ));
+            return Attempt::Failed;
+        };
+        let mut saved = self.load_state(id);
+        if saved.last_seq == 0 {
+            if let Some(d) = self.deliveries.get(&id) {
+                saved.last_seq = d.confirmed_seq();
+            }
+        }
+        let prompt = if saved.token.is_some() {
+            "password (Enter to resume the saved session): "
+        } else {
+            "password: "
+        };
+        let password = match self.ask(prompt).await {
+            Attempt::Done(l) => l,
+            Attempt::Failed => return Attempt::Failed,
+            Attempt::Quit => return Attempt::Quit,
+        };
+        let secret = match (password.is_empty(), saved.token.clone()) {
+            (false, _) => Secret::Password(password),
+            (true, Some(t)) => Secret::Token(t),
+            (true, None) => {
+                self.out.line("the password must not be empty");
+                return Attempt::Failed;
+            }
+        };
+        let using_token = matches!(secret, Secret::Token(_));
+        let Some(ack) = self.send_login(id, secret, saved.last_seq).await else {
+            return Attempt::Failed;
+        };
+        let errno = int(&ack, "errno").unwrap_or(-1);
+        let ack = if errno == 0 {
+            ack
+        } else if using_token && errno == 1 {
+            // Single use, expired, or revoked: forget it, ask for the password.
+            saved.token = None;
+            self.save_state(id, &saved);
+            self.out
+                .line("the saved session has expired; log in with your password");
+            let password = match self.ask("password: ").await {
+                Attempt::Done(l) if !l.is_empty() => l,
+                Attempt::Quit => return Attempt::Quit,
+                _ => return Attempt::Failed,
+            };
+            let Some(ack) = self
+                .send_login(id, Secret::Password(password), saved.last_seq)
+                .await
+            else {
+                return Attempt::Failed;
+            };
+            if int(&ack, "errno") != Some(0) {
+                self.login_failed(&ack);
+                return Attempt::Failed;
+            }
+            ack
+        } else {
+            self.login_failed(&ack);
+            return Attempt::Failed;
+        };
+        let Some(conn) = self.conn.take() else {
+            return Attempt::Failed;
+        };
+        let delivery = match self.deliveries.remove(&id) {
+            Some(mut d) => {
+                d.start_session(saved.last_seq);
+                d
+            }
+            None => Delivery::new(saved.last_seq),
+        };
+        let session = Session::from_ack(
+            &ack,
+            delivery,
+            self.store.clone(),
+            self.out.clone(),
+            self.cfg.heartbeat,
+        );
+        let me = session.me();
+        self.out
+            .line(format!("logged in as {}({me})", clean(text(&ack, "name"))));
+        self.out.line(session.friends_summary());
+        self.out.line(session.groups_summary());
+        self.out.line("type help to see the commands");
+        Attempt::Done((Box::new(session), conn))
+    }
+
+    fn login_failed(&self, ack: &Map<String, Value>) {
+        self.out.line(format!(
+            "login failed: error {}: {}",
+            int(ack, "errno").unwrap_or(-1),
+            clean(text(ack, "errmsg"))
+        ));
+    }
+
+    async fn send_login(
+        &mut self,
+        id: i64,
+        secret: Secret,
+        last_seq: i64,
+    ) -> Option<Map<String, Value>> {
+        let mut fields = vec![
+            ("id", id.into()),
+            ("v", 2.into()),
+            ("last_seq", last_seq.into()),
+        ];
+        match secret {
+            Secret::Password(p) => fields.push(("password", p.into())),
+            Secret::Token(t) => fields.push(("token", t.into())),
+        }
+        self.call("login", msgid::LOGIN, fields, msgid::LOGIN_ACK)
+            .await
+    }
+
+    async fn register(&mut self) -> Attempt<()> {
+        let name = match self.ask("name: ").await {
+            Attempt::Done(l) => l,
+            Attempt::Failed => return Attempt::Failed,
+            Attempt::Quit => return Attempt::Quit,
+        };
+        if name.trim().is_empty() {
+            self.out.line("the name must not be empty");
+            return Attempt::Failed;
+        }
+        let password = match self.ask("password: ").await {
+            Attempt::Done(l) => l,
+            Attempt::Failed => return Attempt::Failed,
+            Attempt::Quit => return Attempt::Quit,
+        };
+        if password.is_empty() {
+            self.out.line("the password must not be empty");
+            return Attempt::Failed;
+        }
+        let fields = vec![("name", name.clone().into()), ("password", password.into())];
+        let Some(ack) = self
+            .call("register", msgid::REG, fields, msgid::REG_ACK)
+            .await
+        else {
+            return Attempt::Failed;
+        };
+        match (int(&ack, "errno"), int(&ack, "id")) {
+            (Some(0), Some(id)) => {
+                self.out.line(format!(
+                    "registered {}: your id is {id}; log in with it (choose 1)",
+                    clean(&name)
+                ));
+                Attempt::Done(())
+            }
+            (errno, _) => {
+                self.out.line(format!(
+                    "register failed: error {}: {}",
+                    errno.unwrap_or(-1),
+                    clean(text(&ack, "errmsg"))
+                ));
+                Attempt::Failed
+            }
+        }
+    }
+}

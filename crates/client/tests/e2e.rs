@@ -1,0 +1,509 @@
+//! End to end: the real `chat-server` binary on a free loopback port with a
+//! temporary SQLite database, driven by real `chat` processes through their
+//! stdin and stdout (not terminals, so the client reads and prints plain
+//! lines). Every read has a timeout, and every child is killed on drop.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Longest wait for any one expected line.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn chat_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_chat"))
+}
+
+/// The server binary sits next to the client's in the target directory.
+fn server_exe() -> PathBuf {
+    let exe = chat_exe().with_file_name(format!("chat-server{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        exe.exists(),
+        "the server binary is missing at {}: build it first with `cargo build -p clusterchat-server` \
+         (`cargo test --workspace` builds it)",
+        exe.display()
+    );
+    exe
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `chat-server`, killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let exe = server_exe();
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("chat.db");
+        // The port is free now; a race with another process is possible but
+        // shows up as a clear failure below.
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut child = Command::new(&exe)
+            .args(["--listen", &addr])
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", db.display()))
+            .args(["--argon2-m-kib", "1024", "--argon2-t", "1"])
+            .args(["--sqlite-synchronous", "normal", "--log", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!("chat-server exited early with {st}");
+            }
+            if TcpStream::connect(&addr).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chat-server did not listen on {addr} in time"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        Server {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `chat` client fed through stdin, its stdout read line by line.
+struct Client {
+    who: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Client {
+    fn start(who: &str, addr: &str, state_dir: &Path) -> Client {
+        Client::start_with(who, addr, state_dir, &[])
+    }
+
+    fn start_with(who: &str, addr: &str, state_dir: &Path, extra: &[&str]) -> Client {
+        let mut child = Command::new(chat_exe())
+            .arg(addr)
+            .args(extra)
+            .env("CHAT_STATE_DIR", state_dir)
+            .env_remove("CHAT_SERVER")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start chat");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Client {
+            who: who.to_owned(),
+            stdin: child.stdin.take(),
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "{}: {what}\n--- {} printed ---\n{}",
+            self.who,
+            self.who,
+            self.seen.join("\n")
+        )
+    }
+
+    /// Reads lines up to and including the first that contains `needle`.
+    fn until(&mut self, needle: &str) -> Vec<String> {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    let hit = line.contains(needle);
+                    got.push(line);
+                    if hit {
+                        return got;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.fail(&format!("timed out waiting for {needle:?}"))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.fail(&format!("exited while waiting for {needle:?}"))
+                }
+            }
+        }
+    }
+
+    /// The first line that contains `needle` (earlier lines are skipped).
+    fn expect(&mut self, needle: &str) -> String {
+        self.until(needle).pop().unwrap()
+    }
+
+    /// Registers through the menu; returns the new user id.
+    fn register(&mut self, name: &str, password: &str) -> i64 {
+        self.expect("3. quit");
+        self.send("2");
+        self.send(name);
+        self.send(password);
+        let line = self.expect("your id is");
+        let id = line
+            .split("your id is ")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| self.fail(&format!("no id in {line:?}")));
+        assert!(line.contains(name), "{line}");
+        id
+    }
+
+    /// Logs in through the menu (the menu must be showing).
+    fn login(&mut self, id: i64, password: &str, name: &str) {
+        self.send("1");
+        self.send(&id.to_string());
+        self.send(password);
+        self.expect(&format!("logged in as {name}({id})"));
+        self.expect("type help");
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                self.fail("did not exit in time");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The mid in "message sent (mid N)".
+fn mid_of(line: &str) -> i64 {
+    line.split("(mid ")
+        .nth(1)
+        .and_then(|r| r.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no mid in {line:?}"))
+}
+
+#[test]
+fn two_users_chat_befriend_and_share_a_group() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut a = Client::start("alice", &server.addr, &state.path().join("a"));
+    let mut b = Client::start("bob", &server.addr, &state.path().join("b"));
+    a.expect(&format!("connected to {}", server.addr));
+
+    let alice = a.register("alice", "pw-alice");
+    let bob = b.register("bob", "pw-bob");
+    assert_ne!(alice, bob);
+
+    // A taken name is refused with the protocol's errno.
+    a.expect("3. quit");
+    a.send("2");
+    a.send("bob");
+    a.send("whatever");
+    a.expect("register failed: error 1");
+    // A wrong password too.
+    a.expect("3. quit");
+    a.send("1");
+    a.send(&alice.to_string());
+    a.send("wrong");
+    a.expect("login failed: error 1");
+    a.expect("3. quit");
+
+    a.login(alice, "pw-alice", "alice");
+    b.expect("3. quit");
+    b.login(bob, "pw-bob", "bob");
+
+    // One to one, both ways; the text keeps its colons.
+    a.send(&format!("chat:{bob}:hello bob: it is 10:30"));
+    let sent = a.expect("message sent (mid ");
+    assert!(mid_of(&sent) > 0);
+    let got = b.expect("hello bob");
+    assert!(
+        got.ends_with(&format!("alice({alice}): hello bob: it is 10:30")),
+        "{got}"
+    );
+    assert!(got.starts_with("[20"), "a timestamp comes first: {got}");
+    b.send(&format!("chat:{alice}:hi alice"));
+    b.expect("message sent (mid ");
+    let got = a.expect("hi alice");
+    assert!(got.ends_with(&format!("bob({bob}): hi alice")), "{got}");
+
+    // Errors are explained, and the session goes on.
+    a.send("chat:999999:anyone?");
+    a.expect("error 3: no such user");
+    a.send("dance");
+    a.expect("unknown command \"dance\"; type help");
+    a.send("help");
+    a.expect("groupchat:ID:TEXT");
+
+    // Friends.
+    a.send(&format!("addfriend:{bob}"));
+    a.expect(&format!("bob({bob}) is now your friend"));
+    a.send(&format!("addfriend:{bob}"));
+    a.expect("error 5");
+    a.send("friends");
+    a.expect("friends (1):");
+    a.expect(&format!("bob({bob})"));
+
+    // A group: alice creates it, bob joins, both talk in it.
+    a.send("creategroup:team:the team: all of us");
+    let line = a.expect("group \"team\" created (id ");
+    let group: i64 = line
+        .rsplit("(id ")
+        .next()
+        .and_then(|r| r.trim_end_matches(')').parse().ok())
+        .unwrap();
+    b.send(&format!("addgroup:{group}"));
+    b.expect(&format!("joined group {group}"));
+    b.send(&format!("groupchat:{group}:hello team"));
+    b.expect("group message sent (mid ");
+    let got = a.expect("hello team");
+    assert!(got.starts_with(&format!("[group {group}] [20")), "{got}");
+    assert!(got.ends_with(&format!("bob({bob}): hello team")), "{got}");
+    a.send(&format!("groupchat:{group}:welcome bob"));
+    a.expect("group message sent");
+    let got = b.expect("welcome bob");
+    assert!(
+        got.ends_with(&format!("alice({alice}): welcome bob")),
+        "{got}"
+    );
+    a.send("groups");
+    a.expect("groups (1):");
+    a.expect("group");
+
+    // History, oldest first.
+    a.send(&format!("history:{bob}"));
+    a.expect(&format!("--- history with bob({bob}): 2 messages ---"));
+    let h = a.until("--- end of history ---");
+    assert_eq!(h.len(), 3, "{h:?}");
+    assert!(h[0].contains("hello bob: it is 10:30"), "{h:?}");
+    assert!(h[1].contains("hi alice"), "{h:?}");
+    b.send(&format!("ghistory:{group}"));
+    b.expect("history of group");
+    let h = b.until("--- end of history ---");
+    assert!(h[0].contains("hello team"), "{h:?}");
+    assert!(h[1].contains("welcome bob"), "{h:?}");
+
+    // Bob's friend list came from the server only at login; alice's
+    // addfriend is mutual, and PRESENCE tells alice when bob leaves and comes back.
+    b.send("loginout");
+    b.expect(&format!("bob({bob}) logged out"));
+    a.expect(&format!("bob({bob}) is now offline"));
+    b.expect("3. quit");
+    b.login(bob, "pw-bob", "bob");
+    a.expect(&format!("bob({bob}) is now online"));
+    b.send("friends");
+    b.expect(&format!("alice({alice}) online"));
+    b.send("groups");
+    b.expect(&format!("group {group} \"team\": the team: all of us"));
+
+    // Group management: only the creator may disband; bob may quit.
+    b.send(&format!("disband:{group}"));
+    b.expect("error 4");
+    b.send(&format!("quitgroup:{group}"));
+    b.expect(&format!("left group {group}"));
+    a.send(&format!("delfriend:{bob}"));
+    a.expect(&format!("bob({bob}) is no longer your friend"));
+    a.send(&format!("disband:{group}"));
+    a.expect(&format!("group {group} \"team\" disbanded"));
+
+    // quit exits cleanly.
+    a.send("quit");
+    a.expect("bye");
+    assert!(a.wait_exit().success());
+    b.close_stdin();
+    b.expect("bye");
+    assert!(b.wait_exit().success());
+}
+
+#[test]
+fn offline_messages_arrive_at_next_login_once() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let bob_state = state.path().join("b");
+    let mut a = Client::start("alice", &server.addr, &state.path().join("a"));
+    let mut b = Client::start("bob", &server.addr, &bob_state);
+    let alice = a.register("alice", "pw-a");
+    let bob = b.register("bob", "pw-b");
+    a.expect("3. quit");
+    a.login(alice, "pw-a", "alice");
+
+    // Bob is not logged in: the message waits for him.
+    a.send(&format!("chat:{bob}:are you there?"));
+    a.expect("message sent");
+    a.send(&format!("chat:{bob}:second: still here"));
+    a.expect("message sent");
+
+    b.expect("3. quit");
+    b.login(bob, "pw-b", "bob");
+    let first = b.expect("are you there?");
+    assert!(
+        first.ends_with(&format!("alice({alice}): are you there?")),
+        "{first}"
+    );
+    b.expect("second: still here");
+
+    // Live messages still arrive after the backlog.
+    a.send(&format!("chat:{bob}:live now"));
+    b.expect("live now");
+
+    // Bob quits without logging out (keeping his saved session), then comes
+    // back with a new process: nothing is replayed, and an empty password
+    // resumes the saved session with the token.
+    b.send("quit");
+    b.expect("bye");
+    assert!(b.wait_exit().success());
+    let mut b = Client::start("bob again", &server.addr, &bob_state);
+    b.expect("3. quit");
+    b.send("1");
+    b.send(&bob.to_string());
+    b.send("");
+    let seen = b.until("type help");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains(&format!("logged in as bob({bob})"))),
+        "{seen:?}"
+    );
+    // History replies come after any replayed message: a marker.
+    b.send(&format!("history:{alice}"));
+    let seen = b.until("--- end of history ---");
+    let header = seen
+        .iter()
+        .position(|l| l.starts_with("--- history with"))
+        .unwrap();
+    for l in &seen[..header] {
+        assert!(
+            !l.contains("are you there?") && !l.contains("live now"),
+            "delivered messages came again: {seen:?}"
+        );
+    }
+    assert!(seen[header].contains("3 messages"), "{seen:?}");
+
+    // After loginout the token is revoked, so Enter alone no longer works
+    // and the password is asked for.
+    b.send("loginout");
+    b.expect("logged out");
+    b.expect("3. quit");
+    a.send(&format!("chat:{bob}:while you were out"));
+    a.expect("message sent");
+    b.send("1");
+    b.send(&bob.to_string());
+    b.send("pw-b");
+    b.expect(&format!("logged in as bob({bob})"));
+    b.expect("while you were out");
+}
+
+#[test]
+fn a_newer_login_kicks_the_older_session_back_to_the_menu() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut a = Client::start("first", &server.addr, &state.path().join("1"));
+    let id = a.register("carol", "pw");
+    a.expect("3. quit");
+    a.login(id, "pw", "carol");
+    let mut b = Client::start("second", &server.addr, &state.path().join("2"));
+    b.expect("3. quit");
+    b.login(id, "pw", "carol");
+    a.expect("kicked by the server");
+    a.expect("back to the menu");
+    // The menu works again on a fresh connection; this login kicks the second.
+    a.send("1");
+    a.send(&id.to_string());
+    a.send("pw");
+    a.expect("logged in as carol");
+    b.expect("kicked by the server");
+}
+
+#[test]
+fn heartbeat_pings_are_answered_quietly() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut a = Client::start_with(
+        "dave",
+        &server.addr,
+        state.path(),
+        &["--heartbeat-secs", "1"],
+    );
+    let id = a.register("dave", "pw");
+    a.expect("3. quit");
+    a.login(id, "pw", "dave");
+    // Several heartbeat periods pass. A PING left unanswered would end the
+    // session ("no reply to PING"); answered ones print nothing.
+    thread::sleep(Duration::from_millis(3500));
+    a.send("friends");
+    let seen = a.until("no friends yet");
+    assert_eq!(seen.len(), 1, "unexpected output: {seen:?}");
+}
+
+#[test]
+fn a_refused_connection_is_a_clear_error() {
+    let port = free_port();
+    let out = Command::new(chat_exe())
+        .arg(format!("127.0.0.1:{port}"))
+        .env_remove("CHAT_SERVER")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to 127.0.0.1:"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
