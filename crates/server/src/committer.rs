@@ -122,12 +122,10 @@ async fn run(
             }
             Err(e) => {
                 tracing::error!(error = %e, batch = n, "group commit failed; writers get errno 10");
-                for reply in replies {
-                    if let Some(r) = reply {
-                        let _ = r.send(Err(StoreError::Unavailable(sqlx::Error::Protocol(
-                            format!("batch failed: {e}"),
-                        ))));
-                    }
+                for r in replies.into_iter().flatten() {
+                    let _ = r.send(Err(StoreError::Unavailable(sqlx::Error::Protocol(format!(
+                        "batch failed: {e}"
+                    )))));
                 }
             }
         }
