@@ -8,6 +8,7 @@
 //! so durability costs a transaction per batch rather than per message.
 
 pub mod batch;
+pub mod mysql;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -359,8 +360,12 @@ impl<T: UserStore + FriendStore + GroupStore + MessageStore> Store for T {}
 pub async fn open(url: &str, opts: &StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(url, opts).await?))
+    } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        Ok(Arc::new(mysql::MysqlStore::open(url, opts).await?))
     } else {
-        anyhow::bail!("unsupported database URL {url:?}: expected sqlite://PATH")
+        anyhow::bail!(
+            "unsupported database URL {url:?}: expected sqlite://PATH or mysql://USER:PASS@HOST:PORT/DB"
+        )
     }
 }
 

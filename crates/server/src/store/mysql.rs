@@ -1,0 +1,706 @@
+//! The clustered backend: MySQL or MariaDB (10.11 and later), shared by every
+//! server node of a cluster.
+//!
+//! Group commits plan with [`batch`] exactly as SQLite does. What differs is
+//! the locking that keeps several nodes committing at once safe: a commit that
+//! stores messages first locks the single `counters` row that holds the highest
+//! mid (so mids are unique and grow in commit order across the cluster), then
+//! locks the `user_seq` row of every user it touches, in id order, before it
+//! reads their counters. A deadlock or lock timeout rolls the whole batch back,
+//! and it is retried a few times before the error is reported.
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions, MySqlRow};
+use sqlx::{MySql, MySqlPool, QueryBuilder, Row, Transaction};
+
+use super::batch::{self, Lookups};
+use super::{
+    Conversation, FriendStore, GroupId, GroupInfo, GroupStore, Member, MessageStore, OpError,
+    Person, Role, StoreError, StoreOptions, StoreResult, StoredMessage, Target, UserId, UserRecord,
+    UserStore, WriteOp, WriteOutcome,
+};
+
+/// Rows per multi-row statement: far below MySQL's 65,535 placeholders and
+/// small enough that a chunk of 16 KiB messages stays under `max_allowed_packet`.
+const CHUNK: usize = 200;
+
+/// How many times a batch that hit a deadlock or lock timeout is tried.
+const COMMIT_ATTEMPTS: u32 = 5;
+
+/// The MySQL / MariaDB store.
+#[derive(Clone)]
+pub struct MysqlStore {
+    pool: MySqlPool,
+}
+
+type Tx = Transaction<'static, MySql>;
+
+fn migrator() -> Migrator {
+    Migrator {
+        migrations: Cow::Owned(vec![Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/mysql/0001_init.sql")),
+            false,
+        )]),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    }
+}
+
+fn now() -> i64 {
+    chat_protocol::time::unix_now()
+}
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// Deadlock (1213) or lock wait timeout (1205): the transaction was rolled
+/// back (or must be) and may simply be run again.
+fn retryable(e: &StoreError) -> bool {
+    match e {
+        StoreError::Unavailable(sqlx::Error::Database(d)) => d
+            .try_downcast_ref::<MySqlDatabaseError>()
+            .is_some_and(|m| matches!(m.number(), 1205 | 1213)),
+        _ => false,
+    }
+}
+
+/// Reads a text column. Columns with a `_bin` collation carry MySQL's BINARY
+/// flag, which sqlx's type check takes for VARBINARY; the bytes are UTF-8
+/// all the same (the connection and every table are utf8mb4), and decoding
+/// still checks that.
+fn text(row: &MySqlRow, idx: usize) -> StoreResult<String> {
+    Ok(row.try_get_unchecked::<String, _>(idx)?)
+}
+
+/// Columns `mid, sender, sender_name, kind, target, body, created_at`,
+/// starting at `at`.
+fn message_from_row(row: &MySqlRow, at: usize) -> StoreResult<StoredMessage> {
+    Ok(StoredMessage {
+        mid: row.try_get(at)?,
+        sender: row.try_get(at + 1)?,
+        sender_name: text(row, at + 2)?,
+        target: Target::from_parts(row.try_get(at + 3)?, row.try_get(at + 4)?),
+        body: text(row, at + 5)?,
+        time: row.try_get(at + 6)?,
+    })
+}
+
+/// Appends `(?, ?, ...)` for `items` to a query that ends in `IN `.
+fn push_in(qb: &mut QueryBuilder<'_, MySql>, items: &[i64]) {
+    qb.push("(");
+    let mut sep = qb.separated(", ");
+    for &x in items {
+        sep.push_bind(x);
+    }
+    qb.push(")");
+}
+
+impl MysqlStore {
+    /// Connects to `url` (`mysql://` or `mariadb://`) and migrates the schema.
+    pub async fn open(url: &str, opts: &StoreOptions) -> StoreResult<Self> {
+        let url = match url.strip_prefix("mariadb://") {
+            Some(rest) => Cow::Owned(format!("mysql://{rest}")),
+            None => Cow::Borrowed(url),
+        };
+        let conn = MySqlConnectOptions::from_str(&url)?
+            .charset("utf8mb4")
+            .collation("utf8mb4_bin");
+        Self::open_with(conn, opts).await
+    }
+
+    /// Connects with ready-made options (tests point these at a scratch
+    /// database) and migrates the schema.
+    pub async fn open_with(conn: MySqlConnectOptions, opts: &StoreOptions) -> StoreResult<Self> {
+        let pool = MySqlPoolOptions::new()
+            .max_connections(opts.pool_size.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(conn)
+            .await?;
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(sqlx::Error::Migrate(Box::new(e))))?;
+        Ok(MysqlStore { pool })
+    }
+
+    async fn lookups(tx: &mut Tx, need: &batch::Needs) -> StoreResult<Lookups> {
+        let mut lk = Lookups::default();
+        for chunk in need.users.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<MySql>::new("SELECT id FROM users WHERE id IN ");
+            push_in(&mut qb, chunk);
+            for row in qb.build().fetch_all(&mut **tx).await? {
+                lk.existing_users.insert(row.try_get::<i64, _>(0)?);
+            }
+        }
+        for chunk in need.groups.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<MySql>::new(
+                "SELECT groupid, userid FROM groupuser WHERE groupid IN ",
+            );
+            push_in(&mut qb, chunk);
+            qb.push(" ORDER BY groupid, userid");
+            for row in qb.build().fetch_all(&mut **tx).await? {
+                lk.members
+                    .entry(row.try_get(0)?)
+                    .or_default()
+                    .push(row.try_get(1)?);
+            }
+        }
+        // A locking read sees the newest committed rows whatever the
+        // transaction's snapshot; the mid counter lock already serialises
+        // every writer of `messages`, so this blocks no one.
+        for chunk in need.cmids.chunks(CHUNK) {
+            let mut qb =
+                QueryBuilder::<MySql>::new("SELECT sender, cmid, mid FROM messages WHERE ");
+            for (i, (sender, cmid)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    qb.push(" OR ");
+                }
+                qb.push("(sender = ")
+                    .push_bind(*sender)
+                    .push(" AND cmid = ")
+                    .push_bind(cmid.clone())
+                    .push(")");
+            }
+            qb.push(" FOR UPDATE");
+            for row in qb.build().fetch_all(&mut **tx).await? {
+                let key = (row.try_get::<i64, _>(0)?, text(&row, 1)?);
+                lk.cmid_hits.insert(key, row.try_get(2)?);
+            }
+        }
+        Ok(lk)
+    }
+
+    /// Locks the `user_seq` rows of `users` (ascending ids, so two batches
+    /// never wait on each other in a cycle) and returns their `last_seq`.
+    async fn lock_seqs(tx: &mut Tx, users: &[UserId]) -> StoreResult<HashMap<UserId, i64>> {
+        let mut out = HashMap::with_capacity(users.len());
+        for chunk in users.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<MySql>::new(
+                "SELECT userid, last_seq FROM user_seq WHERE userid IN ",
+            );
+            push_in(&mut qb, chunk);
+            qb.push(" ORDER BY userid FOR UPDATE");
+            for row in qb.build().fetch_all(&mut **tx).await? {
+                out.insert(row.try_get(0)?, row.try_get(1)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn token_op(tx: &mut Tx, op: &WriteOp) -> StoreResult<WriteOutcome> {
+        match op {
+            WriteOp::Token {
+                consume,
+                user,
+                issue,
+                expires_at,
+                now,
+            } => {
+                let owner = match (consume, user) {
+                    (Some(old), _) => {
+                        // SELECT ... FOR UPDATE then DELETE rather than
+                        // DELETE ... RETURNING, which MySQL lacks.
+                        let row = sqlx::query(
+                            "SELECT userid, expires_at FROM tokens WHERE hash = ? FOR UPDATE",
+                        )
+                        .bind(old)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                        let Some(row) = row else {
+                            return Ok(WriteOutcome::Failed(OpError::BadToken));
+                        };
+                        sqlx::query("DELETE FROM tokens WHERE hash = ?")
+                            .bind(old)
+                            .execute(&mut **tx)
+                            .await?;
+                        if row.try_get::<i64, _>(1)? <= *now {
+                            return Ok(WriteOutcome::Failed(OpError::BadToken));
+                        }
+                        row.try_get::<i64, _>(0)?
+                    }
+                    (None, Some(u)) => *u,
+                    (None, None) => return Ok(WriteOutcome::Failed(OpError::BadToken)),
+                };
+                sqlx::query("DELETE FROM tokens WHERE userid = ? AND expires_at <= ?")
+                    .bind(owner)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("INSERT INTO tokens (hash, userid, expires_at) VALUES (?, ?, ?)")
+                    .bind(issue)
+                    .bind(owner)
+                    .bind(expires_at)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(WriteOutcome::TokenIssued { user: owner })
+            }
+            WriteOp::RevokeTokens { user } => {
+                sqlx::query("DELETE FROM tokens WHERE userid = ?")
+                    .bind(user)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(WriteOutcome::Revoked)
+            }
+            _ => unreachable!("only token ops reach token_op"),
+        }
+    }
+
+    /// One attempt at a group commit, in one transaction.
+    async fn commit_once(&self, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
+        let mut tx = self.pool.begin().await?;
+        let appends = ops.iter().any(|o| matches!(o, WriteOp::Append(_)));
+        // First statement of the transaction: every node's message-storing
+        // commits queue here, one at a time.
+        let max_mid: i64 = if appends {
+            sqlx::query_scalar("SELECT value FROM counters WHERE name = 'mid' FOR UPDATE")
+                .fetch_one(&mut *tx)
+                .await?
+        } else {
+            0
+        };
+        let need = batch::needs(ops);
+        let lk = Self::lookups(&mut tx, &need).await?;
+        let rcpt = batch::recipients(ops, &lk);
+        let mut touched: BTreeSet<UserId> = rcpt.iter().copied().collect();
+        for op in ops {
+            if let WriteOp::Ack { user, .. } = op {
+                touched.insert(*user);
+            }
+        }
+        let touched: Vec<UserId> = touched.into_iter().collect();
+        let last = Self::lock_seqs(&mut tx, &touched).await?;
+        let plan = batch::plan(ops, &lk, max_mid, &last);
+
+        for chunk in plan.messages.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<MySql>::new(
+                "INSERT INTO messages (mid, sender, sender_name, kind, target, conv, body, cmid, created_at) ",
+            );
+            qb.push_values(chunk, |mut b, row| {
+                let m = &row.message;
+                b.push_bind(m.mid)
+                    .push_bind(m.sender)
+                    .push_bind(&m.sender_name)
+                    .push_bind(m.target.kind())
+                    .push_bind(m.target.id())
+                    .push_bind(&row.conv)
+                    .push_bind(&m.body)
+                    .push_bind(&row.cmid)
+                    .push_bind(m.time);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        if let Some(last_mid) = plan.messages.last().map(|r| r.message.mid) {
+            sqlx::query("UPDATE counters SET value = ? WHERE name = 'mid'")
+                .bind(last_mid)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for chunk in plan.inbox.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<MySql>::new("INSERT INTO inbox (userid, seq, mid) ");
+            qb.push_values(chunk, |mut b, (u, s, m)| {
+                b.push_bind(*u).push_bind(*s).push_bind(*m);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        for chunk in plan.seq_updates.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<MySql>::new("INSERT INTO user_seq (userid, last_seq) ");
+            qb.push_values(chunk, |mut b, (u, s)| {
+                b.push_bind(*u).push_bind(*s);
+            });
+            qb.push(" ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq)");
+            qb.build().execute(&mut *tx).await?;
+        }
+        for chunk in plan.acks.chunks(CHUNK) {
+            let mut qb =
+                QueryBuilder::<MySql>::new("INSERT INTO user_seq (userid, last_seq, acked_seq) ");
+            qb.push_values(chunk, |mut b, (u, s)| {
+                b.push_bind(*u).push_bind(0i64).push_bind(*s);
+            });
+            qb.push(
+                " ON DUPLICATE KEY UPDATE \
+                 acked_seq = GREATEST(acked_seq, LEAST(VALUES(acked_seq), last_seq))",
+            );
+            qb.build().execute(&mut *tx).await?;
+        }
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for (op, planned) in ops.iter().zip(plan.outcomes) {
+            outcomes.push(match planned {
+                Some(o) => o,
+                None => Self::token_op(&mut tx, op).await?,
+            });
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+}
+
+#[async_trait]
+impl UserStore for MysqlStore {
+    async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<UserId> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query("INSERT INTO users (name, password, created_at) VALUES (?, ?, ?)")
+            .bind(name)
+            .bind(password_hash)
+            .bind(now())
+            .execute(&mut *tx)
+            .await;
+        let id = match res {
+            Ok(r) => r.last_insert_id() as i64,
+            Err(e) if unique_violation(&e) => return Err(StoreError::Exists),
+            Err(e) => return Err(e.into()),
+        };
+        sqlx::query("INSERT INTO user_seq (userid) VALUES (?)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn find_user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query("SELECT id, name, password FROM users WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(UserRecord {
+                id: r.try_get(0)?,
+                name: text(&r, 1)?,
+                password_hash: text(&r, 2)?,
+            })
+        })
+        .transpose()
+    }
+}
+
+#[async_trait]
+impl FriendStore for MysqlStore {
+    async fn add_friend(&self, user: UserId, friend: UserId) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM users WHERE id = ? LOCK IN SHARE MODE")
+                .bind(friend)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        // IGNORE skips only the duplicate rows: two plain BIGINTs cannot
+        // trip any other error it would hide.
+        let added =
+            sqlx::query("INSERT IGNORE INTO friends (userid, friendid) VALUES (?, ?), (?, ?)")
+                .bind(user)
+                .bind(friend)
+                .bind(friend)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if added == 0 {
+            return Err(StoreError::Exists);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_friend(&self, user: UserId, friend: UserId) -> StoreResult<()> {
+        let removed = sqlx::query(
+            "DELETE FROM friends WHERE (userid = ? AND friendid = ?) OR (userid = ? AND friendid = ?)",
+        )
+        .bind(user)
+        .bind(friend)
+        .bind(friend)
+        .bind(user)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if removed == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn friends(&self, user: UserId) -> StoreResult<Vec<Person>> {
+        let rows = sqlx::query(
+            "SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friendid WHERE f.userid = ? ORDER BY u.id",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Person {
+                    id: r.try_get(0)?,
+                    name: text(r, 1)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl GroupStore for MysqlStore {
+    async fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(
+            "INSERT INTO allgroup (groupname, groupdesc, creator, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(name)
+        .bind(desc)
+        .bind(creator)
+        .bind(now())
+        .execute(&mut *tx)
+        .await;
+        let id = match res {
+            Ok(r) => r.last_insert_id() as i64,
+            Err(e) if unique_violation(&e) => return Err(StoreError::Exists),
+            Err(e) => return Err(e.into()),
+        };
+        sqlx::query("INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'creator')")
+            .bind(id)
+            .bind(creator)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn join_group(&self, group: GroupId, user: UserId) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        // A shared lock on the group row: a disband on another node either
+        // finishes first (and this sees no group) or waits for this join.
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM allgroup WHERE id = ? LOCK IN SHARE MODE")
+                .bind(group)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let added = sqlx::query(
+            "INSERT IGNORE INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'normal')",
+        )
+        .bind(group)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if added == 0 {
+            return Err(StoreError::Exists);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn quit_group(&self, group: GroupId, user: UserId) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        match role_in(&mut tx, group, user, false).await? {
+            Some(Role::Normal) => {}
+            _ => return Err(StoreError::Forbidden),
+        }
+        sqlx::query("DELETE FROM groupuser WHERE groupid = ? AND userid = ?")
+            .bind(group)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn disband_group(&self, group: GroupId, user: UserId) -> StoreResult<Vec<UserId>> {
+        let mut tx = self.pool.begin().await?;
+        if role_in(&mut tx, group, user, true).await? != Some(Role::Creator) {
+            return Err(StoreError::Forbidden);
+        }
+        let members: Vec<i64> = sqlx::query_scalar(
+            "SELECT userid FROM groupuser WHERE groupid = ? ORDER BY userid FOR UPDATE",
+        )
+        .bind(group)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM groupuser WHERE groupid = ?")
+            .bind(group)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM allgroup WHERE id = ?")
+            .bind(group)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(members)
+    }
+
+    async fn membership(&self, group: GroupId, user: UserId) -> StoreResult<Option<Role>> {
+        // One statement, so existence and role come from one snapshot.
+        let row = sqlx::query(
+            "SELECT g.id, gu.grouprole FROM allgroup g \
+             LEFT JOIN groupuser gu ON gu.groupid = g.id AND gu.userid = ? WHERE g.id = ?",
+        )
+        .bind(user)
+        .bind(group)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound);
+        };
+        let role: Option<String> = row.try_get_unchecked(1)?;
+        Ok(role.map(|r| Role::parse(&r)))
+    }
+
+    async fn groups_of(&self, user: UserId) -> StoreResult<Vec<GroupInfo>> {
+        // One transaction: both reads see the same snapshot.
+        let mut tx = self.pool.begin().await?;
+        let groups = sqlx::query(
+            "SELECT g.id, g.groupname, g.groupdesc FROM groupuser gu JOIN allgroup g ON g.id = gu.groupid \
+             WHERE gu.userid = ? ORDER BY g.id",
+        )
+        .bind(user)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = groups
+            .iter()
+            .map(|r| {
+                Ok(GroupInfo {
+                    id: r.try_get(0)?,
+                    name: text(r, 1)?,
+                    desc: text(r, 2)?,
+                    members: Vec::new(),
+                })
+            })
+            .collect::<StoreResult<Vec<GroupInfo>>>()?;
+        if out.is_empty() {
+            tx.commit().await?;
+            return Ok(out);
+        }
+        let members = sqlx::query(
+            "SELECT gu.groupid, u.id, u.name, gu.grouprole FROM groupuser gu JOIN users u ON u.id = gu.userid \
+             WHERE gu.groupid IN (SELECT groupid FROM groupuser WHERE userid = ?) ORDER BY gu.groupid, u.id",
+        )
+        .bind(user)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let index: HashMap<GroupId, usize> =
+            out.iter().enumerate().map(|(i, g)| (g.id, i)).collect();
+        for r in &members {
+            if let Some(&i) = index.get(&r.try_get::<i64, _>(0)?) {
+                out[i].members.push(Member {
+                    id: r.try_get(1)?,
+                    name: text(r, 2)?,
+                    role: Role::parse(&text(r, 3)?),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `NotFound` if the group does not exist; otherwise the user's role, if any.
+/// The group row is locked: exclusively (to delete it) or shared.
+async fn role_in(
+    tx: &mut Tx,
+    group: GroupId,
+    user: UserId,
+    exclusive: bool,
+) -> StoreResult<Option<Role>> {
+    let sql = if exclusive {
+        "SELECT id FROM allgroup WHERE id = ? FOR UPDATE"
+    } else {
+        "SELECT id FROM allgroup WHERE id = ? LOCK IN SHARE MODE"
+    };
+    let exists: Option<i64> = sqlx::query_scalar(sql)
+        .bind(group)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if exists.is_none() {
+        return Err(StoreError::NotFound);
+    }
+    let row = sqlx::query("SELECT grouprole FROM groupuser WHERE groupid = ? AND userid = ?")
+        .bind(group)
+        .bind(user)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.map(|r| Ok(Role::parse(&text(&r, 0)?))).transpose()
+}
+
+#[async_trait]
+impl MessageStore for MysqlStore {
+    async fn commit(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
+        let mut attempt = 1;
+        loop {
+            match self.commit_once(&ops).await {
+                Err(e) if attempt < COMMIT_ATTEMPTS && retryable(&e) => {
+                    tracing::debug!(attempt, error = %e, "group commit conflicted; retrying");
+                    tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn acked_seq(&self, user: UserId) -> StoreResult<i64> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT acked_seq FROM user_seq WHERE userid = ?")
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn undelivered(
+        &self,
+        user: UserId,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, StoredMessage)>> {
+        let rows = sqlx::query(
+            "SELECT i.seq, m.mid, m.sender, m.sender_name, m.kind, m.target, m.body, m.created_at \
+             FROM inbox i JOIN messages m ON m.mid = i.mid \
+             WHERE i.userid = ? \
+               AND i.seq > GREATEST(?, COALESCE((SELECT acked_seq FROM user_seq WHERE userid = ?), 0)) \
+             ORDER BY i.seq LIMIT ?",
+        )
+        .bind(user)
+        .bind(after)
+        .bind(user)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, message_from_row(r, 1)?)))
+            .collect()
+    }
+
+    async fn history(
+        &self,
+        conv: Conversation,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        let rows = sqlx::query(
+            "SELECT mid, sender, sender_name, kind, target, body, created_at FROM messages \
+             WHERE conv = ? AND mid < ? ORDER BY mid DESC LIMIT ?",
+        )
+        .bind(conv.key())
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| message_from_row(r, 0)).collect()
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
