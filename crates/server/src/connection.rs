@@ -143,10 +143,11 @@ impl Conn {
                 f = frames.next(), if can_read => match f {
                     None => break,
                     Some(Ok(frame)) => {
+                        self.on_frame(frame).await;
+                        // After the frame, so that LOGINOUT restarts the clock too.
                         if self.session.is_none() {
                             idle.as_mut().reset(tokio::time::Instant::now() + self.sh.cfg.login_idle_timeout);
                         }
-                        self.on_frame(frame).await;
                     }
                     Some(Err(FrameError::TooLarge(n))) => {
                         tracing::info!(peer = %self.peer, limit = n, "frame too large; closing");

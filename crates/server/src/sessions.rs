@@ -111,7 +111,13 @@ impl SessionHandle {
     }
 
     fn try_out(&self, out: Out) {
-        if self.out.try_send(out).is_err() && !self.close.is_cancelled() {
+        // Once closing, queue nothing more: a frame dropped for a full queue
+        // must not be followed by later ones, or the client would see a seq
+        // gap (and a level-1 write would confirm the dropped message).
+        if self.close.is_cancelled() {
+            return;
+        }
+        if self.out.try_send(out).is_err() {
             tracing::warn!(
                 user = self.user,
                 sid = self.sid,
