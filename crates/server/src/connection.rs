@@ -3,8 +3,10 @@
 //! writes.
 //!
 //! Requests are pipelined: up to `max_inflight` run at once, and their replies
-//! go out in request order. LOGIN and LOGINOUT change the session, so they
-//! wait for everything before them first.
+//! go out in request order. LOGIN and LOGINOUT change the session, and friend
+//! and group changes change what later requests may do, so they wait for
+//! everything before them first (the latter also finish before the next
+//! request starts); HISTORY waits too, to see the writes before it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -276,6 +278,10 @@ impl Conn {
                 Ok(crate::service::ready(Ok(Reply::Frame(frames::pong())))),
             ),
             msgid::ONE_CHAT | msgid::GROUP_CHAT | msgid::DELIVERED | msgid::HISTORY => {
+                if id == msgid::HISTORY {
+                    // It must see what this connection wrote before it.
+                    self.drain().await;
+                }
                 let w = match &self.session {
                     None => Err(ServiceError::not_logged_in()),
                     Some(s) => match id {
@@ -292,11 +298,15 @@ impl Conn {
             | msgid::ADD_GROUP
             | msgid::QUIT_GROUP
             | msgid::DISBAND_GROUP => {
+                // Take effect in request order: a pipelined ADD_GROUP then
+                // GROUP_CHAT must not run the chat first.
+                self.drain().await;
                 let w = match &self.session {
                     None => Err(ServiceError::not_logged_in()),
                     Some(s) => social::handle(&sh, s, &req),
                 };
                 self.push(id, req.reqid, w);
+                self.drain().await;
             }
             _ => {
                 let e = ServiceError::malformed(format!("unknown msgid {id}"));

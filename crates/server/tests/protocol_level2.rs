@@ -675,3 +675,76 @@ async fn tokens_work_once_and_loginout_revokes_them() {
     c3.login_l2(alice, "pw").await;
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_take_effect_in_request_order() {
+    let srv = TestServer::start().await;
+    let (alice, mut a) = user_l2(&srv, "alice").await;
+    let (bob, mut b) = user_l2(&srv, "bob").await;
+    let frames = |reqs: Vec<Value>| -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in reqs {
+            out.extend_from_slice(&serde_json::to_vec(&r).unwrap());
+            out.push(b'\n');
+        }
+        out
+    };
+    for round in 0..20 {
+        let g = create_group(&mut a, &format!("order-{round}")).await;
+        // Join, chat, read, quit, chat again: all in one write.
+        b.send_raw(&frames(vec![
+            json!({"msgid": 9, "groupid": g}),
+            json!({"msgid": 10, "groupid": g, "msg": "in"}),
+            json!({"msgid": 17, "groupid": g}),
+            json!({"msgid": 14, "groupid": g}),
+            json!({"msgid": 10, "groupid": g, "msg": "out"}),
+        ]))
+        .await;
+        b.expect_ack(9).await;
+        let mid = b.expect_ack(10).await["mid"].clone();
+        let h = b.expect_ack(17).await;
+        assert_eq!(
+            h["messages"][0]["mid"], mid,
+            "HISTORY misses the chat before it"
+        );
+        b.expect_ack(14).await;
+        b.expect_error(4).await;
+        assert_eq!(a.recv_msgid(10).await["msg"], "in");
+    }
+    // Befriend, unfriend, befriend again in one write.
+    a.send_raw(&frames(vec![
+        json!({"msgid": 7, "friendid": bob}),
+        json!({"msgid": 13, "friendid": bob}),
+        json!({"msgid": 7, "friendid": bob}),
+        json!({"msgid": 13, "friendid": bob}),
+        json!({"msgid": 13, "friendid": bob}),
+    ]))
+    .await;
+    for re in [7, 13, 7, 13] {
+        a.expect_ack(re).await;
+    }
+    a.expect_error(3).await;
+    // A burst of chats then HISTORY: it sees all of them, newest first.
+    let mut reqs: Vec<Value> = (0..10)
+        .map(|i| json!({"msgid": 6, "toid": alice, "msg": format!("p{i}")}))
+        .collect();
+    reqs.push(json!({"msgid": 17, "toid": alice, "limit": 10}));
+    b.send_raw(&frames(reqs)).await;
+    let mut mids = Vec::new();
+    for _ in 0..10 {
+        mids.push(b.expect_ack(6).await["mid"].as_i64().unwrap());
+    }
+    let h = b.expect_ack(17).await;
+    let got: Vec<i64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mid"].as_i64().unwrap())
+        .collect();
+    mids.reverse();
+    assert_eq!(got, mids);
+    for i in 0..10 {
+        assert_eq!(a.recv_msgid(6).await["msg"], format!("p{i}"));
+    }
+    srv.stop().await;
+}
