@@ -16,8 +16,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions, MySqlRow};
-use sqlx::{MySql, MySqlPool, QueryBuilder, Row, Transaction};
+use sqlx::mysql::{
+    MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPoolOptions, MySqlRow,
+};
+use sqlx::{Connection, MySql, MySqlPool, QueryBuilder, Row, Transaction};
 
 use super::batch::{self, Lookups};
 use super::{
@@ -122,6 +124,9 @@ impl MysqlStore {
     /// Connects with ready-made options (tests point these at a scratch
     /// database) and migrates the schema.
     pub async fn open_with(conn: MySqlConnectOptions, opts: &StoreOptions) -> StoreResult<Self> {
+        // One plain connection first: a wrong address or password then
+        // reports itself, where the pool would retry until its timeout.
+        MySqlConnection::connect_with(&conn).await?.close().await?;
         let pool = MySqlPoolOptions::new()
             .max_connections(opts.pool_size.max(1))
             .acquire_timeout(Duration::from_secs(10))
