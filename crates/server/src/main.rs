@@ -143,7 +143,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let store = store::open(&args.database_url, &opts)
         .await
-        .with_context(|| format!("cannot open database {}", args.database_url))?;
+        .with_context(|| format!("cannot open database {}", redact_url(&args.database_url)))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -156,7 +156,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .map(|a| a.to_string())
                     .unwrap_or_default()
             });
-            tracing::info!(%node, redis = %url, "cluster mode");
+            tracing::info!(%node, redis = %redact_url(url), "cluster mode");
             Node::clustered(
                 cfg,
                 store,
@@ -171,13 +171,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     tracing::info!(
         listen = %listener.local_addr()?,
-        database = %args.database_url,
+        database = %redact_url(&args.database_url),
         max_connections = args.max_connections,
         "clusterchat server ready"
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
     node.run(listener, shutdown).await
+}
+
+/// `url` with any password replaced by `***`, for logs and error messages.
+fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[scheme_end..]
+        .find('/')
+        .map_or(url.len(), |i| scheme_end + i);
+    let authority = &url[scheme_end..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end],
+            &authority[..colon],
+            &url[scheme_end + at..]
+        ),
+        _ => url.to_owned(),
+    }
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.
