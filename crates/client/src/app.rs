@@ -193,9 +193,7 @@ impl App {
         fields: Vec<(&str, Value)>,
         want: i64,
     ) -> Option<Map<String, Value>> {
-        let Some(conn) = self.connection().await else {
-            return None;
-        };
+        let conn = self.connection().await?;
         let reqid = match conn.request(msg, fields).await {
             Ok(r) => r,
             Err(e) => {

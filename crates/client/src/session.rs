@@ -19,8 +19,8 @@ use crate::ui::{clean, Input, Printer, Ui};
 
 /// How long DELIVERED waits to cover a burst of messages with one frame.
 const CONFIRM_DELAY: Duration = Duration::from_millis(50);
-/// How long LOGINOUT may take before the connection is given up.
-const LOGOUT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long outstanding replies are awaited at loginout and exit.
+const REPLY_WAIT: Duration = Duration::from_secs(10);
 
 /// What comes after a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +87,17 @@ impl Pending {
             Pending::LoginOut => "loginout".into(),
         }
     }
+}
+
+/// Where the session is in its life.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Reading commands.
+    Active,
+    /// LOGINOUT sent; waiting for its ACK until the deadline.
+    LoggingOut(Instant),
+    /// The user quit; waiting for outstanding replies until the deadline.
+    Exiting(Instant),
 }
 
 /// What the loop does after one event.
@@ -363,7 +374,7 @@ impl Session {
         let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut confirm_at: Option<Instant> = None;
-        let mut logout_by: Option<Instant> = None;
+        let mut phase = Phase::Active;
         loop {
             let confirm_due = async {
                 match confirm_at {
@@ -371,14 +382,14 @@ impl Session {
                     None => std::future::pending().await,
                 }
             };
-            let logout_due = async {
-                match logout_by {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
+            let phase_due = async {
+                match phase {
+                    Phase::Active => std::future::pending().await,
+                    Phase::LoggingOut(t) | Phase::Exiting(t) => tokio::time::sleep_until(t).await,
                 }
             };
             let step = tokio::select! {
-                input = ui.read(&prompt, true), if logout_by.is_none() => {
+                input = ui.read(&prompt, true), if matches!(phase, Phase::Active) => {
                     self.on_input(input, &mut conn).await
                 }
                 ev = conn.recv() => match ev {
@@ -390,11 +401,18 @@ impl Session {
                     confirm_at = None;
                     self.flush_delivered(&mut conn).await
                 }
-                _ = logout_due => Step::Lost("no reply to loginout".into()),
+                _ = phase_due => match phase {
+                    Phase::Exiting(_) => {
+                        self.out.line("some replies did not arrive before exit");
+                        return self.exit(conn).await;
+                    }
+                    _ => Step::Lost("no reply to loginout".into()),
+                },
             };
+            let exiting = matches!(phase, Phase::Exiting(_));
             match step {
                 Step::Continue => {}
-                Step::LoggingOut => logout_by = Some(Instant::now() + LOGOUT_TIMEOUT),
+                Step::LoggingOut => phase = Phase::LoggingOut(Instant::now() + REPLY_WAIT),
                 Step::LoggedOut => {
                     // LOGINOUT revoked every token of this user.
                     self.token = None;
@@ -402,32 +420,54 @@ impl Session {
                     return self.end(Next::Menu, Some(conn));
                 }
                 Step::Exit => {
-                    if let Step::Lost(why) = self.flush_delivered(&mut conn).await {
-                        self.out.line(format!("could not confirm delivery: {why}"));
-                    }
-                    self.save_state();
-                    return self.end(Next::Exit, Some(conn));
+                    // Let the replies to what was just sent arrive first, so
+                    // a script that ends with `quit` still sees them.
+                    phase = Phase::Exiting(Instant::now() + REPLY_WAIT);
                 }
                 Step::Lost(why) => {
                     self.out
                         .line(format!("connection to the server lost: {why}"));
+                    self.save_state();
+                    if exiting {
+                        return self.end(Next::Exit, None);
+                    }
                     self.out.line(
                         "back to the menu: log in again to reconnect (Enter on the password uses the saved session)",
                     );
-                    self.save_state();
                     return self.end(Next::Menu, None);
                 }
                 Step::Kicked(why) => {
                     self.out.line(format!("kicked by the server: {why}"));
-                    self.out.line("back to the menu");
                     self.save_state();
+                    if exiting {
+                        return self.end(Next::Exit, None);
+                    }
+                    self.out.line("back to the menu");
                     return self.end(Next::Menu, None);
                 }
+            }
+            if matches!(phase, Phase::Exiting(_)) && !self.awaiting_replies() {
+                return self.exit(conn).await;
             }
             if confirm_at.is_none() && self.delivery.to_confirm().is_some() {
                 confirm_at = Some(Instant::now() + CONFIRM_DELAY);
             }
         }
+    }
+
+    /// True while a request other than PING waits for its reply.
+    fn awaiting_replies(&self) -> bool {
+        self.pending.values().any(|p| !matches!(p, Pending::Ping))
+    }
+
+    /// Confirms what arrived, saves the state and ends for good. The
+    /// session is not logged out, so the saved token stays valid.
+    async fn exit(mut self, mut conn: Conn) -> Outcome {
+        if let Step::Lost(why) = self.flush_delivered(&mut conn).await {
+            self.out.line(format!("could not confirm delivery: {why}"));
+        }
+        self.save_state();
+        self.end(Next::Exit, Some(conn))
     }
 
     fn end(self, next: Next, conn: Option<Conn>) -> Outcome {

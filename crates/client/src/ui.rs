@@ -147,7 +147,7 @@ impl Ui {
                 let config = rustyline::Config::builder()
                     .auto_add_history(false)
                     .max_history_size(1000)
-                    .and_then(|b| Ok(b.build()));
+                    .map(|b| b.build());
                 let editor = config.and_then(rustyline::DefaultEditor::with_config);
                 let mut editor = match editor {
                     Ok(e) => e,

@@ -47,14 +47,31 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
-        let exe = server_exe();
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("chat.db");
         // The port is free now; a race with another process is possible but
         // shows up as a clear failure below.
         let addr = format!("127.0.0.1:{}", free_port());
+        let child = Server::spawn(dir.path(), &addr);
+        Server {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// Kills the server as a crash would, then starts it again on the same
+    /// address and database.
+    fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Server::spawn(self._dir.path(), &self.addr);
+    }
+
+    fn spawn(dir: &Path, addr: &str) -> Child {
+        let exe = server_exe();
+        let db = dir.join("chat.db");
         let mut child = Command::new(&exe)
-            .args(["--listen", &addr])
+            .args(["--listen", addr])
             .arg("--database-url")
             .arg(format!("sqlite://{}", db.display()))
             .args(["--argon2-m-kib", "1024", "--argon2-t", "1"])
@@ -69,19 +86,14 @@ impl Server {
             if let Some(st) = child.try_wait().unwrap() {
                 panic!("chat-server exited early with {st}");
             }
-            if TcpStream::connect(&addr).is_ok() {
-                break;
+            if TcpStream::connect(addr).is_ok() {
+                return child;
             }
             assert!(
                 Instant::now() < deadline,
                 "chat-server did not listen on {addr} in time"
             );
             thread::sleep(Duration::from_millis(50));
-        }
-        Server {
-            child,
-            addr,
-            _dir: dir,
         }
     }
 }
@@ -411,6 +423,15 @@ fn offline_messages_arrive_at_next_login_once() {
     b.send("quit");
     b.expect("bye");
     assert!(b.wait_exit().success());
+    let file = bob_state
+        .join(server.addr.replace(':', "_"))
+        .join(format!("user-{bob}.json"));
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(saved["last_seq"], 3, "{saved}");
+    assert!(
+        saved["token"].as_str().is_some_and(|t| !t.is_empty()),
+        "{saved}"
+    );
     let mut b = Client::start("bob again", &server.addr, &bob_state);
     b.expect("3. quit");
     b.send("1");
@@ -449,6 +470,73 @@ fn offline_messages_arrive_at_next_login_once() {
     b.send("pw-b");
     b.expect(&format!("logged in as bob({bob})"));
     b.expect("while you were out");
+
+    // DELIVERED alone tells the server: with the state file gone (so LOGIN
+    // carries no last_seq), nothing comes again.
+    b.send("quit");
+    b.expect("bye");
+    assert!(b.wait_exit().success());
+    std::fs::remove_dir_all(&bob_state).unwrap();
+    let mut b = Client::start("bob, fresh state", &server.addr, &bob_state);
+    b.expect("3. quit");
+    b.login(bob, "pw-b", "bob");
+    b.send(&format!("history:{alice}"));
+    let seen = b.until("--- end of history ---");
+    assert!(
+        !seen[0].contains("while you were out") && seen[0].starts_with("--- history with"),
+        "delivered messages came again: {seen:?}"
+    );
+    assert!(seen[0].contains("4 messages"), "{seen:?}");
+}
+
+#[test]
+fn a_script_sees_the_replies_before_quit_exits() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut a = Client::start("script", &server.addr, state.path());
+    let id = a.register("erin", "pw");
+    // Everything at once, as `printf ... | chat` would send it.
+    a.send(&format!(
+        "1\n{id}\npw\nchat:{id}:note to self\naddfriend:999999\nquit"
+    ));
+    a.close_stdin();
+    let seen = a.until("bye");
+    let sent = seen
+        .iter()
+        .position(|l| l.starts_with("message sent (mid "))
+        .unwrap_or_else(|| panic!("{seen:?}"));
+    assert!(
+        seen.iter()
+            .any(|l| l.contains(&format!("erin({id}): note to self"))),
+        "{seen:?}"
+    );
+    assert!(
+        seen[sent..]
+            .iter()
+            .any(|l| l.starts_with("error 3: no such user")),
+        "{seen:?}"
+    );
+    assert!(a.wait_exit().success());
+}
+
+#[test]
+fn after_a_server_crash_the_saved_session_logs_back_in() {
+    let mut server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut a = Client::start("frank", &server.addr, state.path());
+    let id = a.register("frank", "pw");
+    a.expect("3. quit");
+    a.login(id, "pw", "frank");
+    server.crash_and_restart();
+    a.expect("connection to the server lost");
+    a.expect("3. quit");
+    // Enter alone: the token saved at login, checked by the restarted server.
+    a.send("1");
+    a.send(&id.to_string());
+    a.send("");
+    a.expect(&format!("logged in as frank({id})"));
+    a.send(&format!("chat:{id}:back"));
+    a.expect("message sent");
 }
 
 #[test]
