@@ -41,6 +41,13 @@ pub fn handle(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, S
         msgid::CREATE_GROUP => {
             let lim = &sh.cfg.limits;
             let name = req.chars("groupname", 1, lim.group_name_chars)?.to_owned();
+            // Names compare exactly on every backend only without edge spaces
+            // (MySQL's PAD SPACE collations ignore trailing ones).
+            if name.trim() != name || name.chars().any(char::is_control) {
+                return Err(ServiceError::malformed(
+                    "groupname may not start or end with spaces or contain control characters",
+                ));
+            }
             let desc = req.opt_str("groupdesc")?.unwrap_or("").to_owned();
             check_chars("groupdesc", &desc, 0, lim.group_desc_chars)?;
             Box::pin(async move {
