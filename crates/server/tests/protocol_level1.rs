@@ -141,6 +141,7 @@ async fn login_ack_lists_friends_groups_and_offline_messages_as_json_strings() {
     );
 
     // Handed over in a level-1 ack means delivered: a second login gets none.
+    srv.wait_acked(alice, 2).await;
     a.send_nul(json!({"msgid": 3, "id": alice})).await;
     let ack = a.login_l1(alice, "pw-a").await;
     assert!(ack.get("offlinemsg").is_none(), "delivered twice: {ack}");
@@ -325,9 +326,9 @@ async fn level1_live_message_is_delivered_once_and_ping_and_history_answer() {
     assert_eq!(h["messages"][0]["msg"], "live");
     assert!(h["messages"][0]["mid"].is_i64());
 
-    // A message written to a level-1 socket counts as delivered: the next
-    // login (after LOGINOUT, which orders after the write's confirmation)
-    // does not replay it.
+    // A message written to a level-1 socket counts as delivered: once that
+    // is recorded, the next login does not replay it.
+    srv.wait_acked(bob, 1).await;
     b.send_nul(json!({"msgid": 3})).await;
     let ack = b.login_l1(bob, "pw").await;
     assert!(ack.get("offlinemsg").is_none(), "{ack}");

@@ -328,7 +328,8 @@ async fn seq_counter_is_shared_by_both_levels() {
     chat(&mut a, bob, "to level 1").await;
     let v = b.recv_msgid(6).await;
     assert!(v.get("seq").is_none(), "{v}");
-    // LOGINOUT orders after the write's confirmation; the message is delivered.
+    // Written to a level-1 socket: delivered, once that is recorded.
+    srv.wait_acked(bob, 1).await;
     b.send(json!({"msgid": 3, "id": bob})).await;
     b.login_l2(bob, "pw").await;
     b.expect_silence(200).await;

@@ -112,6 +112,22 @@ impl TestServer {
         self._dir.take()
     }
 
+    /// Waits (bounded) until `user` has confirmed everything up to `seq`.
+    ///
+    /// A level-1 session confirms a message only after the write to its
+    /// socket returns, asynchronously: a client can read the frame before
+    /// the confirmation is queued. Tests that log in again right after
+    /// reading wait for it here instead of racing it.
+    pub async fn wait_acked(&self, user: i64, seq: i64) {
+        for _ in 0..250 {
+            if self.store.acked_seq(user).await.expect("acked_seq") >= seq {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("user {user} never confirmed seq {seq}");
+    }
+
     /// Registers a user on a throwaway connection and returns the new id.
     pub async fn register(&self, name: &str, password: &str) -> i64 {
         let mut c = self.connect().await;
