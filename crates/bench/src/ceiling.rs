@@ -661,7 +661,9 @@ async fn write_loop(
     close: CancellationToken,
 ) {
     const COALESCE: usize = 64 * 1024;
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+    // Allocated on first use and dropped when large, so idle connections
+    // cost little.
+    let mut buf = BytesMut::new();
     loop {
         let first = tokio::select! {
             biased;
@@ -687,7 +689,7 @@ async fn write_loop(
             break;
         }
         if buf.capacity() > 256 * 1024 {
-            buf = BytesMut::with_capacity(8 * 1024);
+            buf = BytesMut::new();
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
@@ -697,9 +699,16 @@ async fn write_loop(
 /// With `lifeline`, exits when stdin reaches end of file (its parent died
 /// or let go).
 pub async fn run(listen: SocketAddr, opts: Options, lifeline: bool) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(listen)
-        .await
+    // A deep accept queue, so a login storm is not held up by SYN retries.
+    let sock = if listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = sock.listen(4096)?;
     println!("listening {}", listener.local_addr()?);
     let _ = std::io::stdout().flush();
     let serve = Ceiling::new(opts).serve(listener);

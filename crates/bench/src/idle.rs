@@ -367,7 +367,9 @@ async fn run(ctx: &Ctx, args: &Args, ep: Endpoint) -> anyhow::Result<Report> {
                 .collect();
             let done = Arc::new(AtomicU64::new(0));
             let bar = Progress::start(ctx, "tokens", Kind::Count(need.len() as u64), done.clone());
-            let logins = login_all(ctx, items, false, args.concurrency, Some(done)).await;
+            // Few at a time: the hash is the bottleneck anyway, and a low
+            // high-water mark keeps the RSS baseline honest.
+            let logins = login_all(ctx, items, false, args.concurrency.min(16), Some(done)).await;
             bar.finish();
             setup_errors += logins.errors;
             first_error = logins.first_error;

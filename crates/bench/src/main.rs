@@ -234,7 +234,7 @@ pub async fn obtain_users(
         done.clone(),
     );
     let prefix = format!("b{:x}{}{tag}", ctx.run_id, &ep.name[..1]);
-    let reg = users::register_many(&ep.addrs, n, &prefix, 32, ctx.timeout, done).await;
+    let reg = users::register_many(&ep.addrs, n, &prefix, 16, ctx.timeout, done).await;
     bar.finish();
     if reg.users.len() < n {
         bail!(

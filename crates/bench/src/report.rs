@@ -134,7 +134,15 @@ pub fn emit(ctx: &Ctx, reports: &mut [Report], columns: &[Column], ratio_keys: &
         }
         reports[s].set("vs_ceiling", Value::Object(ratios));
     }
-    let table = render_table(reports, columns, ratio_keys);
+    let mut table = render_table(reports, columns, ratio_keys);
+    for r in reports.iter() {
+        if let Some(e) = r.fields.get("first_error").and_then(Value::as_str) {
+            table.push_str(&format!(
+                "{}: first error: {e}\n",
+                cell(r.fields.get("target"))
+            ));
+        }
+    }
     if ctx.json {
         let stdout = std::io::stdout();
         let mut o = stdout.lock();
