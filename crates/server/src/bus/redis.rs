@@ -447,7 +447,10 @@ async fn renewer(bus: Arc<RedisBus>) {
             continue;
         };
         for chunk in handles.chunks(500) {
+            // EVALSHA in a pipeline does not load the script by itself, and
+            // a restarted Redis has forgotten it: load it first, every time.
             let mut pipe = redis::pipe();
+            pipe.load_script(&script).ignore();
             for h in chunk {
                 pipe.invoke_script(
                     script
