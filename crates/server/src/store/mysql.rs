@@ -129,7 +129,10 @@ impl MysqlStore {
         MySqlConnection::connect_with(&conn).await?.close().await?;
         let pool = MySqlPoolOptions::new()
             .max_connections(opts.pool_size.max(1))
-            .acquire_timeout(Duration::from_secs(10))
+            // While the database is down, sqlx retries refused connections
+            // until this timeout, and every request (and each serial group
+            // commit) waits that long for its errno 10: keep it short.
+            .acquire_timeout(Duration::from_secs(3))
             .connect_with(conn)
             .await?;
         migrator()
