@@ -10,7 +10,7 @@
 //! reads storage again until it has caught up with that. So a message is
 //! never queued twice and never overtaken by the login ack.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -71,6 +71,8 @@ struct Gate {
     seen: i64,
     /// Highest seq the replay queued; pushes at or below it are duplicates.
     floor: i64,
+    /// PRESENCE held back while replaying, so nothing precedes the login ack.
+    presence: Vec<(UserId, bool)>,
 }
 
 /// A logged-in session as the rest of the node sees it.
@@ -85,6 +87,9 @@ pub struct SessionHandle {
     out: mpsc::Sender<Out>,
     close: CancellationToken,
     gate: Mutex<Gate>,
+    /// cmids of messages this login stored, and so routed: a retry of one of
+    /// them pushes nothing. Cleared when it grows large.
+    stored_cmids: Mutex<HashSet<String>>,
 }
 
 impl SessionHandle {
@@ -106,8 +111,27 @@ impl SessionHandle {
                 replaying: true,
                 seen: 0,
                 floor: 0,
+                presence: Vec::new(),
             }),
+            stored_cmids: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Notes that this login stored (and routed) the message with `cmid`.
+    pub fn note_stored(&self, cmid: &str) {
+        let mut s = self.stored_cmids.lock().unwrap_or_else(|e| e.into_inner());
+        if s.len() >= 4096 {
+            s.clear();
+        }
+        s.insert(cmid.to_owned());
+    }
+
+    /// Whether this login stored the message with `cmid`.
+    pub fn stored_here(&self, cmid: &str) -> bool {
+        self.stored_cmids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(cmid)
     }
 
     fn try_out(&self, out: Out) {
@@ -151,6 +175,11 @@ impl SessionHandle {
             }
             Event::Presence { id, online } => {
                 if self.level >= 2 {
+                    let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+                    if g.replaying {
+                        g.presence.push((*id, *online));
+                        return;
+                    }
                     self.try_out(Out::frame(frames::presence(*id, *online)));
                 }
             }
@@ -172,6 +201,10 @@ impl SessionHandle {
             return false;
         }
         g.replaying = false;
+        // Under the lock, so a newer PRESENCE cannot overtake these.
+        for (id, online) in std::mem::take(&mut g.presence) {
+            self.try_out(Out::frame(frames::presence(id, online)));
+        }
         true
     }
 

@@ -7,9 +7,10 @@ use serde_json::Value;
 
 use super::{HandlerResult, Pending, Reply, Session, Shared};
 use crate::error::ServiceError;
-use crate::frames;
+use crate::frames::{self, PushBody};
 use crate::request::{check_bytes, Request};
-use crate::store::{Conversation, NewMessage, Target, WriteOp, WriteOutcome};
+use crate::sessions::Event;
+use crate::store::{Conversation, NewMessage, Target, UserId, WriteOp, WriteOutcome};
 
 /// ONE_CHAT / GROUP_CHAT: validate, hand to the group commit, ACK with the mid
 /// once the message is durable (routing happens in the committer).
@@ -34,13 +35,26 @@ pub fn send(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, Ser
         cmid: cmid.map(str::to_owned),
         time: unix_now(),
     });
-    let committer = sh.committer.clone();
+    let sh = sh.clone();
+    let sender = s.user;
+    let handle = s.handle.clone();
+    let cmid = cmid.map(str::to_owned);
     Ok(Box::pin(async move {
-        match committer.submit(op).await? {
+        match sh.committer.submit(op).await? {
             WriteOutcome::Appended { message, .. } => {
+                if let Some(c) = &cmid {
+                    handle.note_stored(c);
+                }
                 Ok(Reply::Ack(vec![("mid", message.mid.into())]))
             }
-            WriteOutcome::Duplicate { mid } => Ok(Reply::Ack(vec![("mid", mid.into())])),
+            WriteOutcome::Duplicate { mid } => {
+                // Stored by an earlier login, maybe on a node that died
+                // before routing it: make sure it reaches its recipients.
+                if !cmid.as_deref().is_some_and(|c| handle.stored_here(c)) {
+                    reroute(&sh, sender, target, mid).await;
+                }
+                Ok(Reply::Ack(vec![("mid", mid.into())]))
+            }
             WriteOutcome::Failed(e) => Err(ServiceError::from(e).say(
                 Errno::NotFound,
                 match target {
@@ -51,6 +65,57 @@ pub fn send(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, Ser
             other => unreachable!("append answered with {other:?}"),
         }
     }))
+}
+
+/// Pages of a recipient's backlog searched for a retried message.
+const REROUTE_PAGES: usize = 4;
+const REROUTE_PAGE: i64 = 256;
+
+/// A retried send that an earlier login stored: the sender never saw its
+/// ACK, and the node that stored it may have died before routing it. Pushes
+/// it again to each online recipient that has not confirmed it (clients drop
+/// duplicates by mid); offline recipients get it at their next login.
+async fn reroute(sh: &Shared, sender: UserId, target: Target, mid: i64) {
+    let recipients: Vec<UserId> = match target {
+        Target::User(u) => vec![u],
+        Target::Group(g) => match sh.store.groups_of(sender).await {
+            Ok(groups) => groups
+                .into_iter()
+                .find(|x| x.id == g)
+                .map(|x| x.members.into_iter().map(|m| m.id).collect())
+                .unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(mid, error = %e, "retried message not routed again");
+                return;
+            }
+        },
+    };
+    let recipients: Vec<UserId> = recipients.into_iter().filter(|&r| r != sender).collect();
+    let online = sh.bus.online(&recipients).await;
+    for (&user, on) in recipients.iter().zip(online) {
+        if !on {
+            continue;
+        }
+        let mut after = 0;
+        for _ in 0..REROUTE_PAGES {
+            let page = match sh.store.undelivered(user, after, REROUTE_PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(mid, user, error = %e, "retried message not routed again");
+                    break;
+                }
+            };
+            if let Some((seq, m)) = page.iter().find(|(_, m)| m.mid == mid) {
+                let push = Arc::new(PushBody::new(Arc::new(m.clone())));
+                sh.bus.send(user, Event::Chat { push, seq: *seq });
+                break;
+            }
+            match page.last() {
+                Some((seq, _)) if page.len() as i64 == REROUTE_PAGE => after = *seq,
+                _ => break,
+            }
+        }
+    }
 }
 
 /// DELIVERED: a cumulative confirmation, queued for the next commit. No reply.
