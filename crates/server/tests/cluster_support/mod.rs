@@ -156,9 +156,32 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-/// A free loopback port (bound and released; the kernel does not hand it out
-/// again right away).
+/// A free loopback port below the kernel's ephemeral range, so that no
+/// outgoing connection takes it while a restarted server is away from it.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(32768);
+    if low > 12_000 {
+        let seed = u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+        let _ = NEXT.compare_exchange(0, seed | 1, Ordering::Relaxed, Ordering::Relaxed);
+        let span = u64::from(low - 10_000);
+        for _ in 0..500 {
+            // A multiplicative walk: consecutive calls land far apart.
+            let n = NEXT.fetch_add(0x2545_F491_4F6C_DD1D, Ordering::Relaxed);
+            let port = 10_000 + ((n >> 17) % span) as u16;
+            if StdListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
