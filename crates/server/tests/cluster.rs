@@ -491,6 +491,13 @@ async fn node_killed_while_clients_chat() {
     tx_a.send(Some(lb)).expect("agents alive");
     let out = traffic.finish(test, Duration::from_secs(30)).await;
     out.assert_nothing_lost(1500);
+    // least_conn sends a fresh connection to the idle dead node first: nginx
+    // found it refused and passed the client on to B.
+    let log = cl.nginx_error_log();
+    assert!(
+        log.contains("Connection refused") && log.contains("upstream"),
+        "nginx never tried the dead node, so skipping it was not exercised:\n{log}"
+    );
     assert_eq!(
         out.disconnects, 5,
         "only the dead node's five clients lose their connection"

@@ -783,6 +783,11 @@ impl Cluster {
             .count()
     }
 
+    /// nginx's error log so far.
+    pub fn nginx_error_log(&self) -> String {
+        std::fs::read_to_string(self.path.join("nginx/logs/error.log")).unwrap_or_default()
+    }
+
     fn dump_logs(&self) {
         eprintln!("---- {}: logs from {} ----", self.test, self.path.display());
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.path)
