@@ -313,31 +313,30 @@ async fn replay(
         ack.insert("reqid".into(), r.clone());
     }
     let mut pending = first;
+    let mut got = pending.len() as i64;
+    let mut limit = first_limit;
     let mut l1_delivered = None;
     if l1 {
+        // The first page travels inside the ack, the classic way.
         let offline: Vec<Value> = pending
-            .iter()
-            .map(|(_, m)| {
-                Value::String(PushBody::new(Arc::new(m.clone())).level1_text().to_owned())
+            .drain(..)
+            .map(|(seq, m)| {
+                floor = seq;
+                Value::String(PushBody::new(Arc::new(m)).level1_text().to_owned())
             })
             .collect();
-        if let Some((seq, _)) = pending.last() {
-            floor = *seq;
-            l1_delivered = Some((s.user, *seq));
+        if floor > 0 {
+            l1_delivered = Some((s.user, floor));
         }
         if !offline.is_empty() {
             ack.insert("offlinemsg".into(), offline.into());
         }
-        if (pending.len() as i64) < first_limit && s.handle.finish_replay(floor) {
-            pending.clear();
-            return send(port, frames::value(&Value::Object(ack)), l1_delivered).await;
-        }
-        pending = sh.store.undelivered(s.user, floor, page).await?;
     }
+    // The ack goes first: the gate stays shut until it is queued, so no live
+    // push can overtake it.
     send(port, frames::value(&Value::Object(ack)), l1_delivered).await?;
 
     loop {
-        let n = pending.len() as i64;
         for (seq, m) in pending.drain(..) {
             let push = PushBody::new(Arc::new(m));
             let (bytes, conf) = if l1 {
@@ -348,10 +347,12 @@ async fn replay(
             send(port, bytes, conf).await?;
             floor = seq;
         }
-        if n < page && s.handle.finish_replay(floor) {
+        if got < limit && s.handle.finish_replay(floor) {
             return Ok(());
         }
         pending = sh.store.undelivered(s.user, floor, page).await?;
+        got = pending.len() as i64;
+        limit = page;
     }
 }
 
