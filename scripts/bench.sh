@@ -70,22 +70,25 @@ trap cleanup EXIT
 # Low argon2 cost where the scenario is not about password hashing.
 cheap_hash=(--argon2-m-kib 1024 --argon2-t 1)
 
-# start_server FLAGS...: fresh database, free port; sets server_pid and addr.
+# start_server FLAGS...: free port, a fresh database (or $server_db when
+# set); sets server_pid and addr.
+nstart=0
 start_server() {
-  local db="$tmp/db-$RANDOM$RANDOM.sqlite"
+  nstart=$((nstart + 1))
+  local db="${server_db:-$tmp/db-$nstart.sqlite}" log="$tmp/server-$nstart.log"
   "$server_bin" --listen 127.0.0.1:0 --database-url "sqlite://$db" \
-    --log warn,chat_server=info "$@" 2>"$tmp/server.log" &
+    --log warn,chat_server=info "$@" 2>"$log" &
   server_pid=$!
   addr=""
   for _ in $(seq 100); do
-    addr=$(grep -o 'listen=[0-9.:]*' "$tmp/server.log" | head -1 | cut -d= -f2 || true)
+    addr=$(grep -o 'listen=[0-9.:]*' "$log" 2>/dev/null | head -1 | cut -d= -f2 || true)
     [[ -n $addr ]] && break
     kill -0 "$server_pid" 2>/dev/null || break
     sleep 0.1
   done
   if [[ -z $addr ]]; then
     echo "chat-server did not start:" >&2
-    cat "$tmp/server.log" >&2
+    cat "$log" >&2
     exit 1
   fi
 }
@@ -116,7 +119,7 @@ if ((smoke)); then
   bench idle idle --register -n 40 --tokens --workers 2 --hold 0.2 --server-pid "$server_pid"
   stop_server
   start_server
-  bench setup setup 8 --out "$tmp/users.txt" --concurrency 4 --note argon2=m19456,t2,p1
+  bench setup --note argon2=m19456,t2,p1 setup 8 --out "$tmp/users.txt" --concurrency 4
   stop_server
   # --strict already failed any run with errors; check that all 14 reported.
   n=$(grep -c '"errors":0[,}]' "$jsonl" || true)
@@ -158,15 +161,25 @@ done
 stop_server
 
 say "idle: $idle_n connections, level-2 token logins"
+# Users and their tokens are made first, then the server restarts on the same
+# database, so the RSS baseline is a fresh process and not one whose heap
+# already grew during registration.
+server_db="$tmp/idle.sqlite"
 start_server "${cheap_hash[@]}" --max-connections 20000
-bench "idle-$idle_n" idle --register -n "$idle_n" --tokens --workers 4 --concurrency 256 \
-  --hold 2 --server-pid "$server_pid" --timeout 30
+"$bench_bin" --server "$addr" --quiet setup "$idle_n" --out "$tmp/idle-users.txt" --concurrency 16 >/dev/null
+"$bench_bin" --server "$addr" --quiet --timeout 30 idle -n "$idle_n" --users "$tmp/idle-users.txt" \
+  --tokens --workers 4 --concurrency 256 --hold 0 >/dev/null
 stop_server
+start_server "${cheap_hash[@]}" --max-connections 20000
+bench "idle-$idle_n" idle -n "$idle_n" --users "$tmp/idle-users.txt" --tokens --workers 4 \
+  --concurrency 256 --hold 2 --server-pid "$server_pid" --timeout 30
+stop_server
+unset server_db
 
 say "setup: $setup_n users at the default argon2 cost (m=19456 KiB, t=2, p=1)"
 start_server
-bench "setup-$setup_n" setup "$setup_n" --out "$tmp/users.txt" --concurrency 64 \
-  --note argon2=m19456,t2,p1 --timeout 120
+bench "setup-$setup_n" --note argon2=m19456,t2,p1 setup "$setup_n" --out "$tmp/users.txt" --concurrency 64 \
+  --timeout 120
 stop_server
 
 md="$out/$stamp.md"

@@ -250,6 +250,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 fn fmt_num(x: Option<f64>) -> String {
     match x {
         None => "-".into(),
+        Some(f) if f.fract() == 0.0 => format!("{f:.0}"),
         Some(f) if f.abs() >= 100.0 => format!("{f:.0}"),
         Some(f) => format!("{f:.3}"),
     }
@@ -291,12 +292,16 @@ pub fn markdown(files: &[PathBuf]) -> anyhow::Result<String> {
         }
     }
     let mut out = String::from(
-        "| case | target | runs | headline (median) | p50 ms | p99 ms | p99.9 ms | max ms | lost (max) | errors (sum) | server/ceiling (median) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| case | target | runs | figure | median | p50 ms | p99 ms | p99.9 ms | max ms | lost (max) | errors (sum) | server/ceiling (median) | other (medians) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for case in order {
         let targets = &cases[&case];
-        for (target, runs) in targets {
+        // The real server first, then the ceiling.
+        let mut names: Vec<&String> = targets.keys().collect();
+        names.sort_by_key(|t| (t.as_str() != "server", t.as_str() != "ceiling"));
+        for target in names {
+            let runs = &targets[target];
             let get = |k: &str| -> Vec<f64> {
                 runs.iter()
                     .filter_map(|m| m.get(k).and_then(Value::as_f64))
@@ -319,8 +324,37 @@ pub fn markdown(files: &[PathBuf]) -> anyhow::Result<String> {
                 .into_iter()
                 .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
             let errors: f64 = get("errors").into_iter().sum();
+            let scenario = runs
+                .iter()
+                .find_map(|m| m.get("scenario").and_then(Value::as_str))
+                .unwrap_or("");
+            let extras: &[&str] = match scenario {
+                "idle" => &[
+                    "logged_in",
+                    "login_s",
+                    "rss_before_kib",
+                    "rss_hold_kib",
+                    "kib_per_conn",
+                ],
+                "setup" => &["users", "secs", "argon2"],
+                "group" => &["members", "senders", "msgs_per_s"],
+                "direct" => &["pairs", "window", "rate"],
+                _ => &[],
+            };
+            let other: Vec<String> = extras
+                .iter()
+                .filter_map(|k| {
+                    let nums = get(k);
+                    if !nums.is_empty() {
+                        return Some(format!("{k}={}", fmt_num(median(nums))));
+                    }
+                    runs.iter()
+                        .find_map(|m| m.get(*k).and_then(Value::as_str))
+                        .map(|v| format!("{k}={v}"))
+                })
+                .collect();
             out.push_str(&format!(
-                "| {case} | {target} | {} | {headline} = {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {case} | {target} | {} | {headline} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 runs.len(),
                 fmt_num(median(get(&headline))),
                 fmt_num(median(get("p50_ms"))),
@@ -329,11 +363,12 @@ pub fn markdown(files: &[PathBuf]) -> anyhow::Result<String> {
                 fmt_num(median(get("max_ms"))),
                 fmt_num(lost),
                 errors,
-                if ratio.is_empty() {
-                    "-".into()
-                } else {
-                    format!("{:.2}", median(ratio).unwrap_or(0.0))
+                match median(ratio) {
+                    None => "-".into(),
+                    Some(r) if r < 0.1 => format!("{r:.4}"),
+                    Some(r) => format!("{r:.2}"),
                 },
+                other.join(", "),
             ));
         }
     }
