@@ -17,6 +17,8 @@
 #   BENCH_FULL=1        idle at 19,500 connections and setup at 20,000 users
 #   BENCH_IDLE=N        idle connections (default 5000; 19500 with BENCH_FULL)
 #   BENCH_SETUP=N       users registered at full argon2 cost (default 400)
+#   BENCH_ONLY="..."    run only these cases (direct-w32 direct-w1 direct-rate
+#                       group idle setup); default all
 #   BENCH_OUT=DIR       where results go (default bench-results)
 #   BENCH_PROFILE=...   cargo profile (default release; --smoke uses dev,
 #                       which `cargo test` has already built)
@@ -29,7 +31,7 @@ smoke=0
 case "${1:-}" in
   --smoke) smoke=1 ;;
   "") ;;
-  -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
   *) echo "usage: $0 [--smoke]" >&2; exit 2 ;;
 esac
 
@@ -46,6 +48,7 @@ else idle_n=${BENCH_IDLE:-5000}; setup_n=${BENCH_SETUP:-400}; fi
 out=${BENCH_OUT:-bench-results}
 
 say() { printf '\n==> %s\n' "$*" >&2; }
+want() { [[ -z ${BENCH_ONLY:-} || " $BENCH_ONLY " == *" $1 "* ]]; }
 
 say "building chat-server and chat-bench ($profile)"
 cargo build --profile "$profile" -q -p clusterchat-server -p chat-bench
@@ -132,34 +135,43 @@ if ((smoke)); then
   exit 0
 fi
 
+if want direct-w32; then
 say "direct --max, window 32, 200 pairs, 64-byte messages ($runs runs)"
 start_server "${cheap_hash[@]}"
 for _ in $(seq "$runs"); do
   bench direct-w32 direct --register --pairs 200 --window 32 --size 64 --duration "$duration" --warmup 1
 done
 stop_server
+fi
 
+if want direct-w1; then
 say "direct --max, window 1, 200 pairs ($runs runs)"
 start_server "${cheap_hash[@]}"
 for _ in $(seq "$runs"); do
   bench direct-w1 direct --register --pairs 200 --window 1 --size 64 --duration "$duration" --warmup 1
 done
 stop_server
+fi
 
+if want direct-rate; then
 say "direct --rate 2000 msg/s, 200 pairs ($runs runs)"
 start_server "${cheap_hash[@]}"
 for _ in $(seq "$runs"); do
   bench direct-rate2000 direct --register --pairs 200 --rate 2000 --size 64 --duration "$duration" --warmup 1
 done
 stop_server
+fi
 
+if want group; then
 say "group: 500 members, 5 senders, closed loop ($runs runs)"
 start_server "${cheap_hash[@]}"
 for _ in $(seq "$runs"); do
   bench group-500x5 group --register --members 500 --senders 5 --window 32 --size 64 --duration "$duration" --warmup 1
 done
 stop_server
+fi
 
+if want idle; then
 say "idle: $idle_n connections, level-2 token logins"
 # Users and their tokens are made first, then the server restarts on the same
 # database, so the RSS baseline is a fresh process and not one whose heap
@@ -175,12 +187,15 @@ bench "idle-$idle_n" idle -n "$idle_n" --users "$tmp/idle-users.txt" --tokens --
   --concurrency 256 --hold 2 --server-pid "$server_pid" --timeout 30
 stop_server
 unset server_db
+fi
 
+if want setup; then
 say "setup: $setup_n users at the default argon2 cost (m=19456 KiB, t=2, p=1)"
 start_server
 bench "setup-$setup_n" --note argon2=m19456,t2,p1 setup "$setup_n" --out "$tmp/users.txt" --concurrency 64 \
   --timeout 120
 stop_server
+fi
 
 md="$out/$stamp.md"
 {

@@ -149,9 +149,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let store = store::open(&args.database_url, &opts)
         .await
         .with_context(|| format!("cannot open database {}", redact_url(&args.database_url)))?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener =
+        listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let node = match &args.redis_url {
         None => Node::single(cfg, store)?,
         Some(url) => {
@@ -203,6 +202,19 @@ fn redact_url(url: &str) -> String {
         ),
         _ => url.to_owned(),
     }
+}
+
+/// Binds with a deep accept queue: std's default backlog is 128, and a
+/// reconnect storm overflowing it costs clients a 1 s SYN retry each.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(4096)
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.
