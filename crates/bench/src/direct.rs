@@ -41,7 +41,7 @@ pub async fn main(ctx: &Ctx, args: &Args) -> anyhow::Result<Vec<Report>> {
     if args.pairs == 0 {
         bail!("--pairs must be at least 1");
     }
-    let mut reports = crate::each_target(ctx, |ep| run(ctx, args, ep)).await?;
+    let mut reports = crate::each_target(ctx, None, |ep| run(ctx, args, ep)).await?;
     report::emit(ctx, &mut reports, COLUMNS, RATIOS);
     Ok(reports)
 }

@@ -54,7 +54,7 @@ pub async fn main(ctx: &Ctx, args: &Args) -> anyhow::Result<Vec<Report>> {
     if args.members < 2 || args.senders == 0 || args.senders > args.members {
         bail!("need --members >= 2 and 1 <= --senders <= --members");
     }
-    let mut reports = crate::each_target(ctx, |ep| run(ctx, args, ep)).await?;
+    let mut reports = crate::each_target(ctx, None, |ep| run(ctx, args, ep)).await?;
     report::emit(ctx, &mut reports, COLUMNS, RATIOS);
     Ok(reports)
 }

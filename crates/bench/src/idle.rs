@@ -89,7 +89,13 @@ pub async fn main(ctx: &Ctx, args: &Args) -> anyhow::Result<Vec<Report>> {
     if args.tokens && ctx.level < 2 {
         bail!("--tokens needs --level 2");
     }
-    let mut reports = crate::each_target(ctx, |ep| run(ctx, args, ep)).await?;
+    // With a users file, the ceiling starts with the same accounts and the
+    // tokens the server run just saved: no registration in its process.
+    let seed = match (&args.users.users, args.users.register) {
+        (Some(p), false) => Some(p.clone()),
+        _ => None,
+    };
+    let mut reports = crate::each_target(ctx, seed, |ep| run(ctx, args, ep)).await?;
     report::emit(
         ctx,
         &mut reports,
@@ -343,7 +349,10 @@ impl Worker {
 async fn run(ctx: &Ctx, args: &Args, ep: Endpoint) -> anyhow::Result<Report> {
     let n = args.connections;
     // The whole users file is kept so that saving tokens keeps every line.
-    let from_file = !ep.is_ceiling() && !args.users.register;
+    // The ceiling reads it too (it was seeded from it), but tokens it issues
+    // are never saved: they mean nothing to the real server.
+    let from_file = args.users.users.is_some() && !args.users.register;
+    let save_tokens = from_file && !ep.is_ceiling();
     let mut all: Vec<User> = match (&args.users.users, from_file) {
         (Some(path), true) => {
             let all = users::load(path)?;
@@ -378,7 +387,7 @@ async fn run(ctx: &Ctx, args: &Args, ep: Endpoint) -> anyhow::Result<Report> {
                     all[need[k]].token = l.token;
                 }
             }
-            if from_file {
+            if save_tokens {
                 if let Some(path) = &args.users.users {
                     users::save(path, &all)?;
                 }
@@ -468,7 +477,7 @@ async fn run(ctx: &Ctx, args: &Args, ep: Endpoint) -> anyhow::Result<Report> {
 
     // Save the fresh tokens; a user whose token login failed loses its token
     // (it was used up or is bad), so the next run fetches a new one.
-    if args.tokens && from_file {
+    if args.tokens && save_tokens {
         if let Some(path) = &args.users.users {
             for u in all.iter_mut().take(n) {
                 u.token = None;

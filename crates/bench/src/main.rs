@@ -112,6 +112,9 @@ struct CeilingArgs {
     /// Frames queued per connection before a slow reader is dropped.
     #[arg(long, default_value_t = 1024)]
     queue: usize,
+    /// Accounts (and tokens) to start with, from a users file.
+    #[arg(long)]
+    users: Option<PathBuf>,
     /// Exit when stdin closes (used when the bench starts it).
     #[arg(long, hide = true)]
     lifeline: bool,
@@ -172,8 +175,13 @@ impl Endpoint {
 }
 
 /// Runs `f` against the real server, then (with `--ceiling`) against a
-/// ceiling child process started for it.
-pub async fn each_target<F, Fut>(ctx: &Ctx, f: F) -> anyhow::Result<Vec<Report>>
+/// ceiling child process started for it, seeded with the accounts of the
+/// users file `seed` when given (read after the server run).
+pub async fn each_target<F, Fut>(
+    ctx: &Ctx,
+    seed: Option<PathBuf>,
+    f: F,
+) -> anyhow::Result<Vec<Report>>
 where
     F: Fn(Endpoint) -> Fut,
     Fut: Future<Output = anyhow::Result<Report>>,
@@ -187,7 +195,11 @@ where
         .await?,
     ];
     if ctx.ceiling {
-        let child = ceiling::Child::spawn(&ceiling::Options::default()).await?;
+        let opts = ceiling::Options {
+            seed,
+            ..ceiling::Options::default()
+        };
+        let child = ceiling::Child::spawn(&opts).await?;
         let r = f(Endpoint {
             name: "ceiling",
             addrs: vec![child.addr],
@@ -409,6 +421,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Ceiling(a) => {
             let opts = ceiling::Options {
                 queue: a.queue,
+                seed: a.users.clone(),
                 ..ceiling::Options::default()
             };
             ceiling::run(a.listen, opts, a.lifeline).await?;

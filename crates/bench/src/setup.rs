@@ -36,7 +36,7 @@ const COLUMNS: &[Column] = &[
 
 /// Runs `setup` against the server and, with `--ceiling`, the ceiling.
 pub async fn main(ctx: &Ctx, args: &Args) -> anyhow::Result<Vec<Report>> {
-    let mut reports = crate::each_target(ctx, |ep| run(ctx, args, ep)).await?;
+    let mut reports = crate::each_target(ctx, None, |ep| run(ctx, args, ep)).await?;
     report::emit(ctx, &mut reports, COLUMNS, &["users_per_s"]);
     Ok(reports)
 }
