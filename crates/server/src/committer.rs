@@ -19,9 +19,11 @@ pub trait Dispatch: Send + Sync {
     fn committed(&self, outcome: &WriteOutcome);
 }
 
+type Reply = Option<oneshot::Sender<StoreResult<WriteOutcome>>>;
+
 struct Job {
     op: WriteOp,
-    reply: Option<oneshot::Sender<StoreResult<WriteOutcome>>>,
+    reply: Reply,
 }
 
 /// Handle for submitting writes.
@@ -88,6 +90,19 @@ async fn run(
     stop: CancellationToken,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+    let (routed, mut to_route) = mpsc::channel::<(Vec<WriteOutcome>, Vec<Reply>)>(2);
+    let router = tokio::spawn(async move {
+        while let Some((outcomes, replies)) = to_route.recv().await {
+            for o in &outcomes {
+                dispatch.committed(o);
+            }
+            for (reply, o) in replies.into_iter().zip(outcomes) {
+                if let Some(r) = reply {
+                    let _ = r.send(Ok(o));
+                }
+            }
+        }
+    });
     loop {
         let first = tokio::select! {
             biased;
@@ -110,14 +125,11 @@ async fn run(
             jobs.drain(..).map(|j| (j.op, j.reply)).unzip();
         let n = ops.len();
         match store.commit(ops).await {
+            // Routing and replies run in their own task, in commit order,
+            // so the next batch starts committing while this one is routed.
             Ok(outcomes) => {
-                for o in &outcomes {
-                    dispatch.committed(o);
-                }
-                for (reply, o) in replies.into_iter().zip(outcomes) {
-                    if let Some(r) = reply {
-                        let _ = r.send(Ok(o));
-                    }
+                if routed.send((outcomes, replies)).await.is_err() {
+                    break;
                 }
             }
             Err(e) => {
@@ -130,5 +142,7 @@ async fn run(
             }
         }
     }
+    drop(routed);
+    let _ = router.await;
     tracing::debug!("committer stopped");
 }
