@@ -81,7 +81,10 @@ impl SqliteStore {
             })
             .busy_timeout(Duration::from_secs(10))
             .pragma("temp_store", "memory")
-            .pragma("cache_size", "-16000");
+            .pragma("cache_size", "-16000")
+            // Checkpoints run in the background (below); the writer only
+            // checkpoints itself if the WAL grows past ~80 MB regardless.
+            .pragma("wal_autocheckpoint", "20000");
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -97,6 +100,7 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(base)
             .await?;
+        tokio::spawn(checkpointer(read.clone()));
         Ok(SqliteStore { read, write })
     }
 
@@ -448,6 +452,27 @@ impl GroupStore for SqliteStore {
             }
         }
         Ok(out)
+    }
+}
+
+/// Copies the WAL back into the database from a reader connection every half
+/// second (PASSIVE: never blocks the writer), keeping that work off the
+/// group-commit path. Ends when the pool is closed.
+async fn checkpointer(pool: SqlitePool) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::debug!(error = %e, "background checkpoint failed");
+        }
     }
 }
 
