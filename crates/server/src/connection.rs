@@ -8,6 +8,7 @@
 //! everything before them first (the latter also finish before the next
 //! request starts); HISTORY waits too, to see the writes before it.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +30,7 @@ use crate::error::ServiceError;
 use crate::frames;
 use crate::request::Request;
 use crate::service::{auth, chat, social, HandlerResult, Pending, Reply, Session, Shared};
-use crate::sessions::Out;
+use crate::sessions::{Out, Outbox, PushError};
 use crate::store::{UserId, WriteOp};
 
 type Encoded = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Bytes>> + Send>>;
@@ -62,10 +63,11 @@ impl Bucket {
 
 struct Conn {
     sh: Arc<Shared>,
-    out: mpsc::Sender<Out>,
+    out: Arc<Outbox>,
     close: CancellationToken,
     session: Option<Session>,
-    pending: FuturesOrdered<Encoded>,
+    /// Replies in flight, in request order; none allocated while idle.
+    pending: Option<FuturesOrdered<Encoded>>,
     bucket: Bucket,
     peer: SocketAddr,
 }
@@ -87,18 +89,13 @@ pub async fn serve(
         tracing::debug!(%peer, error = %e, "could not enable TCP keepalive");
     }
     let (rd, wr) = sock.into_split();
-    // A small read buffer keeps idle connections cheap; it grows for big frames.
-    let mut frames = FramedRead::with_capacity(rd, FrameCodec::new(sh.cfg.max_frame), 1024);
-    let (out, rx) = mpsc::channel(sh.cfg.outbound_queue.max(1));
+    // No read buffer until there is something to read (see `read_loop`).
+    let mut frames = FramedRead::with_capacity(rd, FrameCodec::new(sh.cfg.max_frame), 0);
+    let out = Arc::new(Outbox::new(sh.cfg.outbound_queue));
     let close = shutdown.child_token();
     let grace = sh.cfg.shutdown_grace;
-    let writer = tokio::spawn(write_loop(
-        wr,
-        rx,
-        sh.committer.clone(),
-        close.clone(),
-        grace,
-    ));
+    let wfut = write_loop(wr, out.clone(), sh.committer.clone(), close.clone(), grace);
+    let writer = tokio::spawn(wfut);
     tracing::debug!(%peer, "connected");
     let mut conn = Conn {
         bucket: Bucket {
@@ -111,16 +108,23 @@ pub async fn serve(
         out,
         close,
         session: None,
-        pending: FuturesOrdered::new(),
+        pending: None,
         peer,
     };
     conn.read_loop(&mut frames).await;
-    conn.finish().await;
+    // Boxed, here and below: rare, large futures would otherwise make every
+    // connection's task that much bigger for its whole life.
+    Box::pin(conn.finish()).await;
+    // The writer sends what is queued and stops.
+    conn.out.close();
     drop(conn);
     let mut writer = writer;
-    if tokio::time::timeout(grace + Duration::from_secs(1), &mut writer)
-        .await
-        .is_err()
+    if Box::pin(tokio::time::timeout(
+        grace + Duration::from_secs(1),
+        &mut writer,
+    ))
+    .await
+    .is_err()
     {
         writer.abort();
     }
@@ -132,30 +136,41 @@ impl Conn {
         &mut self,
         frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
     ) {
-        let idle = tokio::time::sleep(self.sh.cfg.login_idle_timeout);
-        tokio::pin!(idle);
+        // The login deadline; dropped once logged in.
+        let mut idle = Some(Box::pin(tokio::time::sleep(self.sh.cfg.login_idle_timeout)));
         loop {
-            let can_read = self.pending.len() < self.sh.cfg.max_inflight.max(1);
+            let in_flight = self.pending.as_ref().map_or(0, |p| p.len());
+            if in_flight == 0 && frames.read_buffer().is_empty() {
+                // Idle: give the memory back.
+                self.pending = None;
+                *frames.read_buffer_mut() = BytesMut::new();
+            }
+            let can_read = in_flight < self.sh.cfg.max_inflight.max(1);
             tokio::select! {
                 biased;
                 _ = self.close.cancelled() => break,
-                Some(reply) = self.pending.next(), if !self.pending.is_empty() => {
+                Some(reply) = next_reply(&mut self.pending), if in_flight > 0 => {
                     if !self.emit(reply).await { break }
                 }
-                f = frames.next(), if can_read => match f {
+                f = next_frame(frames), if can_read => match f {
                     None => break,
                     Some(Ok(frame)) => {
-                        self.on_frame(frame).await;
+                        Box::pin(self.on_frame(frame)).await;
                         // After the frame, so that LOGINOUT restarts the clock too.
                         if self.session.is_none() {
-                            idle.as_mut().reset(tokio::time::Instant::now() + self.sh.cfg.login_idle_timeout);
+                            let at = tokio::time::Instant::now() + self.sh.cfg.login_idle_timeout;
+                            match idle.as_mut() {
+                                Some(s) => s.as_mut().reset(at),
+                                None => idle = Some(Box::pin(tokio::time::sleep_until(at))),
+                            }
+                        } else {
+                            idle = None;
                         }
                     }
                     Some(Err(FrameError::TooLarge(n))) => {
                         tracing::info!(peer = %self.peer, limit = n, "frame too large; closing");
-                        self.drain().await;
                         let e = ServiceError::new(Errno::FrameTooLarge, format!("frame longer than {n} bytes; closing"));
-                        self.emit(Some(frames::failure(None, None, &e))).await;
+                        Box::pin(self.fail_and_close(e)).await;
                         break;
                     }
                     Some(Err(FrameError::Io(e))) => {
@@ -163,10 +178,9 @@ impl Conn {
                         break;
                     }
                 },
-                _ = &mut idle, if self.session.is_none() => {
+                _ = async { if let Some(s) = idle.as_mut() { s.await } }, if self.session.is_none() && idle.is_some() => {
                     tracing::debug!(peer = %self.peer, "closing idle connection that never logged in");
-                    self.drain().await;
-                    self.emit(Some(frames::failure(None, None, &ServiceError::new(Errno::NotLoggedIn, "idle without login; closing")))).await;
+                    Box::pin(self.fail_and_close(ServiceError::new(Errno::NotLoggedIn, "idle without login; closing"))).await;
                     break;
                 }
             }
@@ -176,15 +190,36 @@ impl Conn {
     /// Queues a frame for the writer; false once the connection is closing.
     async fn emit(&mut self, frame: Option<Bytes>) -> bool {
         let Some(bytes) = frame else { return true };
-        tokio::select! {
-            r = self.out.send(Out::frame(bytes)) => r.is_ok(),
-            _ = self.close.cancelled() => false,
+        match self.out.offer(Out::frame(bytes)) {
+            Ok(()) => true,
+            Err((PushError::Closed, _)) => false,
+            // Rare, so boxed: waiting stays out of the connection's task.
+            Err((PushError::Full, out)) => {
+                let (outbox, close) = (&self.out, &self.close);
+                Box::pin(async move {
+                    tokio::select! {
+                        r = outbox.push(out) => r.is_ok(),
+                        _ = close.cancelled() => false,
+                    }
+                })
+                .await
+            }
         }
+    }
+
+    fn pending_mut(&mut self) -> &mut FuturesOrdered<Encoded> {
+        self.pending.get_or_insert_with(FuturesOrdered::new)
+    }
+
+    /// Queues the replies in flight, then the error the connection closes with.
+    async fn fail_and_close(&mut self, e: ServiceError) {
+        self.drain().await;
+        self.emit(Some(frames::failure(None, None, &e))).await;
     }
 
     /// Waits for every pipelined request and queues its reply.
     async fn drain(&mut self) {
-        while let Some(reply) = self.pending.next().await {
+        while let Some(reply) = next_reply(&mut self.pending).await {
             self.emit(reply).await;
         }
     }
@@ -202,13 +237,13 @@ impl Conn {
                 Box::pin(std::future::ready(r))
             }
         };
-        self.pending.push_back(fut);
+        self.pending_mut().push_back(fut);
     }
 
     async fn on_frame(&mut self, frame: Bytes) {
         if !self.bucket.take() {
             let e = ServiceError::new(Errno::RateLimited, "too many requests; slow down");
-            self.pending
+            self.pending_mut()
                 .push_back(Box::pin(std::future::ready(Some(frames::failure(
                     None, None, &e,
                 )))));
@@ -218,7 +253,7 @@ impl Conn {
             Ok(r) => r,
             Err(bad) => {
                 let f = frames::failure(None, bad.reqid.as_ref(), &bad.error);
-                self.pending
+                self.pending_mut()
                     .push_back(Box::pin(std::future::ready(Some(f))));
                 return;
             }
@@ -339,6 +374,32 @@ impl Session {
     }
 }
 
+/// The next reply in request order; None when nothing is in flight.
+async fn next_reply(pending: &mut Option<FuturesOrdered<Encoded>>) -> Option<Option<Bytes>> {
+    match pending {
+        Some(p) => p.next().await,
+        None => None,
+    }
+}
+
+/// The next frame. With nothing buffered it first waits for the socket to be
+/// readable and only then allocates a buffer, so that an idle connection
+/// holds none while a busy one still reads in big chunks.
+async fn next_frame(
+    frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+) -> Option<Result<Bytes, FrameError>> {
+    if frames.read_buffer().is_empty() {
+        if let Err(e) = frames.get_ref().readable().await {
+            return Some(Err(FrameError::Io(e)));
+        }
+        frames.read_buffer_mut().reserve(READ_CHUNK);
+    }
+    frames.next().await
+}
+
+/// Read buffer size for a connection with data waiting.
+const READ_CHUNK: usize = 2048;
+
 /// Turns a handler's result into the frame the client gets, if any.
 fn encode(re: i64, reqid: Option<&Value>, level: u8, r: HandlerResult) -> Option<Bytes> {
     match r {
@@ -355,17 +416,19 @@ fn encode(re: i64, reqid: Option<&Value>, level: u8, r: HandlerResult) -> Option
 /// that makes no progress for `grace` is abandoned.
 async fn write_loop(
     mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Out>,
+    outbox: Arc<Outbox>,
     committer: Committer,
     close: CancellationToken,
     grace: Duration,
 ) {
     const COALESCE: usize = 64 * 1024;
     let mut confirm: Vec<(UserId, i64)> = Vec::new();
-    while let Some(first) = rx.recv().await {
+    let mut batch: VecDeque<Out> = VecDeque::new();
+    while outbox.pop_batch(&mut batch, COALESCE).await {
         // A fresh buffer per batch: an idle connection holds no write buffer.
-        let mut buf = BytesMut::with_capacity(first.bytes.len().max(512));
-        let mut add = |o: Out, buf: &mut BytesMut| {
+        let len: usize = batch.iter().map(|o| o.bytes.len()).sum();
+        let mut buf = BytesMut::with_capacity(len);
+        for o in batch.drain(..) {
             buf.extend_from_slice(&o.bytes);
             if let Some((u, s)) = o.l1_delivered {
                 match confirm.last_mut() {
@@ -373,24 +436,26 @@ async fn write_loop(
                     _ => confirm.push((u, s)),
                 }
             }
-        };
-        add(first, &mut buf);
-        while buf.len() < COALESCE {
-            match rx.try_recv() {
-                Ok(o) => add(o, &mut buf),
-                Err(_) => break,
-            }
         }
-        let written = tokio::select! {
-            r = wr.write_all_buf(&mut buf) => r.is_ok(),
-            _ = async { close.cancelled().await; tokio::time::sleep(grace).await } => false,
-        };
+        // Boxed: an idle writer then holds only the small wait above.
+        let written = Box::pin(async {
+            let written = tokio::select! {
+                r = wr.write_all_buf(&mut buf) => r.is_ok(),
+                _ = async { close.cancelled().await; tokio::time::sleep(grace).await } => false,
+            };
+            if written {
+                for (user, seq) in confirm.drain(..) {
+                    let _ = committer.submit_detached(WriteOp::Ack { user, seq }).await;
+                }
+            }
+            written
+        })
+        .await;
         if !written {
             break;
         }
-        for (user, seq) in confirm.drain(..) {
-            let _ = committer.submit_detached(WriteOp::Ack { user, seq }).await;
-        }
     }
+    // Senders must not wait for space that will never come.
+    outbox.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use chat_protocol::{limits, msgid, time::unix_now, Errno};
 use serde_json::{json, Map, Value};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Pending, Reply, Session, Shared};
@@ -14,7 +13,7 @@ use crate::error::ServiceError;
 use crate::frames::{self, PushBody};
 use crate::password::{new_token, token_hash};
 use crate::request::{check_bytes, Request};
-use crate::sessions::{Event, Out, SessionHandle};
+use crate::sessions::{Event, Out, Outbox, SessionHandle};
 use crate::store::{GroupInfo, Person, StoreError, UserId, WriteOp, WriteOutcome};
 
 /// REG: validate, hash off the async threads, create.
@@ -49,7 +48,7 @@ pub fn register(sh: &Arc<Shared>, req: &Request) -> Result<Pending, ServiceError
 /// What the connection lends a login: its queue and its close signal.
 pub struct ConnPort<'a> {
     /// The connection's outbound queue.
-    pub out: &'a mpsc::Sender<Out>,
+    pub out: &'a Arc<Outbox>,
     /// Cancelled when the connection must close.
     pub close: &'a CancellationToken,
 }
@@ -366,7 +365,7 @@ async fn send(
         l1_delivered,
     };
     tokio::select! {
-        r = port.out.send(out) => r.map_err(|_| ServiceError::busy("connection closed")),
+        r = port.out.push(out) => r.map_err(|_| ServiceError::busy("connection closed")),
         _ = port.close.cancelled() => Err(ServiceError::busy("connection closed")),
     }
 }
