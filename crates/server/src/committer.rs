@@ -62,15 +62,37 @@ impl Committer {
 
     /// Submits a write and waits until it is durable.
     pub async fn submit(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
+        self.enqueue(op).await
+    }
+
+    /// Queues a write right away (so writes join the batch in request
+    /// order, and a burst read in one go lands in one batch) and returns a
+    /// future that resolves once it is durable. If the queue is full, the
+    /// future waits for room first.
+    pub fn enqueue(
+        &self,
+        op: WriteOp,
+    ) -> impl std::future::Future<Output = StoreResult<WriteOutcome>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job {
-                op,
-                reply: Some(reply),
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        let mut late = None;
+        let mut closed = false;
+        match self.tx.try_send(Job {
+            op,
+            reply: Some(reply),
+        }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(job)) => late = Some((self.tx.clone(), job)),
+            Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
+        }
+        async move {
+            if closed {
+                return Err(StoreError::Closed);
+            }
+            if let Some((tx, job)) = late {
+                tx.send(job).await.map_err(|_| StoreError::Closed)?;
+            }
+            rx.await.map_err(|_| StoreError::Closed)?
+        }
     }
 
     /// Submits a write without waiting for it (delivery confirmations).

@@ -39,8 +39,10 @@ pub fn send(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, Ser
     let sender = s.user;
     let handle = s.handle.clone();
     let cmid = cmid.map(str::to_owned);
+    // Queued now, in request order; the reply waits for durability.
+    let stored = sh.committer.enqueue(op);
     Ok(Box::pin(async move {
-        match sh.committer.submit(op).await? {
+        match stored.await? {
             WriteOutcome::Appended { message, .. } => {
                 if let Some(c) = &cmid {
                     handle.note_stored(c);
