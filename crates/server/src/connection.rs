@@ -291,6 +291,15 @@ impl Conn {
                 };
                 let level = self.level();
                 if r.is_ok() {
+                    if level < 2 {
+                        // Level-1 pushes count as delivered once written: let
+                        // those confirmations land before the session ends,
+                        // so a quick re-login is not handed them again.
+                        let (done, flushed) = tokio::sync::oneshot::channel();
+                        if self.out.offer(Out::barrier(done)).is_ok() {
+                            let _ = tokio::time::timeout(self.sh.cfg.shutdown_grace, flushed).await;
+                        }
+                    }
                     if let Some(s) = self.session.take() {
                         auth::logout(&sh, &s, true).await;
                     }
@@ -428,8 +437,10 @@ async fn write_loop(
         // A fresh buffer per batch: an idle connection holds no write buffer.
         let len: usize = batch.iter().map(|o| o.bytes.len()).sum();
         let mut buf = BytesMut::with_capacity(len);
+        let mut barriers = Vec::new();
         for o in batch.drain(..) {
             buf.extend_from_slice(&o.bytes);
+            barriers.extend(o.flushed);
             if let Some((u, s)) = o.l1_delivered {
                 match confirm.last_mut() {
                     Some((lu, ls)) if *lu == u => *ls = (*ls).max(s),
@@ -445,7 +456,15 @@ async fn write_loop(
             };
             if written {
                 for (user, seq) in confirm.drain(..) {
-                    let _ = committer.submit_detached(WriteOp::Ack { user, seq }).await;
+                    let op = WriteOp::Ack { user, seq };
+                    if barriers.is_empty() {
+                        let _ = committer.submit_detached(op).await;
+                    } else {
+                        let _ = committer.submit(op).await;
+                    }
+                }
+                for b in barriers.drain(..) {
+                    let _ = b.send(());
                 }
             }
             written

@@ -28,6 +28,9 @@ pub struct Out {
     pub bytes: Bytes,
     /// (user, seq) to confirm after the write, for level-1 sessions.
     pub l1_delivered: Option<(UserId, i64)>,
+    /// Fired once this frame and all before it are written and their
+    /// level-1 confirmations are durable (a flush barrier).
+    pub flushed: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Out {
@@ -36,6 +39,16 @@ impl Out {
         Out {
             bytes,
             l1_delivered: None,
+            flushed: None,
+        }
+    }
+
+    /// No bytes: just tells when everything queued before it is done.
+    pub fn barrier(done: tokio::sync::oneshot::Sender<()>) -> Self {
+        Out {
+            bytes: Bytes::new(),
+            l1_delivered: None,
+            flushed: Some(done),
         }
     }
 }
@@ -307,6 +320,7 @@ impl SessionHandle {
                     Out {
                         bytes: push.level1(),
                         l1_delivered: Some((self.user, *seq)),
+                        flushed: None,
                     }
                 };
                 self.try_out(out);

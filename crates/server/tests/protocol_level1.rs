@@ -335,3 +335,34 @@ async fn level1_live_message_is_delivered_once_and_ping_and_history_answer() {
     b.expect_silence(200).await;
     srv.stop().await;
 }
+
+/// Offline messages handed over in a level-1 login ack are not handed over
+/// again by an immediate re-login on the same connection, in the same write.
+/// (LOGINOUT waits for the writer's delivery records; the race it closes only
+/// shows under load, so this pins the behaviour rather than the race.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immediate_relogin_after_loginout_gets_no_offline_messages_twice() {
+    let srv = TestServer::start().await;
+    let (alice, mut a) = user_l2(&srv, "alice").await;
+    let mut b = srv.connect().await;
+    let bob = b.register("bob", "pw").await;
+    for i in 0..5 {
+        a.send(json!({"msgid": 6, "toid": bob, "msg": format!("m{i}")}))
+            .await;
+        a.expect_ack(6).await;
+    }
+    let _ = alice;
+    b.login_l1(bob, "pw").await;
+    // LOGINOUT and LOGIN in one write: no time for anything in between.
+    let mut both = serde_json::to_vec(&json!({"msgid": 3, "id": bob})).unwrap();
+    both.push(0);
+    both.extend(serde_json::to_vec(&json!({"msgid": 1, "id": bob, "password": "pw"})).unwrap());
+    both.push(0);
+    b.send_raw(&both).await;
+    let again = b.recv_msgid(2).await;
+    assert_eq!(again["errno"], 0, "{again}");
+    assert!(
+        again.get("offlinemsg").is_none(),
+        "offline messages handed out twice: {again}"
+    );
+}

@@ -363,6 +363,7 @@ async fn send(
     let out = Out {
         bytes,
         l1_delivered,
+        flushed: None,
     };
     tokio::select! {
         r = port.out.push(out) => r.map_err(|_| ServiceError::busy("connection closed")),
