@@ -92,6 +92,9 @@ pub struct Config {
     pub l1_offline_in_ack: usize,
     /// Rows per page when replaying undelivered messages.
     pub backlog_page: i64,
+    /// Sessions reading their backlog from storage at once (gap fills and
+    /// catch-ups after a bus outage); more wait their turn.
+    pub backlog_reads: usize,
     /// Field limits.
     pub limits: Limits,
 }
@@ -113,6 +116,7 @@ impl Default for Config {
             commit_queue: 16_384,
             l1_offline_in_ack: 100,
             backlog_page: 256,
+            backlog_reads: 16,
             limits: Limits::default(),
         }
     }

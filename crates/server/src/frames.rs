@@ -168,6 +168,11 @@ impl PushBody {
         }
     }
 
+    /// Bytes this encoding holds (both levels' shared parts).
+    pub fn size(&self) -> usize {
+        self.l1.len() + self.l2_prefix.len()
+    }
+
     /// The classic frame, LF-terminated.
     pub fn level1(&self) -> Bytes {
         self.l1.clone()

@@ -168,7 +168,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     url: url.clone(),
                     node,
                     lease: Duration::from_secs(args.presence_lease_secs.max(3)),
-                    resync_page: 256,
                 },
             )?
         }

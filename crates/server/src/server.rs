@@ -58,9 +58,8 @@ impl Node {
         store: Arc<dyn Store>,
         redis: RedisBusConfig,
     ) -> anyhow::Result<Node> {
-        let st = store.clone();
         Self::new(cfg, store, move |s| {
-            Ok(RedisBus::start(redis, s, st)? as Arc<dyn Bus>)
+            Ok(RedisBus::start(redis, s)? as Arc<dyn Bus>)
         })
     }
 

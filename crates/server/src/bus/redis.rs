@@ -10,8 +10,12 @@
 //! - A login publishes a claim on the user's channel; any other session of
 //!   theirs, on any node, is kicked.
 //! - When the pub/sub connection drops, the node reconnects with backoff,
-//!   subscribes again, and pushes every unconfirmed message of its sessions
-//!   from storage: anything published while it was away is not lost.
+//!   subscribes again, and each of its sessions catches up from storage, in
+//!   seq order, from where it stands: anything published while it was away
+//!   is not lost, and nothing overtakes it.
+//! - An event that could not be published (Redis failing, the publish queue
+//!   full) is not retried as such: its recipient is sent a resync instead,
+//!   once publishing works again, and catches up from storage.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::Bus;
 use crate::frames::PushBody;
 use crate::sessions::{Event, Sessions};
-use crate::store::{Store, StoredMessage, Target, UserId};
+use crate::store::{StoredMessage, Target, UserId};
 
 /// Settings of the Redis bus.
 #[derive(Debug, Clone)]
@@ -37,8 +41,6 @@ pub struct RedisBusConfig {
     pub node: String,
     /// How long a presence lease lasts without renewal.
     pub lease: Duration,
-    /// Rows per page when pushing unconfirmed messages again after an outage.
-    pub resync_page: i64,
 }
 
 enum SubCmd {
@@ -55,7 +57,13 @@ pub struct RedisBus {
     publish: mpsc::Sender<(UserId, Event)>,
     sub: mpsc::UnboundedSender<SubCmd>,
     stop: CancellationToken,
+    /// Recipients of events that were dropped, owed a resync.
+    owed: std::sync::Mutex<std::collections::HashSet<UserId>>,
 }
+
+/// Recipients remembered for a resync at most; beyond, the next bus
+/// reconnect (or their next message, or login) catches them up.
+const OWED_MAX: usize = 100_000;
 
 const RENEW: &str = r"
 local v = redis.call('GET', KEYS[1])
@@ -79,11 +87,7 @@ impl RedisBus {
     /// Starts the bus's tasks (publisher, subscriber, lease renewal). They
     /// connect in the background and keep retrying, so a node starts even
     /// while Redis is down.
-    pub fn start(
-        cfg: RedisBusConfig,
-        sessions: Arc<Sessions>,
-        store: Arc<dyn Store>,
-    ) -> anyhow::Result<Arc<RedisBus>> {
+    pub fn start(cfg: RedisBusConfig, sessions: Arc<Sessions>) -> anyhow::Result<Arc<RedisBus>> {
         let client = redis::Client::open(cfg.url.as_str())?;
         let (publish, prx) = mpsc::channel(65_536);
         let (sub, srx) = mpsc::unbounded_channel();
@@ -95,11 +99,23 @@ impl RedisBus {
             publish,
             sub,
             stop: CancellationToken::new(),
+            owed: Default::default(),
         });
         tokio::spawn(publisher(bus.clone(), prx));
-        tokio::spawn(subscriber(bus.clone(), srx, store));
+        tokio::spawn(subscriber(bus.clone(), srx));
         tokio::spawn(renewer(bus.clone()));
         Ok(bus)
+    }
+
+    /// Remembers that `to` missed `ev`: a chat message is stored, so a
+    /// resync once publishing works again recovers it.
+    fn owe(&self, to: UserId, ev: &Event) {
+        if matches!(ev, Event::Chat { .. } | Event::Resync) {
+            let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+            if owed.len() < OWED_MAX {
+                owed.insert(to);
+            }
+        }
     }
 
     async fn conn(&self) -> redis::RedisResult<ConnectionManager> {
@@ -131,6 +147,9 @@ impl RedisBus {
                     let push = Arc::new(PushBody::new(Arc::new(m)));
                     self.sessions.deliver(user, &Event::Chat { push, seq });
                 }
+            }
+            Some("r") => {
+                self.sessions.deliver(user, &Event::Resync);
             }
             Some("p") => {
                 if let (Some(id), Some(online)) = (v["id"].as_i64(), v["on"].as_bool()) {
@@ -181,6 +200,7 @@ fn encode_event(ev: &Event, node: &str) -> Value {
         }
         Event::Presence { id, online } => json!({"t": "p", "id": id, "on": online}),
         Event::Kick { sid } => json!({"t": "k", "node": node, "sid": sid}),
+        Event::Resync => json!({"t": "r"}),
     }
 }
 
@@ -190,9 +210,10 @@ impl Bus for RedisBus {
         if self.sessions.deliver(to, &ev) {
             return;
         }
-        if self.publish.try_send((to, ev)).is_err() {
-            // Messages are stored: the recipient gets them at its next login.
+        if let Err(e) = self.publish.try_send((to, ev)) {
+            let (to, ev) = e.into_inner();
             tracing::warn!(user = to, "bus publish queue full; event dropped");
+            self.owe(to, &ev);
         }
     }
 
@@ -281,40 +302,70 @@ impl Bus for RedisBus {
 }
 
 /// Publishes events in the order they were sent, pipelining what is queued.
+/// Recipients of events that failed are owed a resync, published first in a
+/// later batch that gets through.
 async fn publisher(bus: Arc<RedisBus>, mut rx: mpsc::Receiver<(UserId, Event)>) {
     let mut batch = Vec::with_capacity(512);
     loop {
+        let owed_waiting = !bus
+            .owed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
         tokio::select! {
             _ = bus.stop.cancelled() => return,
             n = rx.recv_many(&mut batch, 512) => if n == 0 { return },
+            // Retry owed resyncs even when no new traffic comes.
+            _ = tokio::time::sleep(Duration::from_millis(500)), if owed_waiting => {}
+        }
+        let owed: Vec<UserId> =
+            std::mem::take(&mut *bus.owed.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .collect();
+        if owed.is_empty() && batch.is_empty() {
+            continue;
         }
         let mut pipe = redis::pipe();
-        for (to, ev) in batch.drain(..) {
+        for &to in &owed {
             pipe.cmd("PUBLISH")
                 .arg(chan(to))
-                .arg(encode_event(&ev, &bus.cfg.node).to_string())
+                .arg(encode_event(&Event::Resync, &bus.cfg.node).to_string())
                 .ignore();
         }
-        match bus.conn().await {
-            Ok(mut c) => {
-                if let Err(e) = pipe.query_async::<()>(&mut c).await {
-                    tracing::warn!(error = %e, "publish failed; recipients resync from storage");
+        for (to, ev) in &batch {
+            pipe.cmd("PUBLISH")
+                .arg(chan(*to))
+                .arg(encode_event(ev, &bus.cfg.node).to_string())
+                .ignore();
+        }
+        let failed = match bus.conn().await {
+            Ok(mut c) => match pipe.query_async::<()>(&mut c).await {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "publish failed; recipients will catch up from storage");
+                    true
                 }
-            }
+            },
             Err(e) => {
-                tracing::warn!(error = %e, "Redis unreachable; events dropped, messages stay stored")
+                tracing::warn!(error = %e, "Redis unreachable; events dropped, messages stay stored");
+                true
+            }
+        };
+        if failed {
+            for to in owed {
+                bus.owe(to, &Event::Resync);
+            }
+            for (to, ev) in &batch {
+                bus.owe(*to, ev);
             }
         }
+        batch.clear();
     }
 }
 
 /// Owns the node's one pub/sub connection: (re)connects with backoff,
 /// (re)subscribes every local user, and resyncs sessions after an outage.
-async fn subscriber(
-    bus: Arc<RedisBus>,
-    mut cmds: mpsc::UnboundedReceiver<SubCmd>,
-    store: Arc<dyn Store>,
-) {
+async fn subscriber(bus: Arc<RedisBus>, mut cmds: mpsc::UnboundedReceiver<SubCmd>) {
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     loop {
@@ -360,8 +411,12 @@ async fn subscriber(
         if first {
             tracing::info!(node = %bus.cfg.node, "connected to Redis");
         } else {
-            tracing::info!(node = %bus.cfg.node, sessions = users.len(), "reconnected to Redis; resyncing sessions from storage");
-            tokio::spawn(resync(bus.clone(), store.clone(), users));
+            tracing::info!(node = %bus.cfg.node, sessions = users.len(), "reconnected to Redis; sessions catch up from storage");
+            for u in users {
+                if let Some(h) = bus.sessions.get(u) {
+                    h.resync();
+                }
+            }
         }
         first = false;
         loop {
@@ -389,37 +444,6 @@ async fn subscriber(
                     }
                     None => return,
                 },
-            }
-        }
-    }
-}
-
-/// After an outage: push every unconfirmed message of each session again.
-/// Clients drop duplicates by `mid`.
-async fn resync(bus: Arc<RedisBus>, store: Arc<dyn Store>, users: Vec<UserId>) {
-    for user in users {
-        let Some(h) = bus.sessions.get(user) else {
-            continue;
-        };
-        let mut after = 0;
-        loop {
-            let page = match store.undelivered(user, after, bus.cfg.resync_page).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(user, error = %e, "resync read failed");
-                    break;
-                }
-            };
-            let n = page.len() as i64;
-            for (seq, m) in page {
-                after = seq;
-                h.deliver(&Event::Chat {
-                    push: Arc::new(PushBody::new(Arc::new(m))),
-                    seq,
-                });
-            }
-            if n < bus.cfg.resync_page || h.is_closed() {
-                break;
             }
         }
     }

@@ -175,6 +175,7 @@ pub async fn login(
         cred.level,
         port.out.clone(),
         port.close.clone(),
+        sh.backlog.clone(),
     ));
     if let Some(old) = sh.sessions.insert(handle.clone()) {
         tracing::info!(user, old_sid = old.sid, "newer login replaces session");
@@ -273,11 +274,10 @@ async fn replay(
     reqid: Option<&Value>,
 ) -> Result<(), ServiceError> {
     let l1 = s.level < 2;
-    let page = sh.cfg.backlog_page.max(1);
     let first_limit = if l1 {
         sh.cfg.l1_offline_in_ack.max(1) as i64
     } else {
-        page
+        sh.cfg.backlog_page.max(1)
     };
     let mut floor = 0i64;
     let first = sh.store.undelivered(s.user, floor, first_limit).await?;
@@ -312,8 +312,7 @@ async fn replay(
         ack.insert("reqid".into(), r.clone());
     }
     let mut pending = first;
-    let mut got = pending.len() as i64;
-    let mut limit = first_limit;
+    let at_end = (pending.len() as i64) < first_limit;
     let mut l1_delivered = None;
     if l1 {
         // The first page travels inside the ack, the classic way.
@@ -331,28 +330,18 @@ async fn replay(
             ack.insert("offlinemsg".into(), offline.into());
         }
     }
-    // The ack goes first: the gate stays shut until it is queued, so no live
-    // push can overtake it.
+    // The ack goes first: the gate queues no live push until the replay is
+    // done, so none can overtake it.
     send(port, frames::value(&Value::Object(ack)), l1_delivered).await?;
-
-    loop {
-        for (seq, m) in pending.drain(..) {
-            let push = PushBody::new(Arc::new(m));
-            let (bytes, conf) = if l1 {
-                (push.level1(), Some((s.user, seq)))
-            } else {
-                (push.level2(seq), None)
-            };
-            send(port, bytes, conf).await?;
-            floor = seq;
-        }
-        if got < limit && s.handle.finish_replay(floor) {
-            return Ok(());
-        }
-        pending = sh.store.undelivered(s.user, floor, page).await?;
-        got = pending.len() as i64;
-        limit = page;
+    for (seq, m) in pending {
+        let push = PushBody::new(Arc::new(m));
+        send(port, push.level2(seq), None).await?;
+        floor = seq;
     }
+    // The rest (and whatever arrived meanwhile) the gate reads in order.
+    s.handle.replayed_to(floor, at_end);
+    s.handle.catch_up().await?;
+    Ok(())
 }
 
 async fn send(

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::{HandlerResult, Pending, Reply, Session, Shared};
 use crate::error::ServiceError;
-use crate::frames::{self, PushBody};
+use crate::frames;
 use crate::request::{check_bytes, Request};
 use crate::sessions::Event;
 use crate::store::{Conversation, NewMessage, Target, UserId, WriteOp, WriteOutcome};
@@ -69,14 +69,11 @@ pub fn send(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, Ser
     }))
 }
 
-/// Pages of a recipient's backlog searched for a retried message.
-const REROUTE_PAGES: usize = 4;
-const REROUTE_PAGE: i64 = 256;
-
 /// A retried send that an earlier login stored: the sender never saw its
-/// ACK, and the node that stored it may have died before routing it. Pushes
-/// it again to each online recipient that has not confirmed it (clients drop
-/// duplicates by mid); offline recipients get it at their next login.
+/// ACK, and the node that stored it may have died before routing it. Each
+/// online recipient's session catches up from storage, in seq order, from
+/// where it stands (a no-op for one that has it already); offline
+/// recipients get it at their next login.
 async fn reroute(sh: &Shared, sender: UserId, target: Target, mid: i64) {
     let recipients: Vec<UserId> = match target {
         Target::User(u) => vec![u],
@@ -95,27 +92,8 @@ async fn reroute(sh: &Shared, sender: UserId, target: Target, mid: i64) {
     let recipients: Vec<UserId> = recipients.into_iter().filter(|&r| r != sender).collect();
     let online = sh.bus.online(&recipients).await;
     for (&user, on) in recipients.iter().zip(online) {
-        if !on {
-            continue;
-        }
-        let mut after = 0;
-        for _ in 0..REROUTE_PAGES {
-            let page = match sh.store.undelivered(user, after, REROUTE_PAGE).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(mid, user, error = %e, "retried message not routed again");
-                    break;
-                }
-            };
-            if let Some((seq, m)) = page.iter().find(|(_, m)| m.mid == mid) {
-                let push = Arc::new(PushBody::new(Arc::new(m.clone())));
-                sh.bus.send(user, Event::Chat { push, seq: *seq });
-                break;
-            }
-            match page.last() {
-                Some((seq, _)) if page.len() as i64 == REROUTE_PAGE => after = *seq,
-                _ => break,
-            }
+        if on {
+            sh.bus.send(user, Event::Resync);
         }
     }
 }

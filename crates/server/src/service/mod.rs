@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::error::ServiceError;
 use crate::frames::PushBody;
 use crate::password::Passwords;
-use crate::sessions::{Event, SessionHandle, Sessions};
+use crate::sessions::{Backlog, Event, SessionHandle, Sessions, StoreBacklog};
 use crate::store::{Store, UserId, WriteOutcome};
 
 /// State shared by every connection of one server instance. Passed around
@@ -37,6 +37,8 @@ pub struct Shared {
     pub sessions: Arc<Sessions>,
     /// Password hashing.
     pub passwords: Passwords,
+    /// Storage reads of sessions catching up (login replay, gap fill).
+    pub backlog: Arc<Backlog>,
     next_sid: AtomicU64,
 }
 
@@ -50,7 +52,16 @@ impl Shared {
         sessions: Arc<Sessions>,
         passwords: Passwords,
     ) -> Self {
+        let backlog = Arc::new(Backlog::new(
+            Arc::new(StoreBacklog(store.clone())),
+            cfg.backlog_page,
+            cfg.backlog_reads,
+            // A client that reads nothing for this long while catching up
+            // is dropped as too slow; its messages stay stored.
+            std::time::Duration::from_secs(30),
+        ));
         Shared {
+            backlog,
             cfg,
             store,
             committer,

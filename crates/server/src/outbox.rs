@@ -1,0 +1,179 @@
+//! A connection's bounded outbound queue and the frames on it.
+//!
+//! Senders never block on a slow client: the live path uses
+//! [`Outbox::offer`] and treats a full queue as a slow consumer; only the
+//! connection itself and a session catching up from storage wait for space.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::store::UserId;
+
+/// A frame for a connection's writer. `l1_delivered` marks a level-1 push: once
+/// written to the socket, the writer confirms that seq for the user.
+#[derive(Debug)]
+pub struct Out {
+    /// The frame, LF included.
+    pub bytes: Bytes,
+    /// (user, seq) to confirm after the write, for level-1 sessions.
+    pub l1_delivered: Option<(UserId, i64)>,
+    /// Fired once this frame and all before it are written and their
+    /// level-1 confirmations are durable (a flush barrier).
+    pub flushed: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Out {
+    /// A frame that confirms nothing.
+    pub fn frame(bytes: Bytes) -> Self {
+        Out {
+            bytes,
+            l1_delivered: None,
+            flushed: None,
+        }
+    }
+
+    /// No bytes: just tells when everything queued before it is done.
+    pub fn barrier(done: tokio::sync::oneshot::Sender<()>) -> Self {
+        Out {
+            bytes: Bytes::new(),
+            l1_delivered: None,
+            flushed: Some(done),
+        }
+    }
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The queue holds its maximum number of frames.
+    Full,
+    /// The connection is ending; nothing more is queued.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    q: VecDeque<Out>,
+    closed: bool,
+}
+
+/// A connection's bounded outbound queue. Unlike a channel it allocates
+/// nothing until a frame is queued and gives its memory back once drained,
+/// so an idle connection costs only this struct.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<OutboxState>,
+    cap: usize,
+    /// Wakes the writer when a frame arrives or the outbox closes.
+    readable: Notify,
+    /// Wakes senders waiting for space (or for the close).
+    space: Notify,
+}
+
+impl Outbox {
+    /// An empty outbox holding at most `cap` frames (at least one).
+    pub fn new(cap: usize) -> Self {
+        Outbox {
+            state: Mutex::new(OutboxState::default()),
+            cap: cap.max(1),
+            readable: Notify::new(),
+            space: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a frame without waiting; fails when full or closed.
+    pub fn try_push(&self, out: Out) -> Result<(), PushError> {
+        self.offer(out).map_err(|(e, _)| e)
+    }
+
+    /// Like [`Outbox::try_push`], but hands the frame back on failure.
+    pub fn offer(&self, out: Out) -> Result<(), (PushError, Out)> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err((PushError::Closed, out));
+        }
+        if st.q.len() >= self.cap {
+            return Err((PushError::Full, out));
+        }
+        let was_empty = st.q.is_empty();
+        st.q.push_back(out);
+        drop(st);
+        if was_empty {
+            self.readable.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues a frame, waiting for space; fails once the outbox is closed.
+    pub async fn push(&self, mut out: Out) -> Result<(), PushError> {
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a pop in between still wakes us.
+            notified.as_mut().enable();
+            match self.offer(out) {
+                Ok(()) => return Ok(()),
+                Err((PushError::Closed, _)) => return Err(PushError::Closed),
+                Err((PushError::Full, o)) => out = o,
+            }
+            notified.await;
+        }
+    }
+
+    /// Stops queueing; the writer sends what is left and then stops.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.readable.notify_one();
+        self.space.notify_waiters();
+    }
+
+    /// Waits for frames and moves up to about `max_bytes` of them into
+    /// `batch` (which must be empty); false once closed and drained.
+    pub async fn pop_batch(&self, batch: &mut VecDeque<Out>, max_bytes: usize) -> bool {
+        debug_assert!(batch.is_empty());
+        loop {
+            {
+                let mut st = self.lock();
+                if !st.q.is_empty() {
+                    let mut bytes = 0;
+                    let n =
+                        st.q.iter()
+                            .take_while(|o| {
+                                let fits = bytes < max_bytes;
+                                bytes += o.bytes.len();
+                                fits
+                            })
+                            .count();
+                    if n == st.q.len() {
+                        // Hand the whole queue over and keep the spare
+                        // buffer: no copying, no allocation under load.
+                        std::mem::swap(&mut st.q, batch);
+                    } else {
+                        batch.extend(st.q.drain(..n));
+                    }
+                    drop(st);
+                    self.space.notify_waiters();
+                    return true;
+                }
+                if st.closed {
+                    return false;
+                }
+                // Idle: give the memory back.
+                if st.q.capacity() > 0 {
+                    st.q = VecDeque::new();
+                }
+            }
+            if batch.capacity() > 0 {
+                *batch = VecDeque::new();
+            }
+            self.readable.notified().await;
+        }
+    }
+}
