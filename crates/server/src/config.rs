@@ -70,6 +70,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Frames queued for one client before it counts as too slow and is dropped.
     pub outbound_queue: usize,
+    /// Bytes queued for one client before it counts as too slow.
+    pub outbound_bytes: usize,
     /// Requests one connection may have in flight (pipelined).
     pub max_inflight: usize,
     /// Sustained frames per second per connection; 0 turns limiting off.
@@ -105,6 +107,7 @@ impl Default for Config {
             max_frame: limits::MAX_FRAME,
             max_connections: 10_000,
             outbound_queue: 1024,
+            outbound_bytes: 4 << 20,
             max_inflight: 64,
             rate_limit: 5_000,
             rate_burst: 5_000,

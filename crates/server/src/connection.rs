@@ -91,7 +91,7 @@ pub async fn serve(
     let (rd, wr) = sock.into_split();
     // No read buffer until there is something to read (see `read_loop`).
     let mut frames = FramedRead::with_capacity(rd, FrameCodec::new(sh.cfg.max_frame), 0);
-    let out = Arc::new(Outbox::new(sh.cfg.outbound_queue));
+    let out = Arc::new(Outbox::new(sh.cfg.outbound_queue, sh.cfg.outbound_bytes));
     let close = shutdown.child_token();
     let grace = sh.cfg.shutdown_grace;
     let wfut = write_loop(wr, out.clone(), sh.committer.clone(), close.clone(), grace);
@@ -435,11 +435,14 @@ async fn write_loop(
     let mut batch: VecDeque<Out> = VecDeque::new();
     while outbox.pop_batch(&mut batch, COALESCE).await {
         // A fresh buffer per batch: an idle connection holds no write buffer.
-        let len: usize = batch.iter().map(|o| o.bytes.len()).sum();
+        let len: usize = batch.iter().map(Out::len).sum();
         let mut buf = BytesMut::with_capacity(len);
         let mut barriers = Vec::new();
         for o in batch.drain(..) {
             buf.extend_from_slice(&o.bytes);
+            if let Some(t) = &o.tail {
+                buf.extend_from_slice(t);
+            }
             barriers.extend(o.flushed);
             if let Some((u, s)) = o.l1_delivered {
                 match confirm.last_mut() {

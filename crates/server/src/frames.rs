@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::error::ServiceError;
+use crate::outbox::Out;
 use crate::store::{StoredMessage, Target, UserId};
 
 fn finish(v: &Value) -> Bytes {
@@ -187,11 +188,24 @@ impl PushBody {
     pub fn level2(&self, seq: i64) -> Bytes {
         let mut b = BytesMut::with_capacity(self.l2_prefix.len() + 32);
         b.put_slice(&self.l2_prefix);
-        b.put_slice(b",\"seq\":");
-        b.put_slice(seq.to_string().as_bytes());
-        b.put_slice(b"}\n");
+        b.put_slice(&seq_tail(seq));
         b.freeze()
     }
+
+    /// The level-2 frame as an [`Out`]: the body shared with every other
+    /// recipient (no copy), and a few bytes of its own carrying `seq`.
+    pub fn level2_out(&self, seq: i64) -> Out {
+        Out {
+            bytes: self.l2_prefix.clone(),
+            tail: Some(seq_tail(seq)),
+            l1_delivered: None,
+            flushed: None,
+        }
+    }
+}
+
+fn seq_tail(seq: i64) -> Bytes {
+    Bytes::from(format!(",\"seq\":{seq}}}\n"))
 }
 
 /// Encodes a finished JSON value (for login acks built by the auth module).

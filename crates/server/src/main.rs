@@ -56,6 +56,11 @@ struct Args {
     #[arg(long, env = "CHAT_OUTBOUND_QUEUE", default_value_t = 1024)]
     outbound_queue: usize,
 
+    /// Bytes queued for one client before it counts as too slow: pushes beyond
+    /// disconnect it (its messages stay stored), replies wait for room.
+    #[arg(long, env = "CHAT_OUTBOUND_BYTES", default_value_t = 4 << 20)]
+    outbound_bytes: usize,
+
     /// Sustained requests per second per connection (errno 9 beyond); 0 = unlimited.
     #[arg(long, env = "CHAT_RATE_LIMIT", default_value_t = 5_000)]
     rate_limit: u32,
@@ -129,6 +134,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_frame: args.max_frame,
         max_connections: args.max_connections,
         outbound_queue: args.outbound_queue,
+        outbound_bytes: args.outbound_bytes,
         rate_limit: args.rate_limit,
         rate_burst: args.rate_burst,
         login_idle_timeout: Duration::from_secs(args.login_idle_secs),

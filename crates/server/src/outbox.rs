@@ -16,8 +16,11 @@ use crate::store::UserId;
 /// written to the socket, the writer confirms that seq for the user.
 #[derive(Debug)]
 pub struct Out {
-    /// The frame, LF included.
+    /// The frame (LF included), or its first part when `tail` is set.
     pub bytes: Bytes,
+    /// The rest of the frame. A level-2 push shares its body (`bytes`) with
+    /// every other recipient and owns only this tail with its own `seq`.
+    pub tail: Option<Bytes>,
     /// (user, seq) to confirm after the write, for level-1 sessions.
     pub l1_delivered: Option<(UserId, i64)>,
     /// Fired once this frame and all before it are written and their
@@ -30,6 +33,7 @@ impl Out {
     pub fn frame(bytes: Bytes) -> Self {
         Out {
             bytes,
+            tail: None,
             l1_delivered: None,
             flushed: None,
         }
@@ -39,16 +43,28 @@ impl Out {
     pub fn barrier(done: tokio::sync::oneshot::Sender<()>) -> Self {
         Out {
             bytes: Bytes::new(),
+            tail: None,
             l1_delivered: None,
             flushed: Some(done),
         }
+    }
+
+    /// Bytes this frame puts on the wire (and holds in the queue, counting a
+    /// shared body as if it were this frame's own).
+    pub fn len(&self) -> usize {
+        self.bytes.len() + self.tail.as_ref().map_or(0, Bytes::len)
+    }
+
+    /// Whether the frame has no bytes (a barrier).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 /// Why a frame could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushError {
-    /// The queue holds its maximum number of frames.
+    /// The queue holds its maximum number of frames or bytes.
     Full,
     /// The connection is ending; nothing more is queued.
     Closed,
@@ -57,6 +73,8 @@ pub enum PushError {
 #[derive(Debug, Default)]
 struct OutboxState {
     q: VecDeque<Out>,
+    /// Bytes of the frames in `q`.
+    bytes: usize,
     closed: bool,
 }
 
@@ -67,6 +85,7 @@ struct OutboxState {
 pub struct Outbox {
     state: Mutex<OutboxState>,
     cap: usize,
+    max_bytes: usize,
     /// Wakes the writer when a frame arrives or the outbox closes.
     readable: Notify,
     /// Wakes senders waiting for space (or for the close).
@@ -74,11 +93,13 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// An empty outbox holding at most `cap` frames (at least one).
-    pub fn new(cap: usize) -> Self {
+    /// An empty outbox holding at most `cap` frames (at least one) and at
+    /// most `max_bytes` (a frame larger than that fits only an empty queue).
+    pub fn new(cap: usize, max_bytes: usize) -> Self {
         Outbox {
             state: Mutex::new(OutboxState::default()),
             cap: cap.max(1),
+            max_bytes,
             readable: Notify::new(),
             space: Notify::new(),
         }
@@ -99,10 +120,12 @@ impl Outbox {
         if st.closed {
             return Err((PushError::Closed, out));
         }
-        if st.q.len() >= self.cap {
+        let len = out.len();
+        if st.q.len() >= self.cap || (!st.q.is_empty() && st.bytes + len > self.max_bytes) {
             return Err((PushError::Full, out));
         }
         let was_empty = st.q.is_empty();
+        st.bytes += len;
         st.q.push_back(out);
         drop(st);
         if was_empty {
@@ -142,15 +165,16 @@ impl Outbox {
             {
                 let mut st = self.lock();
                 if !st.q.is_empty() {
-                    let mut bytes = 0;
-                    let n =
-                        st.q.iter()
-                            .take_while(|o| {
-                                let fits = bytes < max_bytes;
-                                bytes += o.bytes.len();
-                                fits
-                            })
-                            .count();
+                    // Up to about `max_bytes`, at least one frame.
+                    let (mut n, mut taken) = (0, 0);
+                    for o in &st.q {
+                        if n > 0 && taken >= max_bytes {
+                            break;
+                        }
+                        taken += o.len();
+                        n += 1;
+                    }
+                    st.bytes -= taken;
                     if n == st.q.len() {
                         // Hand the whole queue over and keep the spare
                         // buffer: no copying, no allocation under load.

@@ -270,10 +270,11 @@ impl SessionHandle {
     /// The frame for one message at this session's level.
     fn chat_out(&self, seq: i64, push: &PushBody) -> Out {
         if self.level >= 2 {
-            Out::frame(push.level2(seq))
+            push.level2_out(seq)
         } else {
             Out {
                 bytes: push.level1(),
+                tail: None,
                 l1_delivered: Some((self.user, seq)),
                 flushed: None,
             }
@@ -656,7 +657,7 @@ mod tests {
             reads: Mutex::new(Vec::new()),
         });
         let backlog = Arc::new(Backlog::new(fake.clone(), page, 4, Duration::from_secs(5)));
-        let out = Arc::new(Outbox::new(1024));
+        let out = Arc::new(Outbox::new(1024, 1 << 20));
         let h = Arc::new(SessionHandle::new(
             1,
             1,

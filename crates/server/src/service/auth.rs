@@ -335,7 +335,7 @@ async fn replay(
     send(port, frames::value(&Value::Object(ack)), l1_delivered).await?;
     for (seq, m) in pending {
         let push = PushBody::new(Arc::new(m));
-        send(port, push.level2(seq), None).await?;
+        queue(port, push.level2_out(seq)).await?;
         floor = seq;
     }
     // The rest (and whatever arrived meanwhile) the gate reads in order.
@@ -351,9 +351,14 @@ async fn send(
 ) -> Result<(), ServiceError> {
     let out = Out {
         bytes,
+        tail: None,
         l1_delivered,
         flushed: None,
     };
+    queue(port, out).await
+}
+
+async fn queue(port: &ConnPort<'_>, out: Out) -> Result<(), ServiceError> {
     tokio::select! {
         r = port.out.push(out) => r.map_err(|_| ServiceError::busy("connection closed")),
         _ = port.close.cancelled() => Err(ServiceError::busy("connection closed")),

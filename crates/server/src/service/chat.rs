@@ -114,7 +114,12 @@ pub fn delivered(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending
     }))
 }
 
-/// HISTORY: one page of a conversation, newest first.
+/// Encoded messages in one HISTORY reply at most (PROTOCOL.md, "HISTORY
+/// size"): a reply nobody reads must not cost megabytes.
+pub const HISTORY_MAX_BYTES: usize = 256 * 1024;
+
+/// HISTORY: one page of a conversation, newest first, with `more` when
+/// older messages remain.
 pub fn history(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, ServiceError> {
     req.check_self(s.user)?;
     let toid = req.opt_int("toid")?;
@@ -168,7 +173,26 @@ async fn page(
             Err(e) => return Err(ServiceError::from(e).say(Errno::NotFound, "no such group")),
         },
     }
-    let msgs = sh.store.history(conv, before, limit).await?;
-    let list: Vec<Value> = msgs.iter().map(frames::history_entry).collect();
-    Ok(Reply::AckAlways(vec![("messages", Value::Array(list))]))
+    // One row more than asked for tells whether older ones remain.
+    let msgs = sh.store.history(conv, before, limit + 1).await?;
+    let mut list: Vec<Value> = Vec::new();
+    let mut bytes = 0;
+    for m in &msgs {
+        if list.len() as i64 == limit {
+            break;
+        }
+        let entry = frames::history_entry(m);
+        let size = serde_json::to_vec(&entry).map_or(0, |v| v.len());
+        // At least one message, however large, so paging always advances.
+        if !list.is_empty() && bytes + size > HISTORY_MAX_BYTES {
+            break;
+        }
+        bytes += size;
+        list.push(entry);
+    }
+    let more = list.len() < msgs.len();
+    Ok(Reply::AckAlways(vec![
+        ("messages", Value::Array(list)),
+        ("more", Value::Bool(more)),
+    ]))
 }

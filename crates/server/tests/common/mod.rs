@@ -168,6 +168,23 @@ impl Client {
         }
     }
 
+    /// Connects with a tiny receive buffer, so that what the client does not
+    /// read stays in the server's queues rather than in the kernel's.
+    pub async fn connect_tight(addr: SocketAddr) -> Client {
+        let s = tokio::net::TcpSocket::new_v4().expect("socket");
+        s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let sock = tokio::time::timeout(RECV_TIMEOUT, s.connect(addr))
+            .await
+            .expect("connect timed out")
+            .expect("connect failed");
+        sock.set_nodelay(true).expect("nodelay");
+        Client {
+            sock,
+            buf: Vec::new(),
+            eof: false,
+        }
+    }
+
     /// Writes raw bytes as they are.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         tokio::time::timeout(RECV_TIMEOUT, self.sock.write_all(bytes))
@@ -385,4 +402,16 @@ pub fn keys(v: &Value) -> Vec<String> {
         .collect();
     k.sort();
     k
+}
+
+/// This process's resident memory in MiB (Linux), for tests that bound what
+/// a misbehaving client can make the server hold.
+pub fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib / 1024.0
 }
