@@ -7,7 +7,8 @@
 //! - [`Agent`]: a level-2 chat client that sends with `cmid`, retries what was
 //!   not acknowledged, reconnects when told, confirms delivery, and records
 //!   everything in a shared [`Ledger`] so a test can count sent, acknowledged,
-//!   received, lost and duplicated messages.
+//!   received, lost and duplicated messages, pushes out of `seq` order, and
+//!   delivery latency.
 //!
 //! Every child runs in its own process group, so a kill reaches the
 //! processes it forked too (nginx workers), and nothing else.
@@ -384,7 +385,9 @@ impl MariaDb {
             cmd.arg("--user=root");
         }
         let mut p = Proc::spawn("mariadbd", cmd, &self.dir.join("stdout.log"));
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: after a SIGKILL, InnoDB runs crash recovery before it
+        // accepts connections, and this machine has two cores for everything.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if self.try_sql("SELECT 1").await.is_ok() && port_open(self.port).await {
                 break;
@@ -396,7 +399,7 @@ impl MariaDb {
             );
             assert!(
                 Instant::now() < deadline,
-                "MariaDB did not come up within 30 s:\n{}",
+                "MariaDB did not come up within 60 s:\n{}",
                 tail(&self.log(), 30)
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -408,6 +411,14 @@ impl MariaDb {
     pub async fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.stop(Duration::from_secs(30)).await;
+        }
+    }
+
+    /// Kills the server with SIGKILL, as a crash would: no connection is
+    /// closed politely, and the next [`MariaDb::start`] runs crash recovery.
+    pub async fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill().await;
         }
     }
 
@@ -1129,6 +1140,17 @@ pub struct Ledger {
     pub acked_at: BTreeMap<String, Instant>,
     /// (recipient, mid) -> (text, times pushed).
     pub received: HashMap<(i64, i64), (String, u32)>,
+    /// Per (recipient, mid), from the message's first send to its first push.
+    pub latency: HashMap<(i64, i64), Duration>,
+    /// Pushes whose seq skipped past the one the connection expected.
+    pub jumped: u64,
+    /// Pushes of a never-seen seq below the one the connection expected:
+    /// late fills of an earlier gap.
+    pub reordered: u64,
+    /// The first few jumps, e.g. "u12: seq 211 after 208".
+    pub jump_examples: Vec<String>,
+    /// The first few reorders, e.g. "u12: seq 209 late, after 211".
+    pub reorder_examples: Vec<String>,
     /// ACKs for one cmid that named different mids, and other protocol faults.
     pub faults: Vec<String>,
     /// ERROR errno 10 replies to chats.
@@ -1161,6 +1183,40 @@ pub struct Counts {
     pub duplicated: usize,
     /// Pushes that match no acknowledged message for that recipient.
     pub unexpected: usize,
+    /// Pushes that skipped ahead of the next seq on their connection.
+    pub jumped: u64,
+    /// Pushes that filled an earlier gap late.
+    pub reordered: u64,
+    /// From first send to first push, over all deliveries that arrived.
+    pub latency: Latency,
+}
+
+/// Percentiles of the delivery latency (zero when nothing arrived).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// Median.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Slowest.
+    pub max: Duration,
+}
+
+impl Latency {
+    /// Nearest-rank percentiles of `samples`.
+    pub fn of(samples: impl IntoIterator<Item = Duration>) -> Latency {
+        let mut v: Vec<Duration> = samples.into_iter().collect();
+        if v.is_empty() {
+            return Latency::default();
+        }
+        v.sort_unstable();
+        let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Latency {
+            p50: rank(0.50),
+            p99: rank(0.99),
+            max: v[v.len() - 1],
+        }
+    }
 }
 
 impl Ledger {
@@ -1206,6 +1262,9 @@ impl Ledger {
                 .map(|(_, n)| (*n as usize).saturating_sub(1))
                 .sum(),
             unexpected,
+            jumped: self.jumped,
+            reordered: self.reordered,
+            latency: Latency::of(self.latency.values().copied()),
         }
     }
 }
@@ -1269,8 +1328,13 @@ pub struct Agent {
     next: usize,
     next_send: Instant,
     inflight: BTreeMap<String, Inflight>,
+    /// Every seq received, on any connection.
     seqs: BTreeSet<i64>,
+    /// seq -> the mid it carried, to catch one seq naming two messages.
+    seq_mids: HashMap<i64, i64>,
     contiguous: i64,
+    /// The seq the next push on this connection must carry.
+    expect: i64,
     logins: u64,
 }
 
@@ -1297,7 +1361,9 @@ impl Agent {
             next: 0,
             inflight: BTreeMap::new(),
             seqs: BTreeSet::new(),
+            seq_mids: HashMap::new(),
             contiguous: 0,
+            expect: 1,
             logins: 0,
         };
         let home = a.spec.home;
@@ -1352,6 +1418,8 @@ impl Agent {
             }
         }
         self.token = ack["token"].as_str().map(str::to_owned);
+        // The login confirmed up to `contiguous`: the server replays from the next.
+        self.expect = self.contiguous + 1;
         self.logins += 1;
         if self.logins > 1 {
             self.ctl.ledger.lock().unwrap().reconnects += 1;
@@ -1414,6 +1482,7 @@ impl Agent {
                 else {
                     return self.fault(format!("push without mid/seq/msg: {v}"));
                 };
+                let arrived = Instant::now();
                 {
                     let mut l = self.ctl.ledger.lock().unwrap();
                     let e = l
@@ -1421,7 +1490,14 @@ impl Agent {
                         .entry((self.spec.id, mid))
                         .or_insert_with(|| (text.to_owned(), 0));
                     e.1 += 1;
+                    // The text is the cmid, so this works before the sender's ACK.
+                    if e.1 == 1 {
+                        if let Some(at) = l.sent.get(text).map(|s| s.at) {
+                            l.latency.insert((self.spec.id, mid), arrived - at);
+                        }
+                    }
                 }
+                self.check_order(seq, mid);
                 self.seqs.insert(seq);
                 let before = self.contiguous;
                 while self.seqs.contains(&(self.contiguous + 1)) {
@@ -1473,6 +1549,35 @@ impl Agent {
             Some(21) => self.fault(format!("KICKED: {v}")),
             _ => self.fault(format!("unexpected frame {v}")),
         }
+    }
+
+    /// Checks a push's seq against the one this connection expects next, and
+    /// that a seq never names two messages. Call before recording `seq`.
+    fn check_order(&mut self, seq: i64, mid: i64) {
+        if let Some(m) = self.seq_mids.insert(seq, mid).filter(|m| *m != mid) {
+            self.fault(format!("second mid for seq {seq}: {m}, then {mid}"));
+        }
+        let label = &self.spec.label;
+        let last = self.expect - 1;
+        if seq == self.expect {
+            self.expect += 1;
+        } else if seq > self.expect {
+            self.expect = seq + 1;
+            let mut l = self.ctl.ledger.lock().unwrap();
+            l.jumped += 1;
+            if l.jump_examples.len() < 10 {
+                l.jump_examples
+                    .push(format!("{label}: seq {seq} after {last}"));
+            }
+        } else if !self.seqs.contains(&seq) {
+            let mut l = self.ctl.ledger.lock().unwrap();
+            l.reordered += 1;
+            if l.reorder_examples.len() < 10 {
+                l.reorder_examples
+                    .push(format!("{label}: seq {seq} late, after {last}"));
+            }
+        }
+        // Otherwise a duplicate, counted by mid in `received`.
     }
 
     fn cmid_known(&self, cmid: &str) -> bool {
@@ -1592,10 +1697,12 @@ pub async fn wait_settled(ledger: &SharedLedger, total: usize, within: Duration)
     }
 }
 
-/// Prints the counts under a heading.
+/// Prints the counts under a heading, and the first out-of-order pushes.
 pub fn print_counts(test: &str, c: &Counts, l: &Ledger) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
         "{test}: messages sent={} acknowledged={}; deliveries owed={} received={} lost={} duplicated={} (before dedupe by mid); \
+         jumped={} reordered={}; latency p50={:.1}ms p99={:.1}ms max={:.1}ms; \
          unexpected={} errno10-replies={} resent={} login-errno10={} disconnects={} reconnects={}",
         c.sent,
         c.acked,
@@ -1603,6 +1710,11 @@ pub fn print_counts(test: &str, c: &Counts, l: &Ledger) {
         c.received,
         c.lost,
         c.duplicated,
+        c.jumped,
+        c.reordered,
+        ms(c.latency.p50),
+        ms(c.latency.p99),
+        ms(c.latency.max),
         c.unexpected,
         l.busy,
         l.resent,
@@ -1610,4 +1722,10 @@ pub fn print_counts(test: &str, c: &Counts, l: &Ledger) {
         l.disconnects,
         l.reconnects
     );
+    if !l.jump_examples.is_empty() {
+        println!("{test}: first jumps: {}", l.jump_examples.join("; "));
+    }
+    if !l.reorder_examples.is_empty() {
+        println!("{test}: first reorders: {}", l.reorder_examples.join("; "));
+    }
 }
