@@ -95,6 +95,7 @@ start_node() { # port
   local port=$1 pid=$VAR/node-$1.pid
   if alive "$pid"; then return 0; fi
   DATABASE_URL=$DB_URL REDIS_URL=$REDIS_URL CHAT_NODE_ID=node-$port \
+    CHAT_TRUSTED_PROXIES=${CHAT_TRUSTED_PROXIES:-127.0.0.2} \
     nohup "$BIN" --listen "127.0.0.1:$port" >>"$VAR/node-$port.log" 2>&1 &
   echo $! >"$pid"
   wait_port "$port" 30 "chat-server on $port"

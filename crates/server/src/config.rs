@@ -78,8 +78,25 @@ pub struct Config {
     pub rate_limit: u32,
     /// Burst allowance on top of `rate_limit`.
     pub rate_burst: u32,
-    /// A connection that is not logged in is closed after this long idle.
+    /// A connection must log in within this long of connecting (or of its
+    /// LOGINOUT); frames sent meanwhile do not extend it.
     pub login_idle_timeout: Duration,
+    /// Open connections per client address at most (0: no cap). Generous:
+    /// many users can sit behind one NAT.
+    pub max_connections_per_ip: usize,
+    /// REG requests per client address per minute (errno 9 beyond); also the
+    /// burst. 0: no limit.
+    pub reg_per_ip_per_min: u32,
+    /// Failed password logins per account before each further one blocks it
+    /// for a growing delay (errno 9). 0: no throttle.
+    pub login_failures_per_account: u32,
+    /// Failed password logins per address before the same.
+    pub login_failures_per_ip: u32,
+    /// Longest delay a run of failed logins earns.
+    pub login_block_max: Duration,
+    /// Load balancers whose connections start with a PROXY protocol header
+    /// naming the real client; nobody else may send one.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Lifetime of level-2 login tokens.
     pub token_ttl: Duration,
     /// How long shutdown waits for connections to flush.
@@ -111,7 +128,13 @@ impl Default for Config {
             max_inflight: 64,
             rate_limit: 5_000,
             rate_burst: 5_000,
-            login_idle_timeout: Duration::from_secs(300),
+            login_idle_timeout: Duration::from_secs(30),
+            max_connections_per_ip: 256,
+            reg_per_ip_per_min: 30,
+            login_failures_per_account: 5,
+            login_failures_per_ip: 100,
+            login_block_max: Duration::from_secs(300),
+            trusted_proxies: Vec::new(),
             token_ttl: Duration::from_secs(14 * 24 * 3600),
             shutdown_grace: Duration::from_secs(5),
             hash: HashCost::default(),

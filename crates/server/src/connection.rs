@@ -32,6 +32,7 @@ use crate::request::Request;
 use crate::service::{auth, chat, social, HandlerResult, Pending, Reply, Session, Shared};
 use crate::sessions::{Out, Outbox, PushError};
 use crate::store::{UserId, WriteOp};
+use crate::throttle::AddrPermit;
 
 type Encoded = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Bytes>> + Send>>;
 
@@ -73,12 +74,14 @@ struct Conn {
 }
 
 /// Serves one accepted connection until it closes. `shutdown` is the server's.
+/// `peer` is the client's address (from the PROXY header behind a load
+/// balancer); the permits hold its connection slots until it closes.
 pub async fn serve(
     sock: TcpStream,
     peer: SocketAddr,
     sh: Arc<Shared>,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    _permits: (OwnedSemaphorePermit, AddrPermit),
 ) {
     let _ = sock.set_nodelay(true);
     let ka = socket2::TcpKeepalive::new()
@@ -136,7 +139,9 @@ impl Conn {
         &mut self,
         frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
     ) {
-        // The login deadline; dropped once logged in.
+        // The login deadline: set at connect and at LOGINOUT, never
+        // extended by other frames (junk must not hold a slot), dropped
+        // once logged in.
         let mut idle = Some(Box::pin(tokio::time::sleep(self.sh.cfg.login_idle_timeout)));
         loop {
             let in_flight = self.pending.as_ref().map_or(0, |p| p.len());
@@ -156,15 +161,11 @@ impl Conn {
                     None => break,
                     Some(Ok(frame)) => {
                         Box::pin(self.on_frame(frame)).await;
-                        // After the frame, so that LOGINOUT restarts the clock too.
-                        if self.session.is_none() {
-                            let at = tokio::time::Instant::now() + self.sh.cfg.login_idle_timeout;
-                            match idle.as_mut() {
-                                Some(s) => s.as_mut().reset(at),
-                                None => idle = Some(Box::pin(tokio::time::sleep_until(at))),
-                            }
-                        } else {
-                            idle = None;
+                        match (&self.session, &idle) {
+                            (Some(_), Some(_)) => idle = None,
+                            // LOGINOUT: a new window to log in again.
+                            (None, None) => idle = Some(Box::pin(tokio::time::sleep(self.sh.cfg.login_idle_timeout))),
+                            _ => {}
                         }
                     }
                     Some(Err(FrameError::TooLarge(n))) => {
@@ -179,8 +180,8 @@ impl Conn {
                     }
                 },
                 _ = async { if let Some(s) = idle.as_mut() { s.await } }, if self.session.is_none() && idle.is_some() => {
-                    tracing::debug!(peer = %self.peer, "closing idle connection that never logged in");
-                    Box::pin(self.fail_and_close(ServiceError::new(Errno::NotLoggedIn, "idle without login; closing"))).await;
+                    tracing::debug!(peer = %self.peer, "closing connection that did not log in in time");
+                    Box::pin(self.fail_and_close(ServiceError::new(Errno::NotLoggedIn, "no login in time; closing"))).await;
                     break;
                 }
             }
@@ -272,6 +273,7 @@ impl Conn {
                     let port = auth::ConnPort {
                         out: &self.out,
                         close: &self.close,
+                        ip: self.peer.ip(),
                     };
                     auth::login(&sh, port, &req).await
                 };
@@ -313,7 +315,17 @@ impl Conn {
                 .await;
             }
             msgid::REG => {
-                let w = auth::register(&sh, &req);
+                // One password hash in flight per connection: a pipelined
+                // flood waits for each one instead of filling the queue.
+                self.drain().await;
+                let w = if sh.guards.reg.take(self.peer.ip()) {
+                    auth::register(&sh, &req)
+                } else {
+                    Err(ServiceError::new(
+                        Errno::RateLimited,
+                        "too many registrations from your address; try again later",
+                    ))
+                };
                 self.push(id, req.reqid, w);
             }
             msgid::PING => self.push(

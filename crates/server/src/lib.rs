@@ -13,11 +13,13 @@ pub mod error;
 pub mod frames;
 pub mod outbox;
 pub mod password;
+pub mod proxy;
 pub mod request;
 pub mod server;
 pub mod service;
 pub mod sessions;
 pub mod store;
+pub mod throttle;
 
 pub use config::Config;
 pub use server::Node;

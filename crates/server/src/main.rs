@@ -69,9 +69,32 @@ struct Args {
     #[arg(long, env = "CHAT_RATE_BURST", default_value_t = 5_000)]
     rate_burst: u32,
 
-    /// Seconds a connection may stay idle without logging in.
-    #[arg(long, env = "CHAT_LOGIN_IDLE_SECS", default_value_t = 300)]
+    /// Seconds a new connection has to log in (frames do not extend it).
+    #[arg(long, env = "CHAT_LOGIN_IDLE_SECS", default_value_t = 30)]
     login_idle_secs: u64,
+
+    /// Open connections per client address at most (0 = no cap). Generous,
+    /// for many users behind one NAT.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    max_connections_per_ip: usize,
+
+    /// Registrations per client address per minute (errno 9 beyond).
+    #[arg(long, env = "CHAT_REG_PER_IP_PER_MIN", default_value_t = 30)]
+    reg_per_ip_per_min: u32,
+
+    /// Failed password logins per account before growing delays (errno 9).
+    #[arg(long, env = "CHAT_LOGIN_FAILURES_PER_ACCOUNT", default_value_t = 5)]
+    login_failures_per_account: u32,
+
+    /// Failed password logins per client address before growing delays.
+    #[arg(long, env = "CHAT_LOGIN_FAILURES_PER_IP", default_value_t = 100)]
+    login_failures_per_ip: u32,
+
+    /// Load balancer addresses whose connections start with a PROXY protocol
+    /// (v1 or v2) header naming the real client, comma-separated (nginx:
+    /// `proxy_protocol on`). Only these may send one, and they must.
+    #[arg(long, env = "CHAT_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<std::net::IpAddr>,
 
     /// Lifetime of level-2 login tokens, in days.
     #[arg(long, env = "CHAT_TOKEN_TTL_DAYS", default_value_t = 14)]
@@ -138,6 +161,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rate_limit: args.rate_limit,
         rate_burst: args.rate_burst,
         login_idle_timeout: Duration::from_secs(args.login_idle_secs),
+        max_connections_per_ip: args.max_connections_per_ip,
+        reg_per_ip_per_min: args.reg_per_ip_per_min,
+        login_failures_per_account: args.login_failures_per_account,
+        login_failures_per_ip: args.login_failures_per_ip,
+        trusted_proxies: args.trusted_proxies.clone(),
         token_ttl: Duration::from_secs(args.token_ttl_days * 24 * 3600),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         hash: HashCost {

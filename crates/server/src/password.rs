@@ -1,6 +1,9 @@
 //! argon2id password hashing, run on the blocking pool so it never stalls the
 //! async workers, with a cap on hashes in flight and in line: a login storm
 //! gets errno 10 instead of an unbounded queue.
+//!
+//! Registrations get at most half the hashing threads and a quarter of the
+//! line, so a flood of REG cannot hold logins up.
 
 use std::sync::Arc;
 
@@ -19,6 +22,9 @@ pub struct Passwords {
     argon: Arc<Argon2<'static>>,
     running: Arc<Semaphore>,
     waiting: Arc<Semaphore>,
+    /// The registrations' share of `running` and `waiting`.
+    reg_running: Arc<Semaphore>,
+    reg_waiting: Arc<Semaphore>,
     /// Verified against when the user does not exist, so that a wrong id
     /// takes as long as a wrong password.
     dummy: Arc<str>,
@@ -39,6 +45,8 @@ impl Passwords {
             argon: Arc::new(argon),
             running: Arc::new(Semaphore::new(cost.concurrency.max(1))),
             waiting: Arc::new(Semaphore::new(cost.queue.max(1))),
+            reg_running: Arc::new(Semaphore::new((cost.concurrency / 2).max(1))),
+            reg_waiting: Arc::new(Semaphore::new((cost.queue / 4).max(1))),
             dummy: dummy.into(),
         })
     }
@@ -62,8 +70,18 @@ impl Passwords {
             .map_err(|_| ServiceError::busy("password hashing failed"))
     }
 
-    /// Hashes a new password into a PHC string.
+    /// Hashes a new password into a PHC string (for REG: in the
+    /// registrations' share of the hashing capacity).
     pub async fn hash(&self, password: String) -> Result<String, ServiceError> {
+        let _queued = self
+            .reg_waiting
+            .try_acquire()
+            .map_err(|_| ServiceError::busy("too many registrations at once, retry later"))?;
+        let _running = self
+            .reg_running
+            .acquire()
+            .await
+            .map_err(|_| ServiceError::busy("server is shutting down"))?;
         self.run(move |a| {
             let salt = SaltString::generate(&mut OsRng);
             a.hash_password(password.as_bytes(), &salt)

@@ -85,10 +85,12 @@ impl Node {
                 r = listener.accept() => match r {
                     Ok((sock, peer)) => match slots.clone().try_acquire_owned() {
                         Ok(permit) => {
-                            tracker.spawn(crate::connection::serve(sock, peer, sh.clone(), shutdown.clone(), permit));
+                            tracker.spawn(admit(sock, peer, sh.clone(), shutdown.clone(), permit));
                         }
                         Err(_) => {
-                            tracing::warn!(%peer, max = sh.cfg.max_connections, "connection limit reached; refusing");
+                            if let Some(skipped) = sh.guards.refused_log.tick() {
+                                tracing::warn!(%peer, max = sh.cfg.max_connections, refused_before = skipped, "connection limit reached; refusing");
+                            }
                             tracker.spawn(refuse(sock));
                         }
                     },
@@ -120,6 +122,41 @@ impl Node {
         Ok(())
     }
 }
+
+/// Learns the client's real address (PROXY header from a trusted load
+/// balancer), applies the per-address cap, then serves the connection.
+async fn admit(
+    mut sock: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    sh: Arc<Shared>,
+    shutdown: CancellationToken,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let client = if sh.cfg.trusted_proxies.contains(&peer.ip()) {
+        match crate::proxy::accept(&mut sock, peer, PROXY_HEADER_WAIT).await {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(skipped) = sh.guards.refused_log.tick() {
+                    tracing::warn!(%peer, error = %e, refused_before = skipped, "bad PROXY header from a trusted proxy; closing");
+                }
+                return;
+            }
+        }
+    } else {
+        peer
+    };
+    let Some(addr_permit) = sh.guards.conns.try_acquire(client.ip()) else {
+        if let Some(skipped) = sh.guards.refused_log.tick() {
+            tracing::warn!(peer = %client, max = sh.cfg.max_connections_per_ip, refused_before = skipped, "per-address connection limit reached; refusing");
+        }
+        refuse(sock).await;
+        return;
+    };
+    crate::connection::serve(sock, client, sh, shutdown, (permit, addr_permit)).await;
+}
+
+/// How long a trusted proxy has to send its PROXY header.
+const PROXY_HEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn refuse(mut sock: tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;

@@ -685,7 +685,9 @@ mod tests {
                     .expect("frames arrive");
             assert!(more);
             for o in batch.drain(..) {
-                let v: serde_json::Value = serde_json::from_slice(&o.bytes).unwrap();
+                let mut frame = o.bytes.to_vec();
+                frame.extend(o.tail.iter().flatten());
+                let v: serde_json::Value = serde_json::from_slice(&frame).unwrap();
                 let mid = v["mid"].as_i64().unwrap_or_else(|| {
                     // Level 1 carries no mid: the text names the seq.
                     100 + v["msg"].as_str().unwrap()[1..].parse::<i64>().unwrap()

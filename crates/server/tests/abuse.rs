@@ -163,3 +163,167 @@ async fn a_group_push_is_not_copied_per_level2_recipient() {
         assert_eq!(v["seq"], seq);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_frames_do_not_extend_the_login_window() {
+    let cfg = Config {
+        login_idle_timeout: Duration::from_millis(800),
+        ..test_config()
+    };
+    let srv = TestServer::start_with(cfg).await;
+    let mut c = srv.connect().await;
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for _ in 0..30 {
+        // Junk, a valid PING, and a failed LOGIN: none of them is a login.
+        if !c.try_send_raw(b"not json\n{\"msgid\":18}\n").await {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !closed {
+        let frames = c.drain_to_eof(Duration::from_secs(5)).await;
+        assert!(
+            frames.iter().any(|f| f["errno"] == 7),
+            "closed with errno 7: {frames:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the connection outlived its login window: {:?}",
+        started.elapsed()
+    );
+    // A login ends the window for good.
+    let (_, mut ok) = user_l2(&srv, "patient").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    ok.send(json!({"msgid": 18})).await;
+    ok.recv_msgid(19).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection_slot() {
+    let cfg = Config {
+        max_connections_per_ip: 3,
+        ..test_config()
+    };
+    let srv = TestServer::start_with(cfg).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = srv.connect().await;
+        c.send(json!({"msgid": 18})).await;
+        c.recv_msgid(19).await;
+        held.push(c);
+    }
+    let mut refused = srv.connect().await;
+    let frames = refused.drain_to_eof(Duration::from_secs(5)).await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0]["errno"], 10, "{frames:?}");
+    // A slot comes back when a connection closes.
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = srv.connect().await;
+    again.send(json!({"msgid": 18})).await;
+    again.recv_msgid(19).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_rate_limited_per_address() {
+    let cfg = Config {
+        reg_per_ip_per_min: 3,
+        ..test_config()
+    };
+    let srv = TestServer::start_with(cfg).await;
+    let mut c = srv.connect().await;
+    // Pipelined: each REG waits for the one before (one hash in flight).
+    let mut flood = Vec::new();
+    for i in 0..6 {
+        flood.extend_from_slice(
+            format!("{{\"msgid\":4,\"name\":\"r{i}\",\"password\":\"pw\"}}\n").as_bytes(),
+        );
+    }
+    c.send_raw(&flood).await;
+    let mut made = 0;
+    let mut limited = 0;
+    for _ in 0..6 {
+        let v = c.recv().await;
+        match (v["msgid"].as_i64(), v["errno"].as_i64()) {
+            (Some(5), Some(0)) => made += 1,
+            (_, Some(9)) => limited += 1,
+            _ => panic!("unexpected reply {v}"),
+        }
+    }
+    assert_eq!((made, limited), (3, 3));
+    // Another connection from the same address shares the budget.
+    let mut d = srv.connect().await;
+    d.send(json!({"msgid": 4, "name": "late", "password": "pw"}))
+        .await;
+    assert_eq!(d.recv().await["errno"], 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_earn_growing_delays_then_the_password_works_again() {
+    let cfg = Config {
+        login_failures_per_account: 2,
+        ..test_config()
+    };
+    let srv = TestServer::start_with(cfg).await;
+    let id = srv.register("target", "right").await;
+    let mut c = srv.connect().await;
+    for _ in 0..3 {
+        c.send(json!({"msgid": 1, "id": id, "password": "wrong"}))
+            .await;
+        assert_eq!(c.recv_msgid(2).await["errno"], 1);
+    }
+    // Blocked now (1 s after the third failure), even for the right password.
+    c.send(json!({"msgid": 1, "id": id, "password": "right"}))
+        .await;
+    let v = c.recv_msgid(2).await;
+    assert_eq!(v["errno"], 9, "{v}");
+    assert!(v["errmsg"].as_str().unwrap().contains("try again in"));
+    // Another account is not affected.
+    let other = srv.register("bystander", "pw").await;
+    srv.connect().await.login_l1(other, "pw").await;
+    // After the delay the right password works.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.login_l2(id, "right").await;
+}
+
+/// Sends a PROXY v1 header naming `client`, then `rest`, in one write.
+async fn proxied(srv: &TestServer, client: &str, rest: &str) -> Client {
+    let mut c = srv.connect().await;
+    c.send_raw(format!("PROXY TCP4 {client} 127.0.0.1 40000 6000\r\n{rest}").as_bytes())
+        .await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_names_the_client_and_limits_apply_to_it() {
+    let cfg = Config {
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        max_connections_per_ip: 1,
+        ..test_config()
+    };
+    let srv = TestServer::start_with(cfg).await;
+    // The header and the first frame arrive together; nothing is lost.
+    let mut a = proxied(&srv, "203.0.113.9", "{\"msgid\":18}\n").await;
+    a.recv_msgid(19).await;
+    // The same client address again: over its cap of one.
+    let mut b = proxied(&srv, "203.0.113.9", "").await;
+    let frames = b.drain_to_eof(Duration::from_secs(5)).await;
+    assert_eq!(frames.first().map(|f| f["errno"].clone()), Some(json!(10)));
+    // Another client behind the same proxy is its own address.
+    let mut c = proxied(&srv, "198.51.100.4", "{\"msgid\":18}\n").await;
+    c.recv_msgid(19).await;
+    // From a trusted proxy the header is required.
+    let mut d = srv.connect().await;
+    d.send_raw(b"{\"msgid\":18}\n").await;
+    assert!(d.drain_to_eof(Duration::from_secs(7)).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_else_may_send_a_proxy_header() {
+    let srv = TestServer::start().await;
+    let mut c = proxied(&srv, "203.0.113.9", "").await;
+    assert_eq!(c.recv().await["errno"], 6);
+}

@@ -270,10 +270,16 @@ async fn protocol_across_two_nodes_and_nginx() {
     expect_push(&mut ce, 6, bob, m9, 1, "back at you").await;
     ce.send(json!({"msgid": 18, "reqid": "p"})).await;
     assert_eq!(ce.recv().await, json!({"msgid": 19, "reqid": "p"}));
-    // A classic level-1 client through nginx too.
-    let mut cf = Client::connect(lb).await;
+    // A classic level-1 client through nginx too, from its own address: the
+    // node learns it from nginx's PROXY header.
+    let mut cf = Client::connect_from(lb, std::net::Ipv4Addr::new(127, 0, 0, 3)).await;
     let frank = cf.register("frank", "pw").await;
     cf.login_l1(frank, "pw").await;
+    let seen = cl.node_log_count(0, "peer=127.0.0.3") + cl.node_log_count(1, "peer=127.0.0.3");
+    assert!(
+        seen > 0,
+        "no node logged frank's real address 127.0.0.3 from the PROXY header"
+    );
     cf.send(json!({"msgid": 6, "id": frank, "toid": bob, "msg": "level 1 via nginx"}))
         .await;
     let p = cb.recv_msgid(6).await;

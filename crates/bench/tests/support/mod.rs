@@ -51,6 +51,9 @@ impl RealServer {
                 ..Default::default()
             },
             shutdown_grace: Duration::from_secs(1),
+            // A load generator: every client comes from one address.
+            max_connections_per_ip: 0,
+            reg_per_ip_per_min: 0,
             ..Default::default()
         };
         let node = Node::single(cfg, store).expect("node");

@@ -51,6 +51,8 @@ pub struct ConnPort<'a> {
     pub out: &'a Arc<Outbox>,
     /// Cancelled when the connection must close.
     pub close: &'a CancellationToken,
+    /// The client's address, for failed-login throttling.
+    pub ip: std::net::IpAddr,
 }
 
 struct Credentials {
@@ -118,11 +120,25 @@ pub async fn login(
 
     // Authenticate. A storage failure is errno 10, never 1.
     let name = if let Some(password) = cred.password {
+        let g = &sh.guards;
+        if let Err(wait) = g.login_user.check(cred.id).and(g.login_addr.check(port.ip)) {
+            return Err(ServiceError::new(
+                Errno::RateLimited,
+                format!(
+                    "too many failed logins; try again in {} s",
+                    wait.as_secs().max(1)
+                ),
+            ));
+        }
         let user = sh.store.find_user(cred.id).await?;
         let stored = user.as_ref().map(|u| u.password_hash.clone());
         if !sh.passwords.verify(password, stored).await? {
+            g.login_user.failed(cred.id);
+            g.login_addr.failed(port.ip);
+            tracing::info!(user = cred.id, ip = %port.ip, "failed login");
             return Err(wrong());
         }
+        g.login_user.succeeded(cred.id);
         let user = user.ok_or_else(wrong)?;
         if let Some(t) = &new_tok {
             sh.committer
@@ -229,7 +245,7 @@ pub async fn login(
             },
         );
     }
-    tracing::info!(user, sid, level = cred.level, "logged in");
+    tracing::info!(user, sid, level = cred.level, peer = %port.ip, "logged in");
     Ok(session)
 }
 

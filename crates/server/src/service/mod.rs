@@ -7,6 +7,7 @@ pub mod chat;
 pub mod social;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::frames::PushBody;
 use crate::password::Passwords;
 use crate::sessions::{Backlog, Event, SessionHandle, Sessions, StoreBacklog};
 use crate::store::{Store, UserId, WriteOutcome};
+use crate::throttle::{AddrConns, FailureThrottle, LogEvery, RateLimiter};
 
 /// State shared by every connection of one server instance. Passed around
 /// explicitly, so several servers can live in one process (tests do).
@@ -39,6 +41,8 @@ pub struct Shared {
     pub passwords: Passwords,
     /// Storage reads of sessions catching up (login replay, gap fill).
     pub backlog: Arc<Backlog>,
+    /// Per-address and per-account limits.
+    pub guards: Guards,
     next_sid: AtomicU64,
 }
 
@@ -60,8 +64,10 @@ impl Shared {
             // is dropped as too slow; its messages stay stored.
             std::time::Duration::from_secs(30),
         ));
+        let guards = Guards::new(&cfg);
         Shared {
             backlog,
+            guards,
             cfg,
             store,
             committer,
@@ -75,6 +81,49 @@ impl Shared {
     /// A session id unique on this node.
     pub fn next_sid(&self) -> u64 {
         self.next_sid.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The limits that keep one address or one account from costing everyone.
+pub struct Guards {
+    /// REG per client address.
+    pub reg: RateLimiter<IpAddr>,
+    /// Failed password logins per account.
+    pub login_user: FailureThrottle<UserId>,
+    /// Failed password logins per client address.
+    pub login_addr: FailureThrottle<IpAddr>,
+    /// Open connections per client address.
+    pub conns: AddrConns,
+    /// Refused connections, for rate-limited logging.
+    pub refused_log: LogEvery,
+}
+
+impl Guards {
+    fn new(cfg: &Config) -> Self {
+        // A failure run is forgotten a quarter hour after its last failure.
+        let forget = std::time::Duration::from_secs(900);
+        let base = std::time::Duration::from_secs(1);
+        let free = |n: u32| if n == 0 { u32::MAX } else { n };
+        Guards {
+            reg: RateLimiter::new(
+                f64::from(cfg.reg_per_ip_per_min) / 60.0,
+                cfg.reg_per_ip_per_min,
+            ),
+            login_user: FailureThrottle::new(
+                free(cfg.login_failures_per_account),
+                base,
+                cfg.login_block_max,
+                forget,
+            ),
+            login_addr: FailureThrottle::new(
+                free(cfg.login_failures_per_ip),
+                base,
+                cfg.login_block_max,
+                forget,
+            ),
+            conns: AddrConns::new(cfg.max_connections_per_ip),
+            refused_log: LogEvery::default(),
+        }
     }
 }
 

@@ -685,6 +685,9 @@ impl Cluster {
             .arg(LEASE_SECS.to_string())
             .args(["--argon2-m-kib", "1024", "--argon2-t", "1"])
             .args(["--shutdown-grace-secs", "1"])
+            // nginx connects from 127.0.0.2 with a PROXY header
+            // (deploy/nginx/clusterchat.conf); test clients from 127.0.0.1.
+            .args(["--trusted-proxies", "127.0.0.2"])
             .args(["--log", "info"]);
         let mut proc = Proc::spawn(&name, cmd, &log);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -868,6 +871,24 @@ impl Client {
         Self::try_connect(addr)
             .await
             .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+    }
+
+    /// Connects from a chosen loopback address (127.0.0.0/8 all works), to
+    /// tell clients apart by address behind nginx.
+    pub async fn connect_from(addr: SocketAddr, local: std::net::Ipv4Addr) -> Client {
+        let s = tokio::net::TcpSocket::new_v4().expect("socket");
+        s.bind(SocketAddr::new(local.into(), 0)).expect("bind");
+        let sock = tokio::time::timeout(READ_TIMEOUT, s.connect(addr))
+            .await
+            .expect("connect timed out")
+            .expect("connect failed");
+        let _ = sock.set_nodelay(true);
+        Client {
+            sock,
+            buf: Vec::new(),
+            eof: false,
+            presence: Vec::new(),
+        }
     }
 
     /// Connects, or says why not.
