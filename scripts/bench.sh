@@ -82,6 +82,7 @@ start_server() {
   # All load comes from one address: per-address limits off.
   "$server_bin" --listen 127.0.0.1:0 --database-url "sqlite://$db" \
     --max-connections-per-ip 0 --reg-per-ip-per-min 0 --login-failures-per-ip 0 \
+    --social-per-min 0 --fanout-per-sec 0 \
     --log warn,chat_server=info "$@" 2>"$log" &
   server_pid=$!
   addr=""

@@ -61,6 +61,35 @@ impl Default for HashCost {
     }
 }
 
+/// Per-user quotas (errno 4 past them) and rates (errno 9). 0 turns one off.
+#[derive(Debug, Clone)]
+pub struct Quotas {
+    /// Groups one user may have created (and not disbanded).
+    pub groups_created: i64,
+    /// Friends one user may have.
+    pub friends: i64,
+    /// Members one group may have.
+    pub group_members: i64,
+    /// Friend and group changes (add, create, join) per user per minute;
+    /// also the burst.
+    pub social_per_min: u32,
+    /// Deliveries (recipients of messages) one sender may cause per second;
+    /// the burst is four seconds' worth.
+    pub fanout_per_sec: u32,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            groups_created: 100,
+            friends: 1000,
+            group_members: 1000,
+            social_per_min: 60,
+            fanout_per_sec: 5000,
+        }
+    }
+}
+
 /// Everything a server instance needs besides its listener, store and bus.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -94,6 +123,9 @@ pub struct Config {
     pub login_failures_per_ip: u32,
     /// Longest delay a run of failed logins earns.
     pub login_block_max: Duration,
+    /// Quotas and rates per user: one user must not cost others more than
+    /// their share.
+    pub quotas: Quotas,
     /// Load balancers whose connections start with a PROXY protocol header
     /// naming the real client; nobody else may send one.
     pub trusted_proxies: Vec<std::net::IpAddr>,
@@ -135,6 +167,7 @@ impl Default for Config {
             login_failures_per_ip: 100,
             login_block_max: Duration::from_secs(300),
             trusted_proxies: Vec::new(),
+            quotas: Quotas::default(),
             token_ttl: Duration::from_secs(14 * 24 * 3600),
             shutdown_grace: Duration::from_secs(5),
             hash: HashCost::default(),

@@ -72,6 +72,10 @@ impl From<OpError> for ServiceError {
             OpError::NotFound => Self::new(Errno::NotFound, "no such user or group"),
             OpError::Forbidden => Self::new(Errno::Forbidden, "you are not a member of this group"),
             OpError::BadToken => Self::new(Errno::BadCredentials, "invalid or expired token"),
+            OpError::CmidReused => Self::new(
+                Errno::Exists,
+                "this cmid was used for a different message; use a new cmid",
+            ),
         }
     }
 }

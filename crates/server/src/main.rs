@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use clusterchat::bus::redis::RedisBusConfig;
-use clusterchat::config::{Config, HashCost};
+use clusterchat::config::{Config, HashCost, Quotas};
 use clusterchat::store::{self, StoreOptions};
 use clusterchat::Node;
 use tokio_util::sync::CancellationToken;
@@ -90,6 +90,27 @@ struct Args {
     #[arg(long, env = "CHAT_LOGIN_FAILURES_PER_IP", default_value_t = 100)]
     login_failures_per_ip: u32,
 
+    /// Quota: groups one user may have created (errno 4 beyond; 0 = none).
+    #[arg(long, env = "CHAT_QUOTA_GROUPS_CREATED", default_value_t = 100)]
+    quota_groups_created: i64,
+
+    /// Quota: friends per user.
+    #[arg(long, env = "CHAT_QUOTA_FRIENDS", default_value_t = 1000)]
+    quota_friends: i64,
+
+    /// Quota: members per group.
+    #[arg(long, env = "CHAT_QUOTA_GROUP_MEMBERS", default_value_t = 1000)]
+    quota_group_members: i64,
+
+    /// Friend and group changes per user per minute (errno 9 beyond; 0 = no limit).
+    #[arg(long, env = "CHAT_SOCIAL_PER_MIN", default_value_t = 60)]
+    social_per_min: u32,
+
+    /// Deliveries one sender may cause per second, counting each recipient
+    /// of each message (errno 9 beyond; 0 = no limit).
+    #[arg(long, env = "CHAT_FANOUT_PER_SEC", default_value_t = 5000)]
+    fanout_per_sec: u32,
+
     /// Load balancer addresses whose connections start with a PROXY protocol
     /// (v1 or v2) header naming the real client, comma-separated (nginx:
     /// `proxy_protocol on`). Only these may send one, and they must.
@@ -166,6 +187,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         login_failures_per_account: args.login_failures_per_account,
         login_failures_per_ip: args.login_failures_per_ip,
         trusted_proxies: args.trusted_proxies.clone(),
+        quotas: Quotas {
+            groups_created: args.quota_groups_created,
+            friends: args.quota_friends,
+            group_members: args.quota_group_members,
+            social_per_min: args.social_per_min,
+            fanout_per_sec: args.fanout_per_sec,
+        },
         token_ttl: Duration::from_secs(args.token_ttl_days * 24 * 3600),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         hash: HashCost {

@@ -356,7 +356,8 @@ impl SessionHandle {
     }
 
     /// Catches up from storage to its end: after a bus outage, or when a
-    /// message may have been stored without being routed.
+    /// message may have been stored without being routed. Resyncs that
+    /// arrive while one runs fold into it.
     pub fn resync(self: &Arc<Self>) {
         let mut g = self.gate();
         if g.catching_up {

@@ -40,8 +40,32 @@ impl<K: Hash + Eq + Copy> RateLimiter<K> {
 
     /// Takes one token for `key`; false when its bucket is empty.
     pub fn take(&self, key: K) -> bool {
+        self.update(key, |tokens| {
+            if *tokens >= 1.0 {
+                *tokens -= 1.0;
+                true
+            } else {
+                false
+            }
+        })
+        .unwrap_or(true)
+    }
+
+    /// Whether `key` has credit left (without taking any).
+    pub fn has_credit(&self, key: K) -> bool {
+        self.update(key, |tokens| *tokens > 0.0).unwrap_or(true)
+    }
+
+    /// Takes `n` tokens for `key`, into debt if need be: for costs known
+    /// only after the work (a message's recipients), refused next time.
+    pub fn charge(&self, key: K, n: f64) {
+        self.update(key, |tokens| *tokens -= n);
+    }
+
+    /// Refills `key`'s bucket and applies `f`; `None` when unlimited.
+    fn update<T>(&self, key: K, f: impl FnOnce(&mut f64) -> T) -> Option<T> {
         if self.per_sec <= 0.0 {
-            return true;
+            return None;
         }
         let now = Instant::now();
         let mut map = lock(&self.map);
@@ -55,12 +79,7 @@ impl<K: Hash + Eq + Copy> RateLimiter<K> {
         let (tokens, at) = map.entry(key).or_insert((self.burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
         *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        Some(f(tokens))
     }
 }
 
@@ -221,6 +240,17 @@ mod tests {
         assert!(r.take(1) && r.take(1));
         assert!(!r.take(1));
         assert!(r.take(2));
+        let off = RateLimiter::new(0.0, 1);
+        assert!((0..10).all(|_| off.take(1)));
+    }
+
+    #[test]
+    fn charges_run_into_debt() {
+        let r = RateLimiter::new(0.001, 10);
+        assert!(r.has_credit(1));
+        r.charge(1, 25.0);
+        assert!(!r.has_credit(1));
+        assert!(r.has_credit(2));
     }
 
     #[test]

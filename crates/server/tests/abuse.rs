@@ -327,3 +327,108 @@ async fn nobody_else_may_send_a_proxy_header() {
     let mut c = proxied(&srv, "203.0.113.9", "").await;
     assert_eq!(c.recv().await["errno"], 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_social_changes_is_rate_limited() {
+    let srv = TestServer::start().await;
+    let (_, mut c) = user_l2(&srv, "burst").await;
+    let mut flood = Vec::new();
+    for i in 0..300 {
+        flood.extend_from_slice(
+            format!("{{\"msgid\":8,\"groupname\":\"g{i}\",\"groupdesc\":\"\"}}\n").as_bytes(),
+        );
+    }
+    c.send_raw(&flood).await;
+    let (mut made, mut limited) = (0, 0);
+    for _ in 0..300 {
+        let v = c.recv().await;
+        match (v["msgid"].as_i64(), v["errno"].as_i64()) {
+            (Some(12), Some(0)) => made += 1,
+            (Some(11), Some(9)) => limited += 1,
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert_eq!(made + limited, 300);
+    assert!(made <= 61, "{made} groups created in a burst");
+    assert!(limited >= 239);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_name_themselves_with_errno_4() {
+    let mut cfg = test_config();
+    cfg.quotas.groups_created = 2;
+    cfg.quotas.friends = 2;
+    cfg.quotas.group_members = 3;
+    let srv = TestServer::start_with(cfg).await;
+    let (_, mut c) = user_l2(&srv, "me").await;
+    let g = create_group(&mut c, "q1").await;
+    create_group(&mut c, "q2").await;
+    c.send(json!({"msgid": 8, "groupname": "q3"})).await;
+    let e = c.expect_error(4).await;
+    assert!(
+        e["errmsg"].as_str().unwrap().contains("groups created"),
+        "{e}"
+    );
+
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(srv.register(&format!("f{i}"), "pw").await);
+    }
+    for (i, f) in ids.iter().enumerate() {
+        c.send(json!({"msgid": 7, "friendid": f})).await;
+        if i < 2 {
+            c.expect_ack(7).await;
+        } else {
+            let e = c.expect_error(4).await;
+            assert!(e["errmsg"].as_str().unwrap().contains("friends"), "{e}");
+        }
+    }
+
+    // The group has its creator; two more may join, the next may not.
+    for (i, f) in ids.iter().enumerate() {
+        let mut m = srv.connect().await;
+        m.login_l2(*f, "pw").await;
+        m.send(json!({"msgid": 9, "groupid": g})).await;
+        if i < 2 {
+            m.expect_ack(9).await;
+        } else {
+            let e = m.expect_error(4).await;
+            assert!(e["errmsg"].as_str().unwrap().contains("members"), "{e}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_is_rate_limited_per_sender() {
+    let mut cfg = test_config();
+    cfg.quotas.fanout_per_sec = 10; // a burst of 40 deliveries
+    let srv = TestServer::start_with(cfg).await;
+    let (_, mut s) = user_l2(&srv, "loud").await;
+    let g = create_group(&mut s, "crowd").await;
+    for i in 0..9 {
+        let mut m = srv.connect().await;
+        let id = m.register(&format!("c{i}"), "pw").await;
+        m.login_l2(id, "pw").await;
+        m.send(json!({"msgid": 9, "groupid": g})).await;
+        m.expect_ack(9).await;
+    }
+    let (mut sent, mut limited) = (0, 0);
+    for _ in 0..20 {
+        s.send(json!({"msgid": 10, "groupid": g, "msg": "hi"}))
+            .await;
+        let v = s.recv().await;
+        match v["errno"].as_i64() {
+            Some(0) => sent += 1,
+            Some(9) => limited += 1,
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    // 9 deliveries each: credit for 40 runs out after the fifth.
+    assert_eq!(sent, 5, "sent {sent}, limited {limited}");
+    // Someone else sends freely.
+    let (_, mut q) = user_l2(&srv, "quiet").await;
+    let (other, _) = user_l2(&srv, "other").await;
+    q.send(json!({"msgid": 6, "toid": other, "msg": "hello"}))
+        .await;
+    q.expect_ack(6).await;
+}

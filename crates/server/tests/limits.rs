@@ -333,14 +333,22 @@ async fn idle_and_half_open_connections_without_login_are_closed_with_errno_7() 
     c.expect_error(7).await;
     c.expect_eof().await;
 
-    // Frames keep a connection alive; stopping lets it expire.
+    // Frames other than a successful login do not extend the window (junk
+    // must not hold a connection slot): PINGs every 100 ms, closed anyway.
     let mut c = srv.connect().await;
-    for _ in 0..10 {
+    let mut pongs = 0;
+    loop {
         c.send(json!({"msgid": 18})).await;
-        c.recv_msgid(19).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let v = c.recv().await;
+        if v["msgid"] == 19 {
+            pongs += 1;
+            assert!(pongs < 10, "PINGs kept the connection open past its window");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        assert_eq!(v["errno"], 7, "{v}");
+        break;
     }
-    c.expect_error(7).await;
     c.expect_eof().await;
 
     // A logged-in connection may idle.

@@ -589,10 +589,20 @@ async fn cmid_makes_a_retried_send_idempotent() {
         .await;
     let m1 = a.expect_ack(6).await["mid"].as_i64().unwrap();
     expect_push(&mut b, 6, m1, 1).await;
-    // The retry (even with another text) gets the first mid; nothing is pushed.
-    a.send(json!({"msgid": 6, "toid": bob, "msg": "once again", "cmid": "c-1"}))
+    // The retry gets the first mid; nothing is pushed.
+    a.send(json!({"msgid": 6, "toid": bob, "msg": "once", "cmid": "c-1"}))
         .await;
     assert_eq!(a.expect_ack(6).await["mid"], m1);
+    b.expect_silence(300).await;
+    // The cmid reused for another text, or another recipient: errno 5,
+    // nothing stored or pushed.
+    a.send(json!({"msgid": 6, "toid": bob, "msg": "once again", "cmid": "c-1", "reqid": 1}))
+        .await;
+    let e = a.expect_error(5).await;
+    assert_eq!((e["re"].clone(), e["reqid"].clone()), (json!(6), json!(1)));
+    a.send(json!({"msgid": 6, "toid": alice, "msg": "once", "cmid": "c-1"}))
+        .await;
+    a.expect_error(5).await;
     b.expect_silence(300).await;
     // A new cmid is a new message, with the next seq (the retry used none).
     a.send(json!({"msgid": 6, "toid": bob, "msg": "twice", "cmid": "c-2"}))

@@ -1046,11 +1046,16 @@ async fn cmid_dedupe_across_batches(fx: Arc<Fixture>) {
     let c = user(s, "carol").await;
     let (m1, _) = appended(&send(s, append_c(a, Target::User(b), "hi", "c-1")).await);
     // A retry after a lost ACK: the first mid, nothing stored.
-    let dup = send(s, append_c(a, Target::User(b), "hi (retry)", "c-1")).await;
+    let dup = send(s, append_c(a, Target::User(b), "hi", "c-1")).await;
     assert_eq!(duplicate(&dup), m1.mid);
-    // Dedupe is per (sender, cmid), whatever the retry says.
-    let dup = send(s, append_c(a, Target::User(c), "elsewhere", "c-1")).await;
-    assert_eq!(duplicate(&dup), m1.mid);
+    // The cmid reused for another text or another target: refused, nothing
+    // stored (PROTOCOL.md, "Sending exactly once").
+    let reused = send(s, append_c(a, Target::User(b), "hi (edited)", "c-1")).await;
+    assert_eq!(failed(&reused), OpError::CmidReused);
+    let reused = send(s, append_c(a, Target::User(c), "hi", "c-1")).await;
+    assert_eq!(failed(&reused), OpError::CmidReused);
+    let reused = send(s, append_c(a, Target::Group(b), "hi", "c-1")).await;
+    assert_eq!(failed(&reused), OpError::CmidReused);
     // Another sender's cmid is another message.
     let (m2, d2) = appended(&send(s, append_c(c, Target::User(b), "hi", "c-1")).await);
     assert_eq!(d2, vec![(b, 2)]);
@@ -1068,13 +1073,16 @@ async fn cmid_dedupe_across_batches(fx: Arc<Fixture>) {
     let out = commit(
         s,
         vec![
-            append_c(a, Target::User(b), "again", "c-2"),
+            append_c(a, Target::User(b), "next", "c-2"),
             append_c(a, Target::User(b), "fresh", "c-3"),
+            append_c(a, Target::User(b), "fresh!", "c-3"),
         ],
     )
     .await;
     assert_eq!(duplicate(&out[0]), m3.mid);
     assert_eq!(appended(&out[1]).1, vec![(b, 4)]);
+    assert_eq!(failed(&out[2]), OpError::CmidReused, "within one batch too");
+    assert_eq!(seqs(s, b).await, vec![1, 2, 3, 4]);
 }
 
 async fn cmid_dedupe_within_batch(fx: Arc<Fixture>) {
@@ -1104,7 +1112,7 @@ async fn cmid_dedupe_within_batch(fx: Arc<Fixture>) {
     let (z, dz) = appended(&out[5]);
     assert_eq!(dz, vec![(b, 4)]);
     assert_eq!(seqs(s, b).await, vec![1, 2, 3, 4]);
-    let dup = send(s, append_c(a, Target::User(b), "z again", "z")).await;
+    let dup = send(s, append_c(a, Target::User(b), "found", "z")).await;
     assert_eq!(duplicate(&dup), z.mid);
 }
 
@@ -1343,7 +1351,7 @@ async fn unicode_text_round_trips(fx: Arc<Fixture>) {
     // Unicode cmids dedupe exactly.
     let dup = send(
         s,
-        append_as(b, "Zoë", Target::Group(g), "again", Some("cmid-é-😀")),
+        append_as(b, "Zoë", Target::Group(g), "组消息 🎉", Some("cmid-é-😀")),
     )
     .await;
     assert_eq!(duplicate(&dup), stored[texts.len()].mid);

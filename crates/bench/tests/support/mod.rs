@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clusterchat::config::{Config, HashCost};
+use clusterchat::config::{Config, HashCost, Quotas};
 use clusterchat::store::sqlite::SqliteStore;
 use clusterchat::store::{Store, StoreOptions};
 use clusterchat::Node;
@@ -54,6 +54,11 @@ impl RealServer {
             // A load generator: every client comes from one address.
             max_connections_per_ip: 0,
             reg_per_ip_per_min: 0,
+            quotas: Quotas {
+                social_per_min: 0,
+                fanout_per_sec: 0,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let node = Node::single(cfg, store).expect("node");

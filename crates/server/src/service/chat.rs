@@ -27,6 +27,15 @@ pub fn send(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, Ser
     if let Some(c) = cmid {
         check_bytes("cmid", c, 1, limits::MAX_CMID_BYTES)?;
     }
+    if !sh.guards.fanout.has_credit(s.user) {
+        return Err(ServiceError::new(
+            Errno::RateLimited,
+            format!(
+                "sending too fast: at most {} deliveries per second (recipients of your messages)",
+                sh.cfg.quotas.fanout_per_sec
+            ),
+        ));
+    }
     let op = WriteOp::Append(NewMessage {
         sender: s.user,
         sender_name: s.name.clone(),
@@ -43,7 +52,11 @@ pub fn send(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, Ser
     let stored = sh.committer.enqueue(op);
     Ok(Box::pin(async move {
         match stored.await? {
-            WriteOutcome::Appended { message, .. } => {
+            WriteOutcome::Appended {
+                message,
+                deliveries,
+            } => {
+                sh.guards.fanout.charge(sender, deliveries.len() as f64);
                 if let Some(c) = &cmid {
                     handle.note_stored(c);
                 }
@@ -52,7 +65,12 @@ pub fn send(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, Ser
             WriteOutcome::Duplicate { mid } => {
                 // Stored by an earlier login, maybe on a node that died
                 // before routing it: make sure it reaches its recipients.
-                if !cmid.as_deref().is_some_and(|c| handle.stored_here(c)) {
+                // Bounded per sender: a retry storm must not become a
+                // storm of reads. Past it, recipients catch up at their
+                // next message or login.
+                if !cmid.as_deref().is_some_and(|c| handle.stored_here(c))
+                    && sh.guards.reroute.take(sender)
+                {
                     reroute(&sh, sender, target, mid).await;
                 }
                 Ok(Reply::Ack(vec![("mid", mid.into())]))

@@ -94,6 +94,12 @@ pub struct Guards {
     pub login_addr: FailureThrottle<IpAddr>,
     /// Open connections per client address.
     pub conns: AddrConns,
+    /// Re-routing of retried sends per sender: each one costs reads.
+    pub reroute: RateLimiter<UserId>,
+    /// Friend and group changes per user.
+    pub social: RateLimiter<UserId>,
+    /// Deliveries each sender causes (charged after the commit).
+    pub fanout: RateLimiter<UserId>,
     /// Refused connections, for rate-limited logging.
     pub refused_log: LogEvery,
 }
@@ -122,6 +128,15 @@ impl Guards {
                 forget,
             ),
             conns: AddrConns::new(cfg.max_connections_per_ip),
+            reroute: RateLimiter::new(10.0, 100),
+            social: RateLimiter::new(
+                f64::from(cfg.quotas.social_per_min) / 60.0,
+                cfg.quotas.social_per_min,
+            ),
+            fanout: RateLimiter::new(
+                f64::from(cfg.quotas.fanout_per_sec),
+                cfg.quotas.fanout_per_sec.saturating_mul(4),
+            ),
             refused_log: LogEvery::default(),
         }
     }

@@ -12,6 +12,19 @@ use crate::request::{check_chars, Request};
 /// Any friend or group request.
 pub fn handle(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, ServiceError> {
     req.check_self(s.user)?;
+    let grows = matches!(
+        req.msgid,
+        msgid::ADD_FRIEND | msgid::CREATE_GROUP | msgid::ADD_GROUP
+    );
+    if grows && !sh.guards.social.take(s.user) {
+        return Err(ServiceError::new(
+            Errno::RateLimited,
+            format!(
+                "too many friend and group changes: at most {} a minute",
+                sh.cfg.quotas.social_per_min
+            ),
+        ));
+    }
     let sh = sh.clone();
     let me = s.user;
     Ok(match req.msgid {
@@ -21,6 +34,7 @@ pub fn handle(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, S
                 return Err(ServiceError::malformed("you cannot befriend yourself"));
             }
             Box::pin(async move {
+                quota::friends(&sh, me, friend).await?;
                 sh.store
                     .add_friend(me, friend)
                     .await
@@ -51,6 +65,7 @@ pub fn handle(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, S
             let desc = req.opt_str("groupdesc")?.unwrap_or("").to_owned();
             check_chars("groupdesc", &desc, 0, lim.group_desc_chars)?;
             Box::pin(async move {
+                quota::groups_created(&sh, me).await?;
                 let id = sh
                     .store
                     .create_group(me, &name, &desc)
@@ -62,6 +77,7 @@ pub fn handle(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, S
         msgid::ADD_GROUP => {
             let g = req.int("groupid")?;
             Box::pin(async move {
+                quota::group_members(&sh, g).await?;
                 sh.store
                     .join_group(g, me)
                     .await
@@ -99,6 +115,53 @@ pub fn handle(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, S
         }
         other => unreachable!("social::handle got msgid {other}"),
     })
+}
+
+/// The per-user quotas (errno 4, naming the quota). Checked before the
+/// change, so concurrent requests of one user may overshoot by their number,
+/// which the per-connection ordering of social requests keeps at one.
+mod quota {
+    use chat_protocol::Errno;
+
+    use crate::error::ServiceError;
+    use crate::service::Shared;
+    use crate::store::{GroupId, UserId};
+
+    fn over(what: String) -> ServiceError {
+        ServiceError::new(Errno::Forbidden, format!("quota reached: {what}"))
+    }
+
+    pub async fn friends(sh: &Shared, me: UserId, friend: UserId) -> Result<(), ServiceError> {
+        let max = sh.cfg.quotas.friends;
+        if max <= 0 {
+            return Ok(());
+        }
+        if sh.store.friends(me).await?.len() as i64 >= max {
+            return Err(over(format!("at most {max} friends per user")));
+        }
+        if sh.store.friends(friend).await?.len() as i64 >= max {
+            return Err(over(format!(
+                "at most {max} friends per user, and they have as many"
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn groups_created(sh: &Shared, me: UserId) -> Result<(), ServiceError> {
+        let max = sh.cfg.quotas.groups_created;
+        if max > 0 && sh.store.created_count(me).await? >= max {
+            return Err(over(format!("at most {max} groups created per user")));
+        }
+        Ok(())
+    }
+
+    pub async fn group_members(sh: &Shared, g: GroupId) -> Result<(), ServiceError> {
+        let max = sh.cfg.quotas.group_members;
+        if max > 0 && sh.store.member_count(g).await? >= max {
+            return Err(over(format!("at most {max} members per group")));
+        }
+        Ok(())
+    }
 }
 
 /// Store error to service error, with this request's wording.

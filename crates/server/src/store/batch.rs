@@ -49,8 +49,19 @@ pub struct Lookups {
     pub existing_users: BTreeSet<UserId>,
     /// Member ids per group; a group with no entry does not exist.
     pub members: HashMap<GroupId, Vec<UserId>>,
-    /// Earlier mids for (sender, cmid) pairs that were stored before.
-    pub cmid_hits: HashMap<(UserId, String), i64>,
+    /// Messages stored before under the (sender, cmid) pairs asked for.
+    pub cmid_hits: HashMap<(UserId, String), Earlier>,
+}
+
+/// A message stored earlier under a (sender, cmid): a retry must match it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Earlier {
+    /// Its mid.
+    pub mid: i64,
+    /// Where it went.
+    pub target: Target,
+    /// Its text.
+    pub body: String,
 }
 
 /// Every user who will receive a message from this batch.
@@ -111,7 +122,7 @@ pub fn plan(ops: &[WriteOp], lk: &Lookups, max_mid: i64, last_seq: &HashMap<User
     let mut seqs: BTreeMap<UserId, i64> = BTreeMap::new();
     let mut acks: BTreeMap<UserId, i64> = BTreeMap::new();
     // cmids stored earlier in this same batch.
-    let mut batch_cmids: HashMap<(UserId, String), i64> = HashMap::new();
+    let mut batch_cmids: HashMap<(UserId, String), Earlier> = HashMap::new();
 
     for op in ops {
         let outcome = match op {
@@ -119,7 +130,7 @@ pub fn plan(ops: &[WriteOp], lk: &Lookups, max_mid: i64, last_seq: &HashMap<User
                 let key = m.cmid.as_ref().map(|c| (m.sender, c.clone()));
                 let earlier = key
                     .as_ref()
-                    .and_then(|k| lk.cmid_hits.get(k).or_else(|| batch_cmids.get(k)).copied());
+                    .and_then(|k| lk.cmid_hits.get(k).or_else(|| batch_cmids.get(k)));
                 let to: Result<Vec<UserId>, OpError> = match m.target {
                     Target::User(u) if lk.existing_users.contains(&u) => Ok(vec![u]),
                     Target::User(_) => Err(OpError::NotFound),
@@ -130,7 +141,12 @@ pub fn plan(ops: &[WriteOp], lk: &Lookups, max_mid: i64, last_seq: &HashMap<User
                     },
                 };
                 match (earlier, to) {
-                    (Some(mid), _) => Some(WriteOutcome::Duplicate { mid }),
+                    // A retry: the same message again. Anything else under
+                    // that cmid is a client bug that must not pass silently.
+                    (Some(e), _) if e.target == m.target && e.body == m.body => {
+                        Some(WriteOutcome::Duplicate { mid: e.mid })
+                    }
+                    (Some(_), _) => Some(WriteOutcome::Failed(OpError::CmidReused)),
                     (None, Err(e)) => Some(WriteOutcome::Failed(e)),
                     (None, Ok(mut to)) => {
                         to.sort_unstable();
@@ -154,7 +170,12 @@ pub fn plan(ops: &[WriteOp], lk: &Lookups, max_mid: i64, last_seq: &HashMap<User
                             deliveries.push((u, *s));
                         }
                         if let Some(k) = key {
-                            batch_cmids.insert(k, mid);
+                            let e = Earlier {
+                                mid,
+                                target: m.target,
+                                body: m.body.clone(),
+                            };
+                            batch_cmids.insert(k, e);
                         }
                         plan.messages.push(MessageRow {
                             conv: m.target.conv_key(m.sender),

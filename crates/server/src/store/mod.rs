@@ -284,6 +284,9 @@ pub enum OpError {
     Forbidden,
     /// Token unknown, used or expired.
     BadToken,
+    /// The (sender, cmid) names a stored message with another target or
+    /// text: the client reused a cmid, and this message is not stored.
+    CmidReused,
 }
 
 /// Accounts.
@@ -323,6 +326,10 @@ pub trait GroupStore: Send + Sync {
     async fn membership(&self, group: GroupId, user: UserId) -> StoreResult<Option<Role>>;
     /// The groups a user belongs to, with all members, ordered by id.
     async fn groups_of(&self, user: UserId) -> StoreResult<Vec<GroupInfo>>;
+    /// How many existing groups `user` created (for the quota).
+    async fn created_count(&self, user: UserId) -> StoreResult<i64>;
+    /// How many members `group` has; 0 when it does not exist.
+    async fn member_count(&self, group: GroupId) -> StoreResult<i64>;
 }
 
 /// Messages, delivery state and login tokens.

@@ -21,7 +21,7 @@ use sqlx::mysql::{
 };
 use sqlx::{Connection, MySql, MySqlPool, QueryBuilder, Row, Transaction};
 
-use super::batch::{self, Lookups};
+use super::batch::{self, Earlier, Lookups};
 use super::{
     Conversation, FriendStore, GroupId, GroupInfo, GroupStore, Member, MessageStore, OpError,
     Person, Role, StoreError, StoreOptions, StoreResult, StoredMessage, Target, UserId, UserRecord,
@@ -168,8 +168,9 @@ impl MysqlStore {
         // transaction's snapshot; the mid counter lock already serialises
         // every writer of `messages`, so this blocks no one.
         for chunk in need.cmids.chunks(CHUNK) {
-            let mut qb =
-                QueryBuilder::<MySql>::new("SELECT sender, cmid, mid FROM messages WHERE ");
+            let mut qb = QueryBuilder::<MySql>::new(
+                "SELECT sender, cmid, mid, kind, target, body FROM messages WHERE ",
+            );
             for (i, (sender, cmid)) in chunk.iter().enumerate() {
                 if i > 0 {
                     qb.push(" OR ");
@@ -183,7 +184,12 @@ impl MysqlStore {
             qb.push(" FOR UPDATE");
             for row in qb.build().fetch_all(&mut **tx).await? {
                 let key = (row.try_get::<i64, _>(0)?, text(&row, 1)?);
-                lk.cmid_hits.insert(key, row.try_get(2)?);
+                let e = Earlier {
+                    mid: row.try_get(2)?,
+                    target: Target::from_parts(row.try_get(3)?, row.try_get(4)?),
+                    body: text(&row, 5)?,
+                };
+                lk.cmid_hits.insert(key, e);
             }
         }
         Ok(lk)
@@ -547,6 +553,24 @@ impl GroupStore for MysqlStore {
             .await?;
         tx.commit().await?;
         Ok(members)
+    }
+
+    async fn created_count(&self, user: UserId) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM groupuser WHERE userid = ? AND grouprole = 'creator'",
+        )
+        .bind(user)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn member_count(&self, group: GroupId) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM groupuser WHERE groupid = ?")
+                .bind(group)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn membership(&self, group: GroupId, user: UserId) -> StoreResult<Option<Role>> {

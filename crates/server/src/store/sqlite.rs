@@ -16,7 +16,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
-use super::batch::{self, Lookups};
+use super::batch::{self, Earlier, Lookups};
 use super::{
     Conversation, GroupId, GroupInfo, Member, MessageStore, OpError, Person, Role, StoreError,
     StoreOptions, StoreResult, StoredMessage, Target, UserId, UserRecord, UserStore, WriteOp,
@@ -134,14 +134,20 @@ impl SqliteStore {
             }
         }
         for (sender, cmid) in &need.cmids {
-            let hit: Option<i64> =
-                sqlx::query_scalar("SELECT mid FROM messages WHERE sender = ? AND cmid = ?")
-                    .bind(sender)
-                    .bind(cmid)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-            if let Some(mid) = hit {
-                lk.cmid_hits.insert((*sender, cmid.clone()), mid);
+            let hit = sqlx::query(
+                "SELECT mid, kind, target, body FROM messages WHERE sender = ? AND cmid = ?",
+            )
+            .bind(sender)
+            .bind(cmid)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some(r) = hit {
+                let e = Earlier {
+                    mid: r.try_get(0)?,
+                    target: Target::from_parts(r.try_get(1)?, r.try_get(2)?),
+                    body: r.try_get(3)?,
+                };
+                lk.cmid_hits.insert((*sender, cmid.clone()), e);
             }
         }
         Ok(lk)
@@ -402,6 +408,24 @@ impl GroupStore for SqliteStore {
             .await?;
         tx.commit().await?;
         Ok(members)
+    }
+
+    async fn created_count(&self, user: UserId) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM groupuser WHERE userid = ? AND grouprole = 'creator'",
+        )
+        .bind(user)
+        .fetch_one(&self.read)
+        .await?)
+    }
+
+    async fn member_count(&self, group: GroupId) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM groupuser WHERE groupid = ?")
+                .bind(group)
+                .fetch_one(&self.read)
+                .await?,
+        )
     }
 
     async fn membership(&self, group: GroupId, user: UserId) -> StoreResult<Option<Role>> {
