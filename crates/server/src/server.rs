@@ -21,6 +21,14 @@ use crate::service::{BusDispatch, Shared};
 use crate::sessions::Sessions;
 use crate::store::Store;
 
+/// How often a node deletes dead login tokens that no login of their user
+/// will prune.
+const TOKEN_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+/// Rows one sweep statement deletes at most.
+const TOKEN_SWEEP_BATCH: i64 = 1000;
+/// Statements one sweep runs at most, while each fills its batch.
+const TOKEN_SWEEP_ROUNDS: u32 = 10;
+
 /// A configured node, ready to serve.
 pub struct Node {
     shared: Arc<Shared>,
@@ -79,6 +87,7 @@ impl Node {
         let sh = self.shared;
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(sh.cfg.max_connections.max(1)));
+        let sweeper = tokio::spawn(sweep_tokens(sh.store.clone(), shutdown.clone()));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -115,6 +124,7 @@ impl Node {
                 "connections still open after the grace period"
             );
         }
+        let _ = sweeper.await;
         self.commit.shutdown().await;
         sh.bus.shutdown();
         sh.store.close().await;
@@ -157,6 +167,44 @@ async fn admit(
 
 /// How long a trusted proxy has to send its PROXY header.
 const PROXY_HEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Every [`TOKEN_SWEEP_EVERY`], deletes dead login tokens (expired, or past
+/// their grace), a bounded number per round. Token writes prune their own
+/// user's dead rows; this catches users who never log in again. Ends on
+/// `stop`, between statements.
+async fn sweep_tokens(store: Arc<dyn Store>, stop: CancellationToken) {
+    let start = tokio::time::Instant::now() + TOKEN_SWEEP_EVERY;
+    let mut tick = tokio::time::interval_at(start, TOKEN_SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for _ in 0..TOKEN_SWEEP_ROUNDS {
+            if stop.is_cancelled() {
+                return;
+            }
+            let now = chat_protocol::time::unix_now();
+            match store.prune_tokens(now, TOKEN_SWEEP_BATCH).await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::debug!(deleted = n, "swept dead login tokens");
+                    }
+                    if n < TOKEN_SWEEP_BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    // Another node sweeping at once, or the database is
+                    // down: logins report that; try again next time.
+                    tracing::debug!(error = %e, "token sweep failed");
+                    break;
+                }
+            }
+        }
+    }
+}
 
 async fn refuse(mut sock: tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;

@@ -217,14 +217,6 @@ async fn protocol_across_two_nodes_and_nginx() {
     assert_eq!(k["msgid"], 21, "expected KICKED on node A, got {k}");
     assert!(k["errmsg"].as_str().is_some_and(|m| !m.is_empty()));
     ca.expect_eof().await;
-    // The token worked once; not again, on either node.
-    for node in [na, nb] {
-        let mut c = Client::connect(node).await;
-        let ack = c
-            .login_raw(json!({"msgid": 1, "id": alice, "token": alice_token, "v": 2}))
-            .await;
-        assert_eq!(ack["errno"], 1, "a used token must fail: {ack}");
-    }
     // The token issued by B works on A, and kicks the session on B.
     let mut ca3 = Client::connect(na).await;
     let ack = ca3
@@ -236,6 +228,14 @@ async fn protocol_across_two_nodes_and_nginx() {
     );
     assert_eq!(ca2.recv().await["msgid"], 21, "expected KICKED on node B");
     ca2.expect_eof().await;
+    // Using token2 killed the token it replaced, on either node.
+    for node in [na, nb] {
+        let mut c = Client::connect(node).await;
+        let ack = c
+            .login_raw(json!({"msgid": 1, "id": alice, "token": alice_token, "v": 2}))
+            .await;
+        assert_eq!(ack["errno"], 1, "a superseded token must fail: {ack}");
+    }
     // alice never went offline: bob must not hear that she did.
     cb.drain(300).await;
     assert!(

@@ -643,21 +643,39 @@ async fn cmid_makes_a_retried_send_idempotent() {
     srv.stop().await;
 }
 
+/// A level-2 token LOGIN on `c`; returns the ack (any errno).
+async fn token_login(c: &mut Client, id: i64, token: &str) -> Value {
+    c.send(json!({"msgid": 1, "id": id, "token": token, "v": 2}))
+        .await;
+    c.recv_msgid(2).await
+}
+
+/// A level-2 password LOGIN that must succeed; returns its token.
+async fn password_token(c: &mut Client, id: i64) -> String {
+    let ack = c.login_l2(id, "pw").await;
+    ack["token"].as_str().expect("token in the ack").to_owned()
+}
+
+/// A token LOGIN that must succeed; returns the fresh token.
+async fn token_login_ok(c: &mut Client, id: i64, token: &str) -> String {
+    let ack = token_login(c, id, token).await;
+    assert_eq!(ack["errno"], 0, "token login refused: {ack}");
+    assert_eq!(ack["id"], id);
+    let fresh = ack["token"].as_str().expect("fresh token").to_owned();
+    assert_ne!(fresh, token, "every token login hands out a new token");
+    fresh
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_work_once_and_loginout_revokes_them() {
+async fn token_login_survives_a_lost_ack() {
     let srv = TestServer::start().await;
     let mut c1 = srv.connect().await;
     let alice = c1.register("alice", "pw").await;
-    let t1 = c1.login_l2(alice, "pw").await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let t1 = password_token(&mut c1, alice).await;
 
     // Token login: a fresh token comes back, the old session is kicked.
     let mut c2 = srv.connect().await;
-    c2.send(json!({"msgid": 1, "id": alice, "token": t1, "v": 2}))
-        .await;
-    let ack = c2.recv_msgid(2).await;
+    let ack = token_login(&mut c2, alice, &t1).await;
     assert_eq!(ack["errno"], 0, "{ack}");
     assert_eq!(ack["name"], "alice");
     let t2 = ack["token"].as_str().unwrap().to_owned();
@@ -665,25 +683,72 @@ async fn tokens_work_once_and_loginout_revokes_them() {
     c1.recv_msgid(21).await;
     c1.expect_eof().await;
 
-    // A used token is refused with errno 1.
+    // Say that ack never reached the client: it still holds only t1, and t1
+    // still works (within its grace), handing out t3.
     let mut c3 = srv.connect().await;
-    c3.send(json!({"msgid": 1, "id": alice, "token": t1, "v": 2}))
-        .await;
-    let v = c3.recv_msgid(2).await;
-    assert_eq!(v["errno"], 1, "{v}");
-    // So is a made-up one.
-    c3.send(json!({"msgid": 1, "id": alice, "token": "00ff", "v": 2}))
-        .await;
-    assert_eq!(c3.recv_msgid(2).await["errno"], 1);
+    let t3 = token_login_ok(&mut c3, alice, &t1).await;
+    assert_ne!(t3, t2);
+    c2.recv_msgid(21).await;
+    c2.expect_eof().await;
 
-    // LOGINOUT revokes every token of the user.
+    // Using t3 kills every token alice was given before it: t1 and t2.
+    let mut c4 = srv.connect().await;
+    let t4 = token_login_ok(&mut c4, alice, &t3).await;
+    let mut c5 = srv.connect().await;
+    for (name, dead) in [("t1", &t1), ("t2", &t2)] {
+        let v = token_login(&mut c5, alice, dead).await;
+        assert_eq!(v["errno"], 1, "{name} after t3 was used: {v}");
+    }
+    // So is a made-up one.
+    assert_eq!(token_login(&mut c5, alice, "00ff").await["errno"], 1);
+    // t4 works; that kills t3 as well.
+    token_login_ok(&mut c5, alice, &t4).await;
+    let mut c6 = srv.connect().await;
+    assert_eq!(token_login(&mut c6, alice, &t3).await["errno"], 1);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_sent_with_another_id_is_refused_and_not_burned() {
+    let srv = TestServer::start().await;
+    let alice = srv.register("alice", "pw").await;
+    let bob = srv.register("bob", "pw").await;
+    let mut c = srv.connect().await;
+    let t = password_token(&mut c, alice).await;
+
+    // alice's token with bob's id, then with an id nobody has.
+    let mut m = srv.connect().await;
+    let v = token_login(&mut m, bob, &t).await;
+    assert_eq!(v["errno"], 1, "{v}");
+    assert_eq!(token_login(&mut m, bob + 1000, &t).await["errno"], 1);
+    // Still alice's.
+    let mut a2 = srv.connect().await;
+    token_login_ok(&mut a2, alice, &t).await;
+    c.recv_msgid(21).await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loginout_kills_every_token() {
+    let srv = TestServer::start().await;
+    let mut c1 = srv.connect().await;
+    let alice = c1.register("alice", "pw").await;
+    let t1 = password_token(&mut c1, alice).await;
+    let mut c2 = srv.connect().await;
+    let t2 = token_login_ok(&mut c2, alice, &t1).await;
+
+    // t1 is in its grace, t2 is fresh: LOGINOUT kills both.
     c2.send(json!({"msgid": 3})).await;
     c2.expect_ack(3).await;
-    c3.send(json!({"msgid": 1, "id": alice, "token": t2, "v": 2}))
-        .await;
-    assert_eq!(c3.recv_msgid(2).await["errno"], 1);
-    // The password still works.
-    c3.login_l2(alice, "pw").await;
+    let mut c3 = srv.connect().await;
+    for (name, t) in [("t1", &t1), ("t2", &t2)] {
+        let v = token_login(&mut c3, alice, t).await;
+        assert_eq!(v["errno"], 1, "{name} after LOGINOUT: {v}");
+    }
+    // The password still works, and so does the token it hands out.
+    let t3 = password_token(&mut c3, alice).await;
+    let mut c4 = srv.connect().await;
+    token_login_ok(&mut c4, alice, &t3).await;
     srv.stop().await;
 }
 

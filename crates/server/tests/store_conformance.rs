@@ -242,9 +242,13 @@ conformance!(
     undelivered_pages_in_seq_order,
     history_newest_first,
     unicode_text_round_trips,
-    tokens_single_use,
+    tokens_rotate,
+    token_grace_ends,
     tokens_expire,
+    token_of_another_user,
+    password_login_kills_older_tokens,
     revoke_tokens,
+    dead_tokens_are_pruned,
     mixed_batch_keeps_order,
 );
 
@@ -355,23 +359,42 @@ async fn history(s: &dyn Store, conv: Conversation, before: Option<i64>, limit: 
         .collect()
 }
 
+/// A password login's token: expires at `expires_at`.
 fn issue(user: UserId, hash: &str, expires_at: i64) -> WriteOp {
     WriteOp::Token {
         consume: None,
-        user: Some(user),
+        user,
         issue: hash.to_owned(),
         expires_at,
         now: NOW,
     }
 }
 
-fn consume(old: &str, new: &str, now: i64) -> WriteOp {
+/// A token login by `user` presenting `old`; the new token lives an hour.
+fn consume(user: UserId, old: &str, new: &str, now: i64) -> WriteOp {
     WriteOp::Token {
         consume: Some(old.to_owned()),
-        user: None,
+        user,
         issue: new.to_owned(),
         expires_at: now + 3600,
         now,
+    }
+}
+
+/// Asserts that `user` can log in with token `old` at `now` (getting `new`).
+#[track_caller]
+fn assert_token_ok(o: WriteOutcome, user: UserId, what: &str) {
+    match o {
+        WriteOutcome::TokenIssued { user: u } if u == user => {}
+        other => panic!("{what}: expected TokenIssued for {user}, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_token_bad(o: WriteOutcome, what: &str) {
+    match o {
+        WriteOutcome::Failed(OpError::BadToken) => {}
+        other => panic!("{what}: expected BadToken, got {other:?}"),
     }
 }
 
@@ -870,7 +893,7 @@ async fn failed_ops_do_not_sink_the_batch(fx: Arc<Fixture>) {
             append(a, Target::User(b + 1000), "to nobody"),
             append(a, Target::Group(12345), "to no group"),
             WriteOp::Ack { user: b, seq: 1 },
-            consume("no-such-token", "t-new", NOW),
+            consume(a, "no-such-token", "t-new", NOW),
             append(a, Target::User(b), "y"),
         ],
     )
@@ -1372,73 +1395,175 @@ async fn unicode_text_round_trips(fx: Arc<Fixture>) {
 // ---------------------------------------------------------------------------
 // Tokens
 
-async fn tokens_single_use(fx: Arc<Fixture>) {
+async fn tokens_rotate(fx: Arc<Fixture>) {
     let s = &*fx.store;
     let a = user(s, "alice").await;
     let b = user(s, "bob").await;
     let out = commit(
         s,
-        vec![issue(a, "h1", NOW + 100), issue(b, "hb", NOW + 100)],
+        vec![issue(a, "h1", NOW + 1000), issue(b, "hb", NOW + 1000)],
     )
     .await;
     assert_eq!(token_user(&out[0]), a);
     assert_eq!(token_user(&out[1]), b);
-    // Consuming names the owner and issues the fresh token to them.
-    assert_eq!(token_user(&send(s, consume("h1", "h2", NOW + 1)).await), a);
-    assert_eq!(
-        failed(&send(s, consume("h1", "h3", NOW + 2)).await),
-        OpError::BadToken,
-        "a token works once"
+    // Every token login hands out a new token, to the token's owner.
+    assert_token_ok(send(s, consume(a, "h1", "h2", NOW + 1)).await, a, "h1");
+    // The ack carrying h2 was lost: h1 still works, within its grace.
+    assert_token_ok(
+        send(s, consume(a, "h1", "h3", NOW + 2)).await,
+        a,
+        "h1 again",
     );
-    assert_eq!(token_user(&send(s, consume("h2", "h4", NOW + 3)).await), a);
-    assert_eq!(token_user(&send(s, consume("hb", "hb2", NOW + 3)).await), b);
-    assert_eq!(
-        failed(&send(s, consume("never-issued", "h5", NOW)).await),
-        OpError::BadToken
+    // Using h3 kills everything alice was given before it: h1 and h2.
+    assert_token_ok(send(s, consume(a, "h3", "h4", NOW + 3)).await, a, "h3");
+    assert_token_bad(send(s, consume(a, "h1", "x", NOW + 4)).await, "h1 after h3");
+    assert_token_bad(send(s, consume(a, "h2", "x", NOW + 4)).await, "h2 after h3");
+    // h3 is in its grace now; h4 works, and then h3 is gone too.
+    assert_token_ok(
+        send(s, consume(a, "h3", "h5", NOW + 5)).await,
+        a,
+        "h3 again",
     );
-    let nobody = WriteOp::Token {
-        consume: None,
-        user: None,
-        issue: "h6".into(),
-        expires_at: NOW + 100,
-        now: NOW,
-    };
-    assert_eq!(failed(&send(s, nobody).await), OpError::BadToken);
+    assert_token_ok(send(s, consume(a, "h5", "h6", NOW + 6)).await, a, "h5");
+    assert_token_bad(send(s, consume(a, "h3", "x", NOW + 7)).await, "h3 after h5");
+    assert_token_bad(send(s, consume(a, "h4", "x", NOW + 7)).await, "h4 after h5");
+    // None of this touched bob's token.
+    assert_token_ok(send(s, consume(b, "hb", "hb2", NOW + 8)).await, b, "hb");
+    assert_token_bad(
+        send(s, consume(a, "never-issued", "x", NOW)).await,
+        "made up",
+    );
     // Issue and consume in one batch: ops run in order.
     let out = commit(
         s,
-        vec![issue(a, "h7", NOW + 100), consume("h7", "h8", NOW + 1)],
+        vec![
+            issue(a, "h7", NOW + 1000),
+            consume(a, "h7", "h8", NOW + 10),
+            consume(a, "h8", "h9", NOW + 10),
+            consume(a, "h7", "x", NOW + 10),
+        ],
     )
     .await;
     assert_eq!(token_user(&out[0]), a);
     assert_eq!(token_user(&out[1]), a);
-    assert_eq!(token_user(&send(s, consume("h8", "h9", NOW + 2)).await), a);
+    assert_eq!(token_user(&out[2]), a);
+    assert_eq!(failed(&out[3]), OpError::BadToken, "h8 was used after h7");
+    assert_token_ok(send(s, consume(a, "h9", "h10", NOW + 11)).await, a, "h9");
+}
+
+async fn token_grace_ends(fx: Arc<Fixture>) {
+    let s = &*fx.store;
+    let a = user(s, "alice").await;
+    let g = store::TOKEN_GRACE_SECS;
+    send(s, issue(a, "h1", NOW + 10_000)).await;
+    assert_token_ok(send(s, consume(a, "h1", "h2", NOW)).await, a, "first use");
+    // Presenting it again does not stretch the grace: it runs from the first use.
+    assert_token_ok(
+        send(s, consume(a, "h1", "h3", NOW + g - 1)).await,
+        a,
+        "in grace",
+    );
+    assert_token_bad(send(s, consume(a, "h1", "x", NOW + g)).await, "grace over");
+    // The tokens it handed out were never used, so they still work...
+    assert_token_ok(send(s, consume(a, "h2", "h4", NOW + g + 1)).await, a, "h2");
+    // ...and h3, given after h2, survives h2's use. Using h3 kills h2, and
+    // using h4 kills h3.
+    assert_token_ok(send(s, consume(a, "h3", "h5", NOW + g + 2)).await, a, "h3");
+    assert_token_ok(send(s, consume(a, "h4", "h6", NOW + g + 3)).await, a, "h4");
+    assert_token_bad(send(s, consume(a, "h2", "x", NOW + g + 4)).await, "h2");
+    assert_token_bad(send(s, consume(a, "h3", "x", NOW + g + 4)).await, "h3");
+    // A grace never outlives the token: one 30 s from expiry dies at expiry.
+    send(s, issue(a, "e1", NOW + 1000)).await;
+    assert_token_ok(send(s, consume(a, "e1", "e2", NOW + 970)).await, a, "e1");
+    assert_token_ok(
+        send(s, consume(a, "e1", "e3", NOW + 999)).await,
+        a,
+        "e1 again",
+    );
+    assert_token_bad(
+        send(s, consume(a, "e1", "x", NOW + 1000)).await,
+        "e1 expired",
+    );
 }
 
 async fn tokens_expire(fx: Arc<Fixture>) {
     let s = &*fx.store;
     let a = user(s, "alice").await;
-    commit(s, vec![issue(a, "h1", NOW + 10), issue(a, "h2", NOW + 10)]).await;
-    assert_eq!(
-        failed(&send(s, consume("h1", "h3", NOW + 10)).await),
-        OpError::BadToken,
-        "a token is refused from its expiry time on"
+    let b = user(s, "bob").await;
+    commit(s, vec![issue(a, "h1", NOW + 10), issue(b, "h2", NOW + 10)]).await;
+    assert_token_bad(
+        send(s, consume(a, "h1", "h3", NOW + 10)).await,
+        "a token is refused from its expiry time on",
     );
-    assert_eq!(
-        failed(&send(s, consume("h1", "h3", NOW + 5)).await),
-        OpError::BadToken,
-        "a refused expired token is gone"
+    assert_token_bad(
+        send(s, consume(a, "h1", "h3", NOW + 5)).await,
+        "a refused expired token is gone",
     );
-    assert_eq!(token_user(&send(s, consume("h2", "h4", NOW + 9)).await), a);
-    assert_eq!(
-        failed(&send(s, consume("h2", "h5", NOW + 9)).await),
-        OpError::BadToken
-    );
+    assert_token_ok(send(s, consume(b, "h2", "h4", NOW + 9)).await, b, "h2");
     // h4 was issued with an expiry an hour after NOW + 9.
-    assert_eq!(
-        failed(&send(s, consume("h4", "h6", NOW + 9 + 3600)).await),
-        OpError::BadToken
+    assert_token_bad(
+        send(s, consume(b, "h4", "h6", NOW + 9 + 3600)).await,
+        "h4 expired",
     );
+}
+
+async fn token_of_another_user(fx: Arc<Fixture>) {
+    let s = &*fx.store;
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    commit(
+        s,
+        vec![issue(a, "ha", NOW + 1000), issue(b, "hb", NOW + 1000)],
+    )
+    .await;
+    // alice's token with bob's id, or an id nobody has: refused, not burned.
+    assert_token_bad(send(s, consume(b, "ha", "x1", NOW)).await, "bob with ha");
+    assert_token_bad(
+        send(s, consume(b + 99, "ha", "x2", NOW)).await,
+        "nobody with ha",
+    );
+    assert_token_bad(
+        send(s, consume(b, "x1", "x3", NOW)).await,
+        "nothing was issued",
+    );
+    assert_token_ok(
+        send(s, consume(a, "ha", "ha2", NOW)).await,
+        a,
+        "alice with ha",
+    );
+    assert_token_ok(
+        send(s, consume(b, "hb", "hb2", NOW)).await,
+        b,
+        "bob with hb",
+    );
+    // Nor does a token in its grace period work for anyone else.
+    assert_token_bad(
+        send(s, consume(b, "ha", "x4", NOW + 1)).await,
+        "bob with ha again",
+    );
+    assert_token_ok(
+        send(s, consume(a, "ha", "ha3", NOW + 1)).await,
+        a,
+        "ha in grace",
+    );
+}
+
+async fn password_login_kills_older_tokens(fx: Arc<Fixture>) {
+    let s = &*fx.store;
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    commit(
+        s,
+        vec![issue(a, "a1", NOW + 1000), issue(b, "b1", NOW + 1000)],
+    )
+    .await;
+    assert_token_ok(send(s, consume(a, "a1", "a2", NOW)).await, a, "a1");
+    // A password login: a1 (in its grace) and a2 die, the new a3 works.
+    send(s, issue(a, "a3", NOW + 1000)).await;
+    assert_token_bad(send(s, consume(a, "a1", "x", NOW + 1)).await, "a1");
+    assert_token_bad(send(s, consume(a, "a2", "x", NOW + 1)).await, "a2");
+    assert_token_ok(send(s, consume(a, "a3", "a4", NOW + 1)).await, a, "a3");
+    assert_token_ok(send(s, consume(b, "b1", "b2", NOW + 1)).await, b, "b1");
 }
 
 async fn revoke_tokens(fx: Arc<Fixture>) {
@@ -1447,24 +1572,16 @@ async fn revoke_tokens(fx: Arc<Fixture>) {
     let b = user(s, "bob").await;
     commit(
         s,
-        vec![
-            issue(a, "a1", NOW + 100),
-            issue(a, "a2", NOW + 100),
-            issue(b, "b1", NOW + 100),
-        ],
+        vec![issue(a, "a1", NOW + 100), issue(b, "b1", NOW + 100)],
     )
     .await;
+    // a1 in its grace, a2 fresh: LOGINOUT kills both.
+    assert_token_ok(send(s, consume(a, "a1", "a2", NOW)).await, a, "a1");
     let out = commit(s, vec![WriteOp::RevokeTokens { user: a }]).await;
     assert!(matches!(out[0], WriteOutcome::Revoked));
-    assert_eq!(
-        failed(&send(s, consume("a1", "x1", NOW)).await),
-        OpError::BadToken
-    );
-    assert_eq!(
-        failed(&send(s, consume("a2", "x2", NOW)).await),
-        OpError::BadToken
-    );
-    assert_eq!(token_user(&send(s, consume("b1", "b2", NOW)).await), b);
+    assert_token_bad(send(s, consume(a, "a1", "x1", NOW)).await, "a1");
+    assert_token_bad(send(s, consume(a, "a2", "x2", NOW)).await, "a2");
+    assert_token_ok(send(s, consume(b, "b1", "b2", NOW)).await, b, "b1");
     let out = commit(s, vec![WriteOp::RevokeTokens { user: a }]).await;
     assert!(
         matches!(out[0], WriteOutcome::Revoked),
@@ -1472,7 +1589,66 @@ async fn revoke_tokens(fx: Arc<Fixture>) {
     );
     // New tokens work after a revocation.
     commit(s, vec![issue(a, "a3", NOW + 100)]).await;
-    assert_eq!(token_user(&send(s, consume("a3", "a4", NOW)).await), a);
+    assert_token_ok(send(s, consume(a, "a3", "a4", NOW)).await, a, "a3");
+}
+
+async fn dead_tokens_are_pruned(fx: Arc<Fixture>) {
+    let s = &*fx.store;
+    let g = store::TOKEN_GRACE_SECS;
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let c = user(s, "carol").await;
+    // A token write prunes its user's dead rows: h2 expires unused, and the
+    // next login (with h1, which h2 is newer than) deletes it.
+    send(s, issue(a, "h1", NOW + 10_000)).await;
+    let short = WriteOp::Token {
+        consume: Some("h1".into()),
+        user: a,
+        issue: "h2".into(),
+        expires_at: NOW + 5,
+        now: NOW,
+    };
+    assert_token_ok(send(s, short).await, a, "h1");
+    assert_token_ok(
+        send(s, consume(a, "h1", "h3", NOW + 10)).await,
+        a,
+        "h1 again",
+    );
+    assert_eq!(
+        s.prune_tokens(NOW + 10, ALL).await.unwrap(),
+        0,
+        "h2 is gone"
+    );
+    // So does a refused login: bob's expired token goes with it.
+    send(s, issue(b, "b1", NOW + 10)).await;
+    assert_token_bad(send(s, consume(b, "b1", "x", NOW + 10)).await, "b1 expired");
+    assert_eq!(
+        s.prune_tokens(NOW + 10, ALL).await.unwrap(),
+        0,
+        "b1 is gone"
+    );
+
+    // The sweep deletes dead rows of anyone, oldest first, at most `limit`
+    // a call, and never a live one.
+    commit(
+        s,
+        vec![
+            issue(b, "b2", NOW + 100_000),
+            issue(c, "c1", NOW + 50),
+            consume(c, "c1", "c2", NOW + 1),
+        ],
+    )
+    .await;
+    // c1 expired; h1 is in its grace until NOW + g.
+    assert_eq!(s.prune_tokens(NOW + g - 1, ALL).await.unwrap(), 1);
+    // Two hours on: h1, h3 and c2 are dead.
+    let later = NOW + 7200;
+    assert_eq!(s.prune_tokens(later, 2).await.unwrap(), 2);
+    assert_eq!(s.prune_tokens(later, 2).await.unwrap(), 1);
+    assert_eq!(s.prune_tokens(later, 2).await.unwrap(), 0);
+    // b2 lives.
+    assert_token_bad(send(s, consume(a, "h3", "x", later)).await, "h3");
+    assert_token_ok(send(s, consume(b, "b2", "b3", later)).await, b, "b2");
 }
 
 async fn mixed_batch_keeps_order(fx: Arc<Fixture>) {
@@ -1485,7 +1661,7 @@ async fn mixed_batch_keeps_order(fx: Arc<Fixture>) {
             issue(a, "t1", NOW + 100),
             append(a, Target::User(b), "hello"),
             WriteOp::Ack { user: b, seq: 1 },
-            consume("t1", "t2", NOW),
+            consume(a, "t1", "t2", NOW),
             issue(b, "tb", NOW + 100),
             WriteOp::RevokeTokens { user: b },
             append(b, Target::User(a), "hi"),
@@ -1500,9 +1676,6 @@ async fn mixed_batch_keeps_order(fx: Arc<Fixture>) {
     assert!(matches!(out[5], WriteOutcome::Revoked));
     assert_eq!(appended(&out[6]).1, vec![(a, 1)]);
     assert_eq!(s.acked_seq(b).await.unwrap(), 1);
-    assert_eq!(
-        failed(&send(s, consume("tb", "tb2", NOW)).await),
-        OpError::BadToken
-    );
-    assert_eq!(token_user(&send(s, consume("t2", "t3", NOW)).await), a);
+    assert_token_bad(send(s, consume(b, "tb", "tb2", NOW)).await, "tb revoked");
+    assert_token_ok(send(s, consume(a, "t2", "t3", NOW)).await, a, "t2");
 }

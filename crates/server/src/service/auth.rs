@@ -144,7 +144,7 @@ pub async fn login(
             sh.committer
                 .submit(WriteOp::Token {
                     consume: None,
-                    user: Some(user.id),
+                    user: user.id,
                     issue: token_hash(t),
                     expires_at,
                     now,
@@ -158,7 +158,7 @@ pub async fn login(
             .committer
             .submit(WriteOp::Token {
                 consume: Some(token_hash(old)),
-                user: None,
+                user: cred.id,
                 issue: token_hash(new_tok.as_deref().unwrap_or_default()),
                 expires_at,
                 now,

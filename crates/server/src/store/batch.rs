@@ -1,12 +1,15 @@
 //! The database-independent half of a group commit: which rows a batch reads,
 //! and, from what it read, which rows it writes and what each op returns.
 //! Backends run the SQL; this module decides, so SQLite and MySQL cannot
-//! disagree on mids, seqs, cmid dedupe or membership rules.
+//! disagree on mids, seqs, cmid dedupe, membership or token rules.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::{GroupId, OpError, StoredMessage, Target, UserId, WriteOp, WriteOutcome};
+use super::{
+    GroupId, OpError, StoredMessage, Target, UserId, WriteOp, WriteOutcome, MAX_LIVE_TOKENS,
+    TOKEN_GRACE_SECS,
+};
 
 /// What a batch must read before it can be planned.
 #[derive(Debug, Default)]
@@ -203,6 +206,106 @@ pub fn plan(ops: &[WriteOp], lk: &Lookups, max_mid: i64, last_seq: &HashMap<User
     plan
 }
 
+/// One stored login token, as [`plan_token`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// SHA-256 (hex) of the token.
+    pub hash: String,
+    /// Issue order among its user's tokens: larger is newer.
+    pub seq: i64,
+    /// Unix seconds from which it is refused. The first use of a token cuts
+    /// this to the end of its grace period.
+    pub expires_at: i64,
+}
+
+/// What one token op writes, and its outcome.
+#[derive(Debug)]
+pub struct TokenPlan {
+    /// The op's outcome.
+    pub outcome: WriteOutcome,
+    /// Hashes of the user's rows to delete: superseded, dead, or over the cap.
+    pub delete: Vec<String>,
+    /// The presented token's row gets this (shorter) `expires_at`: its grace.
+    pub shorten: Option<(String, i64)>,
+    /// The new token's row, for the op's user.
+    pub insert: Option<TokenRow>,
+}
+
+/// Plans a [`WriteOp::Token`], given every token row of the op's `user`
+/// (read, and for MySQL locked, in the same transaction). The rules are on
+/// [`WriteOp::Token`].
+///
+/// # Panics
+/// On any other op.
+pub fn plan_token(op: &WriteOp, rows: &[TokenRow]) -> TokenPlan {
+    let WriteOp::Token {
+        consume,
+        user,
+        issue,
+        expires_at,
+        now,
+    } = op
+    else {
+        panic!("plan_token takes WriteOp::Token only");
+    };
+    let now = *now;
+    // Dead rows go whatever the outcome: nothing can use them any more.
+    let mut delete: Vec<String> = rows
+        .iter()
+        .filter(|r| r.expires_at <= now)
+        .map(|r| r.hash.clone())
+        .collect();
+    let live = rows.iter().filter(|r| r.expires_at > now);
+    let new = TokenRow {
+        hash: issue.clone(),
+        seq: rows.iter().map(|r| r.seq).max().unwrap_or(0) + 1,
+        expires_at: *expires_at,
+    };
+    let shorten = match consume {
+        // A password login starts afresh: every earlier token dies.
+        None => {
+            delete.extend(live.map(|r| r.hash.clone()));
+            None
+        }
+        Some(presented) => {
+            // Not among the user's live tokens: unknown, dead, or someone
+            // else's (which this op never touches).
+            let Some(p) = rows
+                .iter()
+                .find(|r| &r.hash == presented && r.expires_at > now)
+            else {
+                return TokenPlan {
+                    outcome: WriteOutcome::Failed(OpError::BadToken),
+                    delete,
+                    shorten: None,
+                    insert: None,
+                };
+            };
+            let mut newer = Vec::new();
+            for r in live.filter(|r| r.hash != p.hash) {
+                if r.seq > p.seq {
+                    newer.push(r);
+                } else {
+                    delete.push(r.hash.clone()); // given before the one presented
+                }
+            }
+            // Keep the presented token, the new one, and the newest of those
+            // in between, MAX_LIVE_TOKENS in all.
+            newer.sort_by_key(|r| r.seq);
+            let excess = (newer.len() + 2).saturating_sub(MAX_LIVE_TOKENS);
+            delete.extend(newer.iter().take(excess).map(|r| r.hash.clone()));
+            let grace_end = p.expires_at.min(now + TOKEN_GRACE_SECS);
+            (grace_end < p.expires_at).then(|| (p.hash.clone(), grace_end))
+        }
+    };
+    TokenPlan {
+        outcome: WriteOutcome::TokenIssued { user: *user },
+        delete,
+        shorten,
+        insert: Some(new),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,5 +355,93 @@ mod tests {
             Some(WriteOutcome::Failed(OpError::NotFound))
         ));
         assert_eq!(recipients(&ops, &lk), vec![2, 3]);
+    }
+
+    fn row(hash: &str, seq: i64, expires_at: i64) -> TokenRow {
+        TokenRow {
+            hash: hash.into(),
+            seq,
+            expires_at,
+        }
+    }
+
+    fn token(consume: Option<&str>, issue: &str, now: i64) -> WriteOp {
+        WriteOp::Token {
+            consume: consume.map(str::to_owned),
+            user: 1,
+            issue: issue.into(),
+            expires_at: now + 1000,
+            now,
+        }
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn presenting_a_token_kills_older_ones_and_starts_its_grace() {
+        let rows = [
+            row("old", 1, 900),
+            row("dead", 2, 50),
+            row("p", 3, 900),
+            row("newer", 4, 900),
+        ];
+        let p = plan_token(&token(Some("p"), "new", 100), &rows);
+        assert!(matches!(p.outcome, WriteOutcome::TokenIssued { user: 1 }));
+        assert_eq!(sorted(p.delete), ["dead", "old"]);
+        assert_eq!(p.shorten, Some(("p".into(), 100 + TOKEN_GRACE_SECS)));
+        assert_eq!(p.insert, Some(row("new", 5, 1100)));
+
+        // Within its grace the token works again; the grace is not extended.
+        let rows = [row("p", 3, 220), row("new", 5, 1100)];
+        let p = plan_token(&token(Some("p"), "new2", 200), &rows);
+        assert!(matches!(p.outcome, WriteOutcome::TokenIssued { .. }));
+        assert!(p.delete.is_empty());
+        assert_eq!(p.shorten, None);
+        assert_eq!(p.insert, Some(row("new2", 6, 1200)));
+        // After it, the token is dead and pruned.
+        let p = plan_token(&token(Some("p"), "new3", 220), &rows);
+        assert!(matches!(p.outcome, WriteOutcome::Failed(OpError::BadToken)));
+        assert_eq!(p.delete, ["p"]);
+        assert_eq!(p.insert, None);
+    }
+
+    #[test]
+    fn grace_never_outlives_the_token() {
+        let p = plan_token(&token(Some("p"), "n", 100), &[row("p", 1, 130)]);
+        assert_eq!(p.shorten, None, "expires at 130 anyway");
+    }
+
+    #[test]
+    fn unknown_token_writes_nothing_live_and_password_login_kills_all() {
+        let rows = [row("a", 1, 900), row("b", 2, 900), row("gone", 3, 10)];
+        let p = plan_token(&token(Some("someone-elses"), "n", 100), &rows);
+        assert!(matches!(p.outcome, WriteOutcome::Failed(OpError::BadToken)));
+        assert_eq!(p.delete, ["gone"], "only dead rows are pruned");
+        assert_eq!((p.shorten, p.insert), (None, None));
+
+        let p = plan_token(&token(None, "n", 100), &rows);
+        assert!(matches!(p.outcome, WriteOutcome::TokenIssued { user: 1 }));
+        assert_eq!(sorted(p.delete), ["a", "b", "gone"]);
+        assert_eq!(p.insert, Some(row("n", 4, 1100)));
+        let p = plan_token(&token(None, "n", 100), &[]);
+        assert_eq!(p.insert, Some(row("n", 1, 1100)));
+    }
+
+    #[test]
+    fn live_tokens_are_capped() {
+        // The same token presented again and again, every ack lost.
+        let mut rows = vec![row("p", 1, 10_000)];
+        for i in 0..40 {
+            let p = plan_token(&token(Some("p"), &format!("n{i}"), 100), &rows);
+            rows.retain(|r| !p.delete.contains(&r.hash));
+            rows.push(p.insert.unwrap());
+        }
+        assert_eq!(rows.len(), MAX_LIVE_TOKENS);
+        assert_eq!(rows[0].hash, "p");
+        assert_eq!(rows[1].hash, format!("n{}", 40 - (MAX_LIVE_TOKENS - 1)));
+        assert_eq!(rows.last().unwrap().hash, "n39");
     }
 }

@@ -32,7 +32,7 @@ pub enum StoreError {
     /// The caller may not do this (not a member, not the creator, creator quitting).
     #[error("not allowed")]
     Forbidden,
-    /// A login token that is unknown, used or expired.
+    /// A login token that is unknown, someone else's, superseded or expired.
     #[error("invalid token")]
     BadToken,
     /// The database failed or could not be reached.
@@ -42,6 +42,15 @@ pub enum StoreError {
     #[error("storage is shutting down")]
     Closed,
 }
+
+/// How long a presented token keeps working after its first use, unless a
+/// newer token of its user is presented first (PROTOCOL.md: 2 minutes).
+pub const TOKEN_GRACE_SECS: i64 = 120;
+
+/// Live tokens one user may hold at most. Only a client that presents the same
+/// token again and again (each login ack lost) gets near it; past it the
+/// oldest of the tokens it was given and never used are dropped.
+pub const MAX_LIVE_TOKENS: usize = 16;
 
 /// Shorthand for storage results.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -227,17 +236,28 @@ pub enum WriteOp {
         /// Highest confirmed seq; clamped to the user's last seq.
         seq: i64,
     },
-    /// Issue a login token, optionally consuming (single use) an old one.
+    /// Issue a login token to `user`, after a password login or in exchange
+    /// for one of `user`'s tokens. The rules (PROTOCOL.md, "Tokens, more
+    /// precisely"; planned in [`batch::plan_token`]):
+    ///
+    /// - Presenting a token kills every token `user` was given before it. The
+    ///   presented token itself keeps working until a newer one is presented,
+    ///   or for [`TOKEN_GRACE_SECS`] after its first use, whichever is first,
+    ///   so a client whose login ack was lost can log in with it again.
+    /// - A token that is not `user`'s fails with [`OpError::BadToken`] and is
+    ///   left as it was: it still works for its owner.
+    /// - A password login (`consume: None`) kills every earlier token of `user`.
+    /// - Dead rows of `user` (expired, or past their grace) are deleted.
     Token {
-        /// SHA-256 (hex) of the token to consume; `None` after a password login.
+        /// SHA-256 (hex) of the token presented; `None` after a password login.
         consume: Option<String>,
-        /// For a password login: the user the new token is for.
-        user: Option<UserId>,
+        /// The user logging in: the presented token must be theirs.
+        user: UserId,
         /// SHA-256 (hex) of the new token.
         issue: String,
-        /// Unix seconds after which the new token is refused.
+        /// Unix seconds from which the new token is refused.
         expires_at: i64,
-        /// Now, in Unix seconds, for the expiry check of the consumed token.
+        /// Now, in Unix seconds: for expiry and the grace period.
         now: i64,
     },
     /// Revoke every token a user holds (LOGINOUT).
@@ -282,7 +302,7 @@ pub enum OpError {
     NotFound,
     /// Sender is not a member of the group.
     Forbidden,
-    /// Token unknown, used or expired.
+    /// Token unknown, someone else's, superseded or expired.
     BadToken,
     /// The (sender, cmid) names a stored message with another target or
     /// text: the client reused a cmid, and this message is not stored.
@@ -354,6 +374,11 @@ pub trait MessageStore: Send + Sync {
         before: Option<i64>,
         limit: i64,
     ) -> StoreResult<Vec<StoredMessage>>;
+    /// Deletes at most `limit` dead login tokens (expired, or past their
+    /// grace at `now`), of any user, oldest first; returns how many. Token
+    /// writes prune their own user's dead rows; this catches users who never
+    /// log in again.
+    async fn prune_tokens(&self, now: i64, limit: i64) -> StoreResult<u64>;
     /// Closes connections; called once at shutdown.
     async fn close(&self) {}
 }

@@ -21,11 +21,11 @@ use sqlx::mysql::{
 };
 use sqlx::{Connection, MySql, MySqlPool, QueryBuilder, Row, Transaction};
 
-use super::batch::{self, Earlier, Lookups};
+use super::batch::{self, Earlier, Lookups, TokenRow};
 use super::{
-    Conversation, FriendStore, GroupId, GroupInfo, GroupStore, Member, MessageStore, OpError,
-    Person, Role, StoreError, StoreOptions, StoreResult, StoredMessage, Target, UserId, UserRecord,
-    UserStore, WriteOp, WriteOutcome,
+    Conversation, FriendStore, GroupId, GroupInfo, GroupStore, Member, MessageStore, Person, Role,
+    StoreError, StoreOptions, StoreResult, StoredMessage, Target, UserId, UserRecord, UserStore,
+    WriteOp, WriteOutcome,
 };
 
 /// Rows per multi-row statement: far below MySQL's 65,535 placeholders and
@@ -45,13 +45,24 @@ type Tx = Transaction<'static, MySql>;
 
 fn migrator() -> Migrator {
     Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            Cow::Borrowed("init"),
-            MigrationType::Simple,
-            Cow::Borrowed(include_str!("../../migrations/mysql/0001_init.sql")),
-            false,
-        )]),
+        migrations: Cow::Owned(vec![
+            Migration::new(
+                1,
+                Cow::Borrowed("init"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/mysql/0001_init.sql")),
+                false,
+            ),
+            Migration::new(
+                2,
+                Cow::Borrowed("token rotation"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!(
+                    "../../migrations/mysql/0002_token_rotation.sql"
+                )),
+                false,
+            ),
+        ]),
         ignore_missing: false,
         locking: true,
         no_tx: false,
@@ -214,50 +225,54 @@ impl MysqlStore {
 
     async fn token_op(tx: &mut Tx, op: &WriteOp) -> StoreResult<WriteOutcome> {
         match op {
-            WriteOp::Token {
-                consume,
-                user,
-                issue,
-                expires_at,
-                now,
-            } => {
-                let owner = match (consume, user) {
-                    (Some(old), _) => {
-                        // SELECT ... FOR UPDATE then DELETE rather than
-                        // DELETE ... RETURNING, which MySQL lacks.
-                        let row = sqlx::query(
-                            "SELECT userid, expires_at FROM tokens WHERE hash = ? FOR UPDATE",
-                        )
-                        .bind(old)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                        let Some(row) = row else {
-                            return Ok(WriteOutcome::Failed(OpError::BadToken));
-                        };
-                        sqlx::query("DELETE FROM tokens WHERE hash = ?")
-                            .bind(old)
-                            .execute(&mut **tx)
-                            .await?;
-                        if row.try_get::<i64, _>(1)? <= *now {
-                            return Ok(WriteOutcome::Failed(OpError::BadToken));
-                        }
-                        row.try_get::<i64, _>(0)?
+            WriteOp::Token { user, .. } => {
+                // Locks every token row of the user, and the index gap where
+                // a new one would go: token logins of one user on several
+                // nodes take turns, so each sees the rows the last one wrote.
+                let rows = sqlx::query(
+                    "SELECT hash, seq, expires_at FROM tokens WHERE userid = ? FOR UPDATE",
+                )
+                .bind(user)
+                .fetch_all(&mut **tx)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(TokenRow {
+                        hash: text(r, 0)?,
+                        seq: r.try_get(1)?,
+                        expires_at: r.try_get(2)?,
+                    })
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+                let plan = batch::plan_token(op, &rows);
+                for chunk in plan.delete.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<MySql>::new("DELETE FROM tokens WHERE hash IN (");
+                    let mut sep = qb.separated(", ");
+                    for h in chunk {
+                        sep.push_bind(h.clone());
                     }
-                    (None, Some(u)) => *u,
-                    (None, None) => return Ok(WriteOutcome::Failed(OpError::BadToken)),
-                };
-                sqlx::query("DELETE FROM tokens WHERE userid = ? AND expires_at <= ?")
-                    .bind(owner)
-                    .bind(now)
+                    qb.push(")");
+                    qb.build().execute(&mut **tx).await?;
+                }
+                if let Some((hash, expires_at)) = &plan.shorten {
+                    sqlx::query("UPDATE tokens SET expires_at = ? WHERE hash = ?")
+                        .bind(expires_at)
+                        .bind(hash)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                if let Some(t) = &plan.insert {
+                    sqlx::query(
+                        "INSERT INTO tokens (hash, userid, seq, expires_at) VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(&t.hash)
+                    .bind(user)
+                    .bind(t.seq)
+                    .bind(t.expires_at)
                     .execute(&mut **tx)
                     .await?;
-                sqlx::query("INSERT INTO tokens (hash, userid, expires_at) VALUES (?, ?, ?)")
-                    .bind(issue)
-                    .bind(owner)
-                    .bind(expires_at)
-                    .execute(&mut **tx)
-                    .await?;
-                Ok(WriteOutcome::TokenIssued { user: owner })
+                }
+                Ok(plan.outcome)
             }
             WriteOp::RevokeTokens { user } => {
                 sqlx::query("DELETE FROM tokens WHERE userid = ?")
@@ -730,6 +745,19 @@ impl MessageStore for MysqlStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| message_from_row(r, 0)).collect()
+    }
+
+    async fn prune_tokens(&self, now: i64, limit: i64) -> StoreResult<u64> {
+        // One short statement of its own: it locks only the rows it deletes
+        // (and their index neighbours), oldest first along tokens_by_expiry.
+        Ok(sqlx::query(
+            "DELETE FROM tokens WHERE expires_at <= ? ORDER BY expires_at, hash LIMIT ?",
+        )
+        .bind(now)
+        .bind(limit.max(0))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     async fn close(&self) {

@@ -16,11 +16,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
-use super::batch::{self, Earlier, Lookups};
+use super::batch::{self, Earlier, Lookups, TokenRow};
 use super::{
-    Conversation, GroupId, GroupInfo, Member, MessageStore, OpError, Person, Role, StoreError,
-    StoreOptions, StoreResult, StoredMessage, Target, UserId, UserRecord, UserStore, WriteOp,
-    WriteOutcome,
+    Conversation, GroupId, GroupInfo, Member, MessageStore, Person, Role, StoreError, StoreOptions,
+    StoreResult, StoredMessage, Target, UserId, UserRecord, UserStore, WriteOp, WriteOutcome,
 };
 use super::{FriendStore, GroupStore};
 
@@ -36,13 +35,24 @@ pub struct SqliteStore {
 
 fn migrator() -> Migrator {
     Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            Cow::Borrowed("init"),
-            MigrationType::Simple,
-            Cow::Borrowed(include_str!("../../migrations/sqlite/0001_init.sql")),
-            false,
-        )]),
+        migrations: Cow::Owned(vec![
+            Migration::new(
+                1,
+                Cow::Borrowed("init"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/sqlite/0001_init.sql")),
+                false,
+            ),
+            Migration::new(
+                2,
+                Cow::Borrowed("token rotation"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!(
+                    "../../migrations/sqlite/0002_token_rotation.sql"
+                )),
+                false,
+            ),
+        ]),
         ignore_missing: false,
         locking: true,
         no_tx: false,
@@ -176,41 +186,47 @@ impl SqliteStore {
 
     async fn token_op(tx: &mut Transaction<'_, Sqlite>, op: &WriteOp) -> StoreResult<WriteOutcome> {
         match op {
-            WriteOp::Token {
-                consume,
-                user,
-                issue,
-                expires_at,
-                now,
-            } => {
-                let owner = match (consume, user) {
-                    (Some(old), _) => {
-                        let row = sqlx::query(
-                            "DELETE FROM tokens WHERE hash = ? RETURNING userid, expires_at",
-                        )
-                        .bind(old)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                        match row {
-                            Some(r) if r.get::<i64, _>(1) > *now => r.get::<i64, _>(0),
-                            _ => return Ok(WriteOutcome::Failed(OpError::BadToken)),
-                        }
+            WriteOp::Token { user, .. } => {
+                let rows = sqlx::query("SELECT hash, seq, expires_at FROM tokens WHERE userid = ?")
+                    .bind(user)
+                    .fetch_all(&mut **tx)
+                    .await?
+                    .iter()
+                    .map(|r| TokenRow {
+                        hash: r.get(0),
+                        seq: r.get(1),
+                        expires_at: r.get(2),
+                    })
+                    .collect::<Vec<_>>();
+                let plan = batch::plan_token(op, &rows);
+                for chunk in plan.delete.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM tokens WHERE hash IN (");
+                    let mut sep = qb.separated(", ");
+                    for h in chunk {
+                        sep.push_bind(h);
                     }
-                    (None, Some(u)) => *u,
-                    (None, None) => return Ok(WriteOutcome::Failed(OpError::BadToken)),
-                };
-                sqlx::query("DELETE FROM tokens WHERE userid = ? AND expires_at <= ?")
-                    .bind(owner)
-                    .bind(now)
+                    qb.push(")");
+                    qb.build().execute(&mut **tx).await?;
+                }
+                if let Some((hash, expires_at)) = &plan.shorten {
+                    sqlx::query("UPDATE tokens SET expires_at = ? WHERE hash = ?")
+                        .bind(expires_at)
+                        .bind(hash)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                if let Some(t) = &plan.insert {
+                    sqlx::query(
+                        "INSERT INTO tokens (hash, userid, seq, expires_at) VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(&t.hash)
+                    .bind(user)
+                    .bind(t.seq)
+                    .bind(t.expires_at)
                     .execute(&mut **tx)
                     .await?;
-                sqlx::query("INSERT INTO tokens (hash, userid, expires_at) VALUES (?, ?, ?)")
-                    .bind(issue)
-                    .bind(owner)
-                    .bind(expires_at)
-                    .execute(&mut **tx)
-                    .await?;
-                Ok(WriteOutcome::TokenIssued { user: owner })
+                }
+                Ok(plan.outcome)
             }
             WriteOp::RevokeTokens { user } => {
                 sqlx::query("DELETE FROM tokens WHERE userid = ?")
@@ -643,6 +659,18 @@ impl MessageStore for SqliteStore {
         .fetch_all(&self.read)
         .await?;
         Ok(rows.iter().map(message_from_row).collect())
+    }
+
+    async fn prune_tokens(&self, now: i64, limit: i64) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM tokens WHERE hash IN \
+             (SELECT hash FROM tokens WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+        )
+        .bind(now)
+        .bind(limit.max(0))
+        .execute(&self.write)
+        .await?
+        .rows_affected())
     }
 
     async fn close(&self) {
