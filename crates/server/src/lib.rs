@@ -11,6 +11,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod frames;
+pub mod names;
 pub mod outbox;
 pub mod password;
 pub mod proxy;

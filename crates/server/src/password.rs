@@ -123,7 +123,8 @@ pub fn token_hash(token: &str) -> String {
     hex(&Sha256::digest(token.as_bytes()))
 }
 
-fn hex(b: &[u8]) -> String {
+/// Lower-case hex of `b`.
+pub(crate) fn hex(b: &[u8]) -> String {
     use std::fmt::Write;
     b.iter()
         .fold(String::with_capacity(b.len() * 2), |mut s, x| {

@@ -33,6 +33,8 @@ const ALL: i64 = 10_000;
 enum Backend {
     Sqlite {
         _dir: tempfile::TempDir,
+        /// The database file's URL.
+        url: String,
     },
     Mysql {
         /// The URL from the environment; its account creates and drops `db`.
@@ -63,7 +65,7 @@ impl Fixture {
         let store = store::open(&url, &opts).await.expect("open sqlite store");
         Fixture {
             store,
-            backend: Backend::Sqlite { _dir: dir },
+            backend: Backend::Sqlite { _dir: dir, url },
             nodes: Mutex::new(Vec::new()),
         }
     }
@@ -127,6 +129,39 @@ impl Fixture {
                 s
             }
         }
+    }
+
+    /// Runs SQL on the database directly, around the store, and returns the
+    /// first column of the rows as integers (none for statements).
+    async fn raw_ints(&self, sql: &str) -> Vec<i64> {
+        match &self.backend {
+            Backend::Sqlite { url, .. } => {
+                let mut c = sqlx::SqliteConnection::connect(url)
+                    .await
+                    .expect("raw sqlite");
+                let out = sqlx::query_scalar(sql).fetch_all(&mut c).await;
+                let _ = c.close().await;
+                out.unwrap_or_else(|e| panic!("{sql}: {e}"))
+            }
+            Backend::Mysql { url, .. } => {
+                let mut c = admin_conn(url).await;
+                let out = sqlx::query_scalar(sql).fetch_all(&mut c).await;
+                let _ = c.close().await;
+                out.unwrap_or_else(|e| panic!("{sql}: {e}"))
+            }
+        }
+    }
+
+    /// Opens the database again, as a restarted server would.
+    async fn reopen(&self) -> Arc<dyn Store> {
+        let url = match &self.backend {
+            Backend::Sqlite { url, .. } | Backend::Mysql { url, .. } => url,
+        };
+        let s = store::open(url, &StoreOptions::default())
+            .await
+            .expect("reopen store");
+        self.nodes.lock().unwrap().push(s.clone());
+        s
     }
 
     async fn finish(&self) {
@@ -221,6 +256,8 @@ macro_rules! conformance {
 conformance!(
     create_user_ids_grow,
     create_user_name_taken,
+    names_unique_by_key,
+    legacy_names_keyed_on_open,
     unicode_names_round_trip,
     add_friend_is_mutual,
     remove_friend_both_directions,
@@ -259,8 +296,15 @@ fn pw(name: &str) -> String {
     format!("$argon2id$v=19$m=1024,t=1,p=1$c2FsdA$hash-of-{name}")
 }
 
+/// A name key for tests of the store alone: the store treats keys as opaque
+/// text, so any function that differs per name will do. (The server's rules,
+/// `names::key`, are tested in `names` and in `tests/names.rs`.)
+fn key(name: &str) -> String {
+    format!("key of {name}")
+}
+
 async fn user(s: &dyn Store, name: &str) -> UserId {
-    s.create_user(name, &pw(name))
+    s.create_user(name, &key(name), &pw(name))
         .await
         .unwrap_or_else(|e| panic!("create_user({name:?}): {e}"))
 }
@@ -439,7 +483,7 @@ async fn create_user_name_taken(fx: Arc<Fixture>) {
     let s = &*fx.store;
     let a = user(s, "alice").await;
     assert!(matches!(
-        s.create_user("alice", "other-hash").await,
+        s.create_user("alice", &key("alice"), "other-hash").await,
         Err(StoreError::Exists)
     ));
     // The failed attempt changed nothing.
@@ -447,12 +491,101 @@ async fn create_user_name_taken(fx: Arc<Fixture>) {
         s.find_user(a).await.unwrap().unwrap().password_hash,
         pw("alice")
     );
-    // Names compare exactly: case and accents make another name.
+    // The store compares keys, not names: with keys of their own, case and
+    // accents make other names.
     let b = user(s, "Alice").await;
     let c = user(s, "alicé").await;
     let d = user(s, "ALICE").await;
     assert!(a < b && b < c && c < d, "ids still grow after a refusal");
     assert_eq!(s.find_user(b).await.unwrap().unwrap().name, "Alice");
+}
+
+async fn names_unique_by_key(fx: Arc<Fixture>) {
+    let s = &*fx.store;
+    let a = s.create_user("Alice", "alice", "h1").await.unwrap();
+    // Another name with a taken key is refused, and changes nothing.
+    for name in ["alice", "ALICE", "\u{410}lice"] {
+        assert!(
+            matches!(
+                s.create_user(name, "alice", "h2").await,
+                Err(StoreError::Exists)
+            ),
+            "{name:?}"
+        );
+    }
+    let b = s.create_user("bob", "bob", "h3").await.unwrap();
+    assert!(a < b, "ids still grow after refusals");
+    assert_eq!(s.find_user(a).await.unwrap().unwrap().name, "Alice");
+    assert_eq!(s.find_user(a).await.unwrap().unwrap().password_hash, "h1");
+    // Keys of any length fit (NFKC alone can make a key 18 times its name).
+    let long = "\u{635}\u{644}\u{649} ".repeat(400);
+    let c = s.create_user("carol", &long, "h4").await.unwrap();
+    assert!(matches!(
+        s.create_user("carol2", &long, "h5").await,
+        Err(StoreError::Exists)
+    ));
+    let longer = format!("{long}x");
+    s.create_user("dave", &longer, "h6").await.unwrap();
+
+    // Groups: the same, and disbanding frees the key.
+    let g = s.create_group(a, "Team", "team", "").await.unwrap();
+    for name in ["team", "TEAM"] {
+        assert!(
+            matches!(
+                s.create_group(b, name, "team", "").await,
+                Err(StoreError::Exists)
+            ),
+            "{name:?}"
+        );
+    }
+    // User and group keys are separate namespaces.
+    s.create_group(c, "Alice's", "alice", "").await.unwrap();
+    s.disband_group(g, a).await.unwrap();
+    let g2 = s.create_group(b, "TEAM", "team", "").await.unwrap();
+    assert_eq!(s.groups_of(b).await.unwrap()[0].name, "TEAM");
+    assert!(g2 > g);
+}
+
+/// Rows written before keys existed (`name_key` NULL) get their keys when
+/// the store opens: the oldest of several look-alikes keeps the key, later
+/// ones keep their names, and blank-looking ones reserve nothing.
+async fn legacy_names_keyed_on_open(fx: Arc<Fixture>) {
+    use clusterchat::names;
+    for sql in [
+        "INSERT INTO users (id, name, password, created_at) VALUES \
+         (1, 'Alice', 'h', 0), (2, 'alice', 'h', 0), (3, 'bo\u{200b}b', 'h', 0), \
+         (4, '\u{3164}', 'h', 0), (5, 'carol', 'h', 0)",
+        "INSERT INTO user_seq (userid) VALUES (1), (2), (3), (4), (5)",
+        "INSERT INTO allgroup (id, groupname, groupdesc, creator, created_at) VALUES \
+         (1, 'Team', '', 1, 0), (2, 'TEAM', '', 2, 0)",
+    ] {
+        fx.raw_ints(sql).await;
+    }
+    let s = fx.reopen().await;
+    let keyed = "SELECT id FROM users WHERE name_key IS NOT NULL ORDER BY id";
+    assert_eq!(fx.raw_ints(keyed).await, vec![1, 3, 5]);
+    let keyed_groups = "SELECT id FROM allgroup WHERE name_key IS NOT NULL ORDER BY id";
+    assert_eq!(fx.raw_ints(keyed_groups).await, vec![1]);
+    for (name, key) in [("ALICE", "alice"), ("bob", "bob"), ("Carol", "carol")] {
+        let key = names::key(key).unwrap();
+        assert!(
+            matches!(
+                s.create_user(name, &key, "h").await,
+                Err(StoreError::Exists)
+            ),
+            "{name:?} should be taken"
+        );
+    }
+    assert!(matches!(
+        s.create_group(5, "team", &names::key("team").unwrap(), "")
+            .await,
+        Err(StoreError::Exists)
+    ));
+    // Names are untouched.
+    assert_eq!(s.find_user(2).await.unwrap().unwrap().name, "alice");
+    // Opening again changes nothing and fails on nothing.
+    fx.reopen().await;
+    assert_eq!(fx.raw_ints(keyed).await, vec![1, 3, 5]);
 }
 
 async fn unicode_names_round_trip(fx: Arc<Fixture>) {
@@ -477,7 +610,7 @@ async fn unicode_names_round_trip(fx: Arc<Fixture>) {
         let rec = s.find_user(*id).await.unwrap().expect("user exists");
         assert_eq!(rec.name, n);
         assert!(matches!(
-            s.create_user(n, "x").await,
+            s.create_user(n, &key(n), "x").await,
             Err(StoreError::Exists)
         ));
     }
@@ -485,12 +618,18 @@ async fn unicode_names_round_trip(fx: Arc<Fixture>) {
     s.add_friend(ids[0], ids[2]).await.unwrap();
     assert_eq!(s.friends(ids[0]).await.unwrap(), vec![person(ids[2], "😀")]);
     let g = s
-        .create_group(ids[1], "龙的传人 🐲", "描述：emoji 🎉 and RTL مرحبا")
+        .create_group(
+            ids[1],
+            "龙的传人 🐲",
+            &key("龙的传人 🐲"),
+            "描述：emoji 🎉 and RTL مرحبا",
+        )
         .await
         .unwrap();
     s.join_group(g, ids[3]).await.unwrap();
     assert!(matches!(
-        s.create_group(ids[0], "龙的传人 🐲", "").await,
+        s.create_group(ids[0], "龙的传人 🐲", &key("龙的传人 🐲"), "")
+            .await,
         Err(StoreError::Exists)
     ));
     assert_eq!(
@@ -594,7 +733,7 @@ async fn create_group_makes_creator(fx: Arc<Fixture>) {
     let a = user(s, "alice").await;
     let b = user(s, "bob").await;
     let g = s
-        .create_group(a, "rustaceans", "we write rust")
+        .create_group(a, "rustaceans", &key("rustaceans"), "we write rust")
         .await
         .unwrap();
     assert!(g > 0);
@@ -605,10 +744,14 @@ async fn create_group_makes_creator(fx: Arc<Fixture>) {
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        s.create_group(b, "rustaceans", "another").await,
+        s.create_group(b, "rustaceans", &key("rustaceans"), "another")
+            .await,
         Err(StoreError::Exists)
     ));
-    let g2 = s.create_group(b, "Rustaceans", "").await.unwrap();
+    let g2 = s
+        .create_group(b, "Rustaceans", &key("Rustaceans"), "")
+        .await
+        .unwrap();
     assert!(g2 > g, "group ids grow");
     assert_eq!(
         s.groups_of(a).await.unwrap(),
@@ -626,7 +769,7 @@ async fn join_group_rules(fx: Arc<Fixture>) {
     let s = &*fx.store;
     let a = user(s, "alice").await;
     let b = user(s, "bob").await;
-    let g = s.create_group(a, "g", "").await.unwrap();
+    let g = s.create_group(a, "g", &key("g"), "").await.unwrap();
     assert!(matches!(
         s.join_group(g + 1000, b).await,
         Err(StoreError::NotFound)
@@ -643,7 +786,7 @@ async fn quit_group_rules(fx: Arc<Fixture>) {
     let a = user(s, "alice").await;
     let b = user(s, "bob").await;
     let c = user(s, "carol").await;
-    let g = s.create_group(a, "g", "").await.unwrap();
+    let g = s.create_group(a, "g", &key("g"), "").await.unwrap();
     s.join_group(g, b).await.unwrap();
     assert!(matches!(
         s.quit_group(g, a).await,
@@ -674,7 +817,10 @@ async fn disband_group_rules(fx: Arc<Fixture>) {
     let b = user(s, "bob").await;
     let c = user(s, "carol").await;
     let d = user(s, "dave").await;
-    let g = s.create_group(b, "book club", "").await.unwrap();
+    let g = s
+        .create_group(b, "book club", &key("book club"), "")
+        .await
+        .unwrap();
     s.join_group(g, c).await.unwrap();
     s.join_group(g, a).await.unwrap();
     assert!(matches!(
@@ -707,7 +853,10 @@ async fn disband_group_rules(fx: Arc<Fixture>) {
     let out = send(s, append(b, Target::Group(g), "anyone?")).await;
     assert_eq!(failed(&out), OpError::NotFound);
     // The name is free again.
-    let g2 = s.create_group(d, "book club", "again").await.unwrap();
+    let g2 = s
+        .create_group(d, "book club", &key("book club"), "again")
+        .await
+        .unwrap();
     assert_ne!(g2, g);
     assert_eq!(s.membership(g2, d).await.unwrap(), Some(Role::Creator));
     assert_eq!(s.membership(g2, b).await.unwrap(), None);
@@ -720,9 +869,12 @@ async fn groups_of_lists_members_and_roles(fx: Arc<Fixture>) {
     let c = user(s, "carol").await;
     let d = user(s, "dave").await;
     let e = user(s, "eve").await;
-    let g1 = s.create_group(b, "g1", "first").await.unwrap();
-    let g2 = s.create_group(a, "g2", "second").await.unwrap();
-    let g3 = s.create_group(c, "g3", "not alice's").await.unwrap();
+    let g1 = s.create_group(b, "g1", &key("g1"), "first").await.unwrap();
+    let g2 = s.create_group(a, "g2", &key("g2"), "second").await.unwrap();
+    let g3 = s
+        .create_group(c, "g3", &key("g3"), "not alice's")
+        .await
+        .unwrap();
     s.join_group(g1, c).await.unwrap();
     s.join_group(g1, a).await.unwrap();
     s.join_group(g2, d).await.unwrap();
@@ -829,7 +981,7 @@ async fn append_to_group(fx: Arc<Fixture>) {
     let b = user(s, "bob").await;
     let c = user(s, "carol").await;
     let d = user(s, "dave").await;
-    let g = s.create_group(a, "g", "").await.unwrap();
+    let g = s.create_group(a, "g", &key("g"), "").await.unwrap();
     s.join_group(g, b).await.unwrap();
     s.join_group(g, c).await.unwrap();
     let out = commit(
@@ -860,7 +1012,7 @@ async fn append_to_group(fx: Arc<Fixture>) {
         vec![m2.mid, m1.mid]
     );
     // A group of one: stored, delivered to nobody.
-    let solo = s.create_group(d, "solo", "").await.unwrap();
+    let solo = s.create_group(d, "solo", &key("solo"), "").await.unwrap();
     let (m3, d3) = appended(&send(s, append(d, Target::Group(solo), "echo")).await);
     assert!(d3.is_empty());
     assert!(m3.mid > m2.mid);
@@ -923,7 +1075,7 @@ async fn mids_and_seqs_across_batches(fx: Arc<Fixture>) {
     let a = user(s, "alice").await;
     let b = user(s, "bob").await;
     let c = user(s, "carol").await;
-    let g = s.create_group(a, "g", "").await.unwrap();
+    let g = s.create_group(a, "g", &key("g"), "").await.unwrap();
     s.join_group(g, b).await.unwrap();
     s.join_group(g, c).await.unwrap();
     let mut mids = Vec::new();
@@ -973,7 +1125,7 @@ async fn concurrent_commits_from_two_nodes(fx: Arc<Fixture>) {
     let b = user(&*s, "bob").await;
     let c = user(&*s, "carol").await;
     let d = user(&*s, "dave").await;
-    let g = s.create_group(a, "g", "").await.unwrap();
+    let g = s.create_group(a, "g", &key("g"), "").await.unwrap();
     for u in [b, c, d] {
         s.join_group(g, u).await.unwrap();
     }
@@ -1201,7 +1353,7 @@ async fn undelivered_pages_in_seq_order(fx: Arc<Fixture>) {
     let a = user(s, "alice").await;
     let b = user(s, "bob").await;
     let c = user(s, "carol").await;
-    let g = s.create_group(c, "g", "").await.unwrap();
+    let g = s.create_group(c, "g", &key("g"), "").await.unwrap();
     s.join_group(g, b).await.unwrap();
     commit(
         s,
@@ -1256,7 +1408,7 @@ async fn history_newest_first(fx: Arc<Fixture>) {
     let a = user(s, "alice").await;
     let b = user(s, "bob").await;
     let c = user(s, "carol").await;
-    let g = s.create_group(a, "g", "").await.unwrap();
+    let g = s.create_group(a, "g", &key("g"), "").await.unwrap();
     s.join_group(g, b).await.unwrap();
     let out = commit(
         s,
@@ -1330,7 +1482,7 @@ async fn unicode_text_round_trips(fx: Arc<Fixture>) {
     let s = &*fx.store;
     let a = user(s, "小明 🚀").await;
     let b = user(s, "Zoë").await;
-    let g = s.create_group(a, "群聊", "").await.unwrap();
+    let g = s.create_group(a, "群聊", &key("群聊"), "").await.unwrap();
     s.join_group(g, b).await.unwrap();
     let big: String = "汉字😀é".repeat(16 * 1024 / 12); // 12 bytes each: just under 16 KiB
     let texts = [

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Pending, Reply, Session, Shared};
 use crate::error::ServiceError;
 use crate::frames::{self, PushBody};
+use crate::names;
 use crate::password::{new_token, token_hash};
 use crate::request::{check_bytes, Request};
 use crate::sessions::{Event, Out, Outbox, SessionHandle};
@@ -22,16 +23,13 @@ pub fn register(sh: &Arc<Shared>, req: &Request) -> Result<Pending, ServiceError
     let name = req.chars("name", 1, lim.name_chars)?.to_owned();
     let password = req.str("password")?.to_owned();
     check_bytes("password", &password, 1, lim.password_bytes)?;
-    if name.chars().any(char::is_control) || name.trim() != name {
-        return Err(ServiceError::new(
-            Errno::BadCredentials,
-            "names may not contain control characters or start or end with spaces",
-        ));
-    }
+    // Refused names share errno 1 with taken ones: "name taken or invalid".
+    let key =
+        names::key(&name).map_err(|e| ServiceError::new(Errno::BadCredentials, e.to_string()))?;
     let sh = sh.clone();
     Ok(Box::pin(async move {
         let hash = sh.passwords.hash(password).await?;
-        match sh.store.create_user(&name, &hash).await {
+        match sh.store.create_user(&name, &key, &hash).await {
             Ok(id) => {
                 tracing::info!(user = id, name = %name, "registered");
                 Ok(Reply::Frame(frames::reg_ack(id)))

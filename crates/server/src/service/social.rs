@@ -7,6 +7,7 @@ use chat_protocol::{msgid, Errno};
 
 use super::{Pending, Reply, Session, Shared};
 use crate::error::ServiceError;
+use crate::names;
 use crate::request::{check_chars, Request};
 
 /// Any friend or group request.
@@ -55,20 +56,24 @@ pub fn handle(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, S
         msgid::CREATE_GROUP => {
             let lim = &sh.cfg.limits;
             let name = req.chars("groupname", 1, lim.group_name_chars)?.to_owned();
-            // Names compare exactly on every backend only without edge spaces
-            // (MySQL's PAD SPACE collations ignore trailing ones).
-            if name.trim() != name || name.chars().any(char::is_control) {
-                return Err(ServiceError::malformed(
-                    "groupname may not start or end with spaces or contain control characters",
-                ));
-            }
+            // The user-name rules, but errno 6 as for any bad field: only REG
+            // has errno 1 ("name taken or invalid"). A taken key is errno 5.
+            let key = names::key(&name)
+                .map_err(|e| ServiceError::malformed(format!("groupname: {e}")))?;
             let desc = req.opt_str("groupdesc")?.unwrap_or("").to_owned();
             check_chars("groupdesc", &desc, 0, lim.group_desc_chars)?;
+            names::check_text(&desc).map_err(|c| {
+                ServiceError::malformed(format!(
+                    "groupdesc may not contain control characters or line or paragraph \
+                     separators (found U+{:04X})",
+                    u32::from(c)
+                ))
+            })?;
             Box::pin(async move {
                 quota::groups_created(&sh, me).await?;
                 let id = sh
                     .store
-                    .create_group(me, &name, &desc)
+                    .create_group(me, &name, &key, &desc)
                     .await
                     .map_err(|e| say(e, "", "a group with this name exists", ""))?;
                 Ok(Reply::Ack(vec![("groupid", id.into())]))

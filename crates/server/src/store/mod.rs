@@ -14,6 +14,9 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+use crate::names;
 
 /// A user's id, as the protocol carries it.
 pub type UserId = i64;
@@ -309,11 +312,107 @@ pub enum OpError {
     CmidReused,
 }
 
+/// What each migration does, in order; every backend has one SQL file per
+/// entry under `migrations/BACKEND/`, numbered from 1.
+const MIGRATIONS: [&str; 3] = ["init", "token rotation", "name keys"];
+
+/// A backend's migrator over its SQL files, one per [`MIGRATIONS`] entry.
+fn migrator(sql: [&'static str; MIGRATIONS.len()]) -> sqlx::migrate::Migrator {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let migrations = MIGRATIONS
+        .iter()
+        .zip(sql)
+        .zip(1..)
+        .map(|((what, sql), version)| {
+            Migration::new(
+                version,
+                std::borrow::Cow::Borrowed(*what),
+                MigrationType::Simple,
+                std::borrow::Cow::Borrowed(sql),
+                false,
+            )
+        })
+        .collect();
+    Migrator {
+        migrations: std::borrow::Cow::Owned(migrations),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    }
+}
+
+/// How the `name_key` columns hold a name's key ([`names::key`]): its
+/// SHA-256, hex. A key can be many times longer than its name (NFKC alone
+/// turns one character into up to 18), longer than a MySQL index can hold;
+/// a digest fits any index and compares just as well.
+pub fn key_digest(key: &str) -> String {
+    crate::password::hex(&Sha256::digest(key.as_bytes()))
+}
+
+/// The tables whose rows have a keyed name, each with its name column.
+const KEYED_TABLES: [(&str, &str); 2] = [("users", "name"), ("allgroup", "groupname")];
+
+/// Keys the names of rows stored before migration 2 added `name_key` (SQL
+/// cannot compute a key), in one transaction, oldest row first; a backend
+/// calls it when it opens, after migrating. `id_and_name` reads a row of
+/// `SELECT id, name`. A row whose key an older row already holds keeps NULL
+/// and its name: its look is reserved by the older row. So do rows that look
+/// blank. A duplicate key fails only its own statement, on either backend,
+/// so the rest of the transaction stands. Rows keyed on an earlier open are
+/// not read again; rows left NULL are tried again (a disbanded group may have
+/// freed the key). Nodes opening one MySQL database at once walk the rows in
+/// the same order: the later waits on the first's row locks, then finds
+/// those rows keyed.
+pub(crate) async fn backfill_name_keys<DB>(
+    pool: &sqlx::Pool<DB>,
+    id_and_name: fn(&DB::Row) -> StoreResult<(i64, String)>,
+) -> StoreResult<()>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut tx = pool.begin().await?;
+    for (table, column) in KEYED_TABLES {
+        // Table and column names come from the constant list, never from input.
+        let select = format!("SELECT id, {column} FROM {table} WHERE name_key IS NULL ORDER BY id");
+        let rows = sqlx::query::<DB>(&select).fetch_all(&mut *tx).await?;
+        let update = format!("UPDATE {table} SET name_key = ? WHERE id = ? AND name_key IS NULL");
+        for row in &rows {
+            let (id, name) = id_and_name(row)?;
+            let Some(key) = names::legacy_key(&name) else {
+                continue;
+            };
+            let res = sqlx::query::<DB>(&update)
+                .bind(key_digest(&key))
+                .bind(id)
+                .execute(&mut *tx)
+                .await;
+            match res {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                    tracing::info!(
+                        table,
+                        id,
+                        "name looks like an older one; it reserves nothing"
+                    )
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Accounts.
 #[async_trait]
 pub trait UserStore: Send + Sync {
-    /// Creates an account; `Exists` when the name is taken.
-    async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<UserId>;
+    /// Creates an account named `name`, unique by `key` (the name's
+    /// [`names::key`]); `Exists` when another account has that key (or name).
+    async fn create_user(&self, name: &str, key: &str, password_hash: &str) -> StoreResult<UserId>;
     /// Looks an account up by id.
     async fn find_user(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
 }
@@ -333,8 +432,15 @@ pub trait FriendStore: Send + Sync {
 /// Groups and memberships.
 #[async_trait]
 pub trait GroupStore: Send + Sync {
-    /// Creates a group with `creator` as its first member; `Exists` if the name is taken.
-    async fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId>;
+    /// Creates a group with `creator` as its first member, unique by `key`
+    /// (the name's [`names::key`]); `Exists` if another group has that key (or name).
+    async fn create_group(
+        &self,
+        creator: UserId,
+        name: &str,
+        key: &str,
+        desc: &str,
+    ) -> StoreResult<GroupId>;
     /// Joins a group: `NotFound` (no group), `Exists` (already a member).
     async fn join_group(&self, group: GroupId, user: UserId) -> StoreResult<()>;
     /// Leaves a group: `NotFound` (no group), `Forbidden` (not a member, or the creator).

@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::mysql::{
     MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPoolOptions, MySqlRow,
 };
@@ -23,9 +23,9 @@ use sqlx::{Connection, MySql, MySqlPool, QueryBuilder, Row, Transaction};
 
 use super::batch::{self, Earlier, Lookups, TokenRow};
 use super::{
-    Conversation, FriendStore, GroupId, GroupInfo, GroupStore, Member, MessageStore, Person, Role,
-    StoreError, StoreOptions, StoreResult, StoredMessage, Target, UserId, UserRecord, UserStore,
-    WriteOp, WriteOutcome,
+    backfill_name_keys, key_digest, Conversation, FriendStore, GroupId, GroupInfo, GroupStore,
+    Member, MessageStore, Person, Role, StoreError, StoreOptions, StoreResult, StoredMessage,
+    Target, UserId, UserRecord, UserStore, WriteOp, WriteOutcome,
 };
 
 /// Rows per multi-row statement: far below MySQL's 65,535 placeholders and
@@ -44,29 +44,11 @@ pub struct MysqlStore {
 type Tx = Transaction<'static, MySql>;
 
 fn migrator() -> Migrator {
-    Migrator {
-        migrations: Cow::Owned(vec![
-            Migration::new(
-                1,
-                Cow::Borrowed("init"),
-                MigrationType::Simple,
-                Cow::Borrowed(include_str!("../../migrations/mysql/0001_init.sql")),
-                false,
-            ),
-            Migration::new(
-                2,
-                Cow::Borrowed("token rotation"),
-                MigrationType::Simple,
-                Cow::Borrowed(include_str!(
-                    "../../migrations/mysql/0002_token_rotation.sql"
-                )),
-                false,
-            ),
-        ]),
-        ignore_missing: false,
-        locking: true,
-        no_tx: false,
-    }
+    super::migrator([
+        include_str!("../../migrations/mysql/0001_init.sql"),
+        include_str!("../../migrations/mysql/0002_token_rotation.sql"),
+        include_str!("../../migrations/mysql/0003_name_keys.sql"),
+    ])
 }
 
 fn now() -> i64 {
@@ -150,6 +132,7 @@ impl MysqlStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(sqlx::Error::Migrate(Box::new(e))))?;
+        backfill_name_keys(&pool, |r| Ok((r.try_get(0)?, text(r, 1)?))).await?;
         Ok(MysqlStore { pool })
     }
 
@@ -376,14 +359,17 @@ impl MysqlStore {
 
 #[async_trait]
 impl UserStore for MysqlStore {
-    async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<UserId> {
+    async fn create_user(&self, name: &str, key: &str, password_hash: &str) -> StoreResult<UserId> {
         let mut tx = self.pool.begin().await?;
-        let res = sqlx::query("INSERT INTO users (name, password, created_at) VALUES (?, ?, ?)")
-            .bind(name)
-            .bind(password_hash)
-            .bind(now())
-            .execute(&mut *tx)
-            .await;
+        let res = sqlx::query(
+            "INSERT INTO users (name, name_key, password, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(name)
+        .bind(key_digest(key))
+        .bind(password_hash)
+        .bind(now())
+        .execute(&mut *tx)
+        .await;
         let id = match res {
             Ok(r) => r.last_insert_id() as i64,
             Err(e) if unique_violation(&e) => return Err(StoreError::Exists),
@@ -480,12 +466,20 @@ impl FriendStore for MysqlStore {
 
 #[async_trait]
 impl GroupStore for MysqlStore {
-    async fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId> {
+    async fn create_group(
+        &self,
+        creator: UserId,
+        name: &str,
+        key: &str,
+        desc: &str,
+    ) -> StoreResult<GroupId> {
         let mut tx = self.pool.begin().await?;
         let res = sqlx::query(
-            "INSERT INTO allgroup (groupname, groupdesc, creator, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO allgroup (groupname, name_key, groupdesc, creator, created_at) \
+             VALUES (?, ?, ?, ?, ?)",
         )
         .bind(name)
+        .bind(key_digest(key))
         .bind(desc)
         .bind(creator)
         .bind(now())

@@ -4,13 +4,12 @@
 //! process instead of fighting over SQLite's lock; reads use a separate pool
 //! and run beside them, as WAL allows.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -18,8 +17,9 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
 use super::batch::{self, Earlier, Lookups, TokenRow};
 use super::{
-    Conversation, GroupId, GroupInfo, Member, MessageStore, Person, Role, StoreError, StoreOptions,
-    StoreResult, StoredMessage, Target, UserId, UserRecord, UserStore, WriteOp, WriteOutcome,
+    backfill_name_keys, key_digest, Conversation, GroupId, GroupInfo, Member, MessageStore, Person,
+    Role, StoreError, StoreOptions, StoreResult, StoredMessage, Target, UserId, UserRecord,
+    UserStore, WriteOp, WriteOutcome,
 };
 use super::{FriendStore, GroupStore};
 
@@ -34,29 +34,11 @@ pub struct SqliteStore {
 }
 
 fn migrator() -> Migrator {
-    Migrator {
-        migrations: Cow::Owned(vec![
-            Migration::new(
-                1,
-                Cow::Borrowed("init"),
-                MigrationType::Simple,
-                Cow::Borrowed(include_str!("../../migrations/sqlite/0001_init.sql")),
-                false,
-            ),
-            Migration::new(
-                2,
-                Cow::Borrowed("token rotation"),
-                MigrationType::Simple,
-                Cow::Borrowed(include_str!(
-                    "../../migrations/sqlite/0002_token_rotation.sql"
-                )),
-                false,
-            ),
-        ]),
-        ignore_missing: false,
-        locking: true,
-        no_tx: false,
-    }
+    super::migrator([
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+        include_str!("../../migrations/sqlite/0002_token_rotation.sql"),
+        include_str!("../../migrations/sqlite/0003_name_keys.sql"),
+    ])
 }
 
 fn now() -> i64 {
@@ -105,6 +87,7 @@ impl SqliteStore {
             .run(&write)
             .await
             .map_err(|e| StoreError::Unavailable(sqlx::Error::Migrate(Box::new(e))))?;
+        backfill_name_keys(&write, |r| Ok((r.try_get(0)?, r.try_get(1)?))).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(opts.pool_size.max(1))
             .acquire_timeout(Duration::from_secs(10))
@@ -242,14 +225,17 @@ impl SqliteStore {
 
 #[async_trait]
 impl UserStore for SqliteStore {
-    async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<UserId> {
+    async fn create_user(&self, name: &str, key: &str, password_hash: &str) -> StoreResult<UserId> {
         let mut tx = self.write.begin().await?;
-        let res = sqlx::query("INSERT INTO users (name, password, created_at) VALUES (?, ?, ?)")
-            .bind(name)
-            .bind(password_hash)
-            .bind(now())
-            .execute(&mut *tx)
-            .await;
+        let res = sqlx::query(
+            "INSERT INTO users (name, name_key, password, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(name)
+        .bind(key_digest(key))
+        .bind(password_hash)
+        .bind(now())
+        .execute(&mut *tx)
+        .await;
         let id = match res {
             Ok(r) => r.last_insert_rowid(),
             Err(e) if unique_violation(&e) => return Err(StoreError::Exists),
@@ -340,12 +326,20 @@ impl FriendStore for SqliteStore {
 
 #[async_trait]
 impl GroupStore for SqliteStore {
-    async fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId> {
+    async fn create_group(
+        &self,
+        creator: UserId,
+        name: &str,
+        key: &str,
+        desc: &str,
+    ) -> StoreResult<GroupId> {
         let mut tx = self.write.begin().await?;
         let res = sqlx::query(
-            "INSERT INTO allgroup (groupname, groupdesc, creator, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO allgroup (groupname, name_key, groupdesc, creator, created_at) \
+             VALUES (?, ?, ?, ?, ?)",
         )
         .bind(name)
+        .bind(key_digest(key))
         .bind(desc)
         .bind(creator)
         .bind(now())
