@@ -53,6 +53,10 @@ pub enum Event {
         id: UserId,
         /// Whether they are now online.
         online: bool,
+        /// When the friend's session that this is about logged in (unix
+        /// microseconds): orders notices of successive sessions, so a late
+        /// "offline" of an old session cannot hide a newer login.
+        since: u64,
     },
     /// A newer login replaced session `sid`.
     Kick {
@@ -131,6 +135,10 @@ impl Backlog {
     }
 }
 
+/// Friends whose session stamps one session remembers at most (quotas keep
+/// friend lists far below; past it the map starts over).
+const FRIEND_SESSIONS_MAX: usize = 10_000;
+
 /// "Read storage to its end" as a catch-up target.
 const END: i64 = i64::MAX;
 /// Pushes held right after the range being read, at most (frames, bytes).
@@ -156,6 +164,12 @@ struct Gate {
     seen: i64,
     /// PRESENCE held until the login replay is done: the latest per friend.
     presence: BTreeMap<UserId, bool>,
+    /// The login ack is queued; until then a kick waits (the ack comes first).
+    acked: bool,
+    /// A newer login claimed the user before the ack was queued.
+    kick_pending: bool,
+    /// Per friend, the newest session a notice was about and its state.
+    friend_sessions: HashMap<UserId, (u64, bool)>,
 }
 
 /// What the catch-up does next.
@@ -173,6 +187,8 @@ pub struct SessionHandle {
     pub user: UserId,
     /// Protocol level, 1 or 2.
     pub level: u8,
+    /// When this session logged in (unix microseconds): its presence stamp.
+    pub since: u64,
     out: Arc<Outbox>,
     close: CancellationToken,
     backlog: Arc<Backlog>,
@@ -207,6 +223,9 @@ impl SessionHandle {
             sid,
             user,
             level,
+            since: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64),
             out,
             close,
             backlog,
@@ -219,6 +238,9 @@ impl SessionHandle {
                 held_bytes: 0,
                 seen: 0,
                 presence: BTreeMap::new(),
+                acked: false,
+                kick_pending: false,
+                friend_sessions: HashMap::new(),
             }),
             stored_cmids: Mutex::new(HashSet::new()),
         }
@@ -286,9 +308,21 @@ impl SessionHandle {
     pub fn deliver(self: &Arc<Self>, ev: &Event) {
         match ev {
             Event::Chat { push, seq } => self.deliver_chat(*seq, push),
-            Event::Presence { id, online } => {
+            Event::Presence { id, online, since } => {
                 if self.level >= 2 {
                     let mut g = self.gate();
+                    // Drop a notice about an older session than one already
+                    // heard of, and a repeat about the same one. A newer
+                    // session's "online" goes out even when the friend
+                    // looked online already: it came online again.
+                    let before = g.friend_sessions.get(id).copied();
+                    if before.is_some_and(|(s, on)| *since < s || (*since == s && on == *online)) {
+                        return;
+                    }
+                    if g.friend_sessions.len() >= FRIEND_SESSIONS_MAX {
+                        g.friend_sessions.clear();
+                    }
+                    g.friend_sessions.insert(*id, (*since, *online));
                     if !g.open {
                         g.presence.insert(*id, *online);
                         return;
@@ -298,6 +332,14 @@ impl SessionHandle {
             }
             Event::Kick { sid } => {
                 if *sid == self.sid {
+                    let mut g = self.gate();
+                    if !g.acked {
+                        // The login ack has not been queued yet: it goes
+                        // first, then KICKED (see `ack_queued`).
+                        g.kick_pending = true;
+                        return;
+                    }
+                    drop(g);
                     self.try_out(Out::frame(frames::kicked()));
                     self.close.cancel();
                 }
@@ -390,6 +432,21 @@ impl SessionHandle {
                 }
             }
         });
+    }
+
+    /// Records that the login ack is queued. A kick that came before it is
+    /// carried out now, so a session's first frame is always its ack.
+    /// Returns false when the session was kicked.
+    pub fn ack_queued(&self) -> bool {
+        let mut g = self.gate();
+        g.acked = true;
+        if g.kick_pending {
+            drop(g);
+            self.try_out(Out::frame(frames::kicked()));
+            self.close.cancel();
+            return false;
+        }
+        true
     }
 
     /// Records that the login replay queued everything up to `seq` (inside
@@ -797,6 +854,33 @@ mod tests {
             assert_eq!(mids, (101..=100 + n).collect::<Vec<_>>(), "round {round}");
             settle(&h).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_late_offline_of_an_older_session_is_dropped() {
+        let (h, out, _) = live(2, 0, 8).await;
+        let p = |online, since| Event::Presence {
+            id: 9,
+            online,
+            since,
+        };
+        // Session 1 online; session 2 logs in before session 1's "offline"
+        // is delivered (another node, a slower path).
+        h.deliver(&p(true, 1));
+        h.deliver(&p(true, 2));
+        h.deliver(&p(false, 1));
+        // Session 2 ends for real.
+        h.deliver(&p(false, 2));
+        let mut batch = VecDeque::new();
+        out.pop_batch(&mut batch, 1 << 20).await;
+        let states: Vec<String> = batch
+            .iter()
+            .map(|o| {
+                let v: serde_json::Value = serde_json::from_slice(&o.bytes).unwrap();
+                v["state"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(states, ["online", "online", "offline"]);
     }
 
     #[tokio::test]

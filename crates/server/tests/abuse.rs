@@ -432,3 +432,64 @@ async fn fan_out_is_rate_limited_per_sender() {
         .await;
     q.expect_ack(6).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_hears_its_login_ack_before_kicked() {
+    let srv = TestServer::start().await;
+    let id = srv.register("twice", "pw").await;
+    let login = json!({"msgid": 1, "id": id, "password": "pw", "v": 2});
+    for round in 0..150 {
+        let mut a = srv.connect().await;
+        let mut b = srv.connect().await;
+        // Both at once: whichever registers first is kicked by the other.
+        tokio::join!(a.send(login.clone()), b.send(login.clone()));
+        for c in [&mut a, &mut b] {
+            let v = c.recv().await;
+            assert_eq!(v["msgid"], 2, "round {round}: first frame {v}");
+        }
+    }
+}
+
+/// Frames until `ms` of silence.
+async fn quiet_frames(c: &mut Client, ms: u64) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Read::Line(l) = c.read_line(Duration::from_millis(ms)).await {
+        out.push(serde_json::from_slice(&l).unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_follows_the_newest_session_on_fast_reconnect() {
+    let srv = TestServer::start().await;
+    let (_, mut w) = user_l2(&srv, "watcher").await;
+    let u = srv.register("flappy", "pw").await;
+    w.send(json!({"msgid": 7, "friendid": u})).await;
+    w.expect_ack(7).await;
+    let mut uc = srv.connect().await;
+    let mut token = uc.login_l2(u, "pw").await["token"].clone();
+    let mut stale = 0;
+    for _ in 0..150 {
+        // Close and log in again at once (with the token: no hashing, so
+        // the new login races the old session's logout).
+        drop(uc);
+        uc = srv.connect().await;
+        uc.send(json!({"msgid": 1, "id": u, "token": token, "v": 2}))
+            .await;
+        let ack = uc.recv_msgid(2).await;
+        assert_eq!(ack["errno"], 0, "{ack}");
+        token = ack["token"].clone();
+        let seen: Vec<Value> = quiet_frames(&mut w, 60)
+            .await
+            .into_iter()
+            .filter(|f| f["msgid"] == 20 && f["id"] == u)
+            .collect();
+        if seen.last().is_some_and(|f| f["state"] != "online") {
+            stale += 1;
+        }
+    }
+    assert_eq!(
+        stale, 0,
+        "the watcher was left seeing an online user offline"
+    );
+}

@@ -153,7 +153,9 @@ impl RedisBus {
             }
             Some("p") => {
                 if let (Some(id), Some(online)) = (v["id"].as_i64(), v["on"].as_bool()) {
-                    self.sessions.deliver(user, &Event::Presence { id, online });
+                    let since = v["s"].as_u64().unwrap_or(0);
+                    self.sessions
+                        .deliver(user, &Event::Presence { id, online, since });
                 }
             }
             Some("k") => {
@@ -198,7 +200,9 @@ fn encode_event(ev: &Event, node: &str) -> Value {
         Event::Chat { push, seq } => {
             json!({"t": "c", "seq": seq, "m": encode_message(&push.message)})
         }
-        Event::Presence { id, online } => json!({"t": "p", "id": id, "on": online}),
+        Event::Presence { id, online, since } => {
+            json!({"t": "p", "id": id, "on": online, "s": since})
+        }
         Event::Kick { sid } => json!({"t": "k", "node": node, "sid": sid}),
         Event::Resync => json!({"t": "r"}),
     }

@@ -240,6 +240,7 @@ pub async fn login(
             Event::Presence {
                 id: user,
                 online: true,
+                since: session.handle.since,
             },
         );
     }
@@ -347,6 +348,11 @@ async fn replay(
     // The ack goes first: the gate queues no live push until the replay is
     // done, so none can overtake it.
     send(port, frames::value(&Value::Object(ack)), l1_delivered).await?;
+    if !s.handle.ack_queued() {
+        // Replaced by a newer login while this one was being set up: the
+        // login did succeed (its ack is out), and KICKED follows it.
+        return Ok(());
+    }
     for (seq, m) in pending {
         let push = PushBody::new(Arc::new(m));
         queue(port, push.level2_out(seq)).await?;
@@ -406,6 +412,7 @@ pub async fn logout(sh: &Shared, s: &Session, revoke: bool) {
                     Event::Presence {
                         id: s.user,
                         online: false,
+                        since: s.handle.since,
                     },
                 );
             }
