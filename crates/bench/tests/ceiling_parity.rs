@@ -106,12 +106,20 @@ async fn transcript(addr: SocketAddr) -> Vec<(String, Value)> {
     note!("not logged in", c.recv().await);
     c.send(json!({"msgid": 1, "id": alice, "token": token, "v": 2}))
         .await;
-    note!("token login", c.recv().await);
+    let ack = note!("token login", c.recv().await);
     note!("kicked", a.recv().await);
+    // Using the newer token kills the older one (PROTOCOL.md, "Tokens, more
+    // precisely"; within its grace the older one would still work).
+    let newer = ack["token"].clone();
     let mut d = Client::connect(addr).await;
-    d.send(json!({"msgid": 1, "id": alice, "token": token, "v": 2}))
+    d.send(json!({"msgid": 1, "id": alice, "token": newer, "v": 2}))
         .await;
-    note!("token reused", d.recv().await);
+    note!("newer token login", d.recv().await);
+    note!("kicked again", c.recv().await);
+    let mut e = Client::connect(addr).await;
+    e.send(json!({"msgid": 1, "id": alice, "token": token, "v": 2}))
+        .await;
+    note!("superseded token", e.recv().await);
     note!(
         "nothing more for b",
         json!(b.maybe_recv(Duration::from_millis(200)).await.is_some())

@@ -5,13 +5,14 @@
 //! bigger the batches and the cheaper each message's durability. Messages are
 //! routed in commit order, before any sender hears its ACK.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Store, StoreError, StoreResult, WriteOp, WriteOutcome};
+use crate::store::{Store, StoreError, StoreResult, UserId, WriteOp, WriteOutcome};
 
 /// Told about every committed outcome, in commit order.
 pub trait Dispatch: Send + Sync {
@@ -104,6 +105,9 @@ impl Committer {
     }
 }
 
+/// Messages one sender may put in one batch; the rest wait for the next.
+const SENDER_SHARE: usize = 32;
+
 async fn run(
     store: Arc<dyn Store>,
     dispatch: Arc<dyn Dispatch>,
@@ -125,23 +129,56 @@ async fn run(
             }
         }
     });
+    // Messages of senders who had their share of the last batch, oldest
+    // first: they go into the next one, before anything newer of theirs.
+    let mut carry: VecDeque<Job> = VecDeque::new();
+    let mut per_sender: HashMap<UserId, usize> = HashMap::new();
     loop {
-        let first = tokio::select! {
-            biased;
-            j = rx.recv() => j,
-            _ = stop.cancelled() => {
-                // Stop taking new writes; what is queued still commits.
-                rx.close();
-                rx.recv().await
+        if carry.is_empty() {
+            let first = tokio::select! {
+                biased;
+                j = rx.recv() => j,
+                _ = stop.cancelled() => {
+                    // Stop taking new writes; what is queued still commits.
+                    rx.close();
+                    rx.recv().await
+                }
+            };
+            let Some(first) = first else { break };
+            carry.push_back(first);
+        }
+        // Fair shares: at most SENDER_SHARE messages of one sender per
+        // batch, so a sender's burst (a big group at full fan-out) cannot
+        // hold everyone else's messages behind one long transaction.
+        per_sender.clear();
+        let mut deferred: VecDeque<Job> = VecDeque::new();
+        let mut take = |j: Job, jobs: &mut Vec<Job>| {
+            if let WriteOp::Append(m) = &j.op {
+                let n = per_sender.entry(m.sender).or_insert(0);
+                *n += 1;
+                if *n > SENDER_SHARE {
+                    deferred.push_back(j);
+                    return;
+                }
             }
+            jobs.push(j);
         };
-        let Some(first) = first else { break };
-        jobs.push(first);
+        while jobs.len() < max_batch {
+            match carry.pop_front() {
+                Some(j) => take(j, &mut jobs),
+                None => break,
+            }
+        }
         while jobs.len() < max_batch {
             match rx.try_recv() {
-                Ok(j) => jobs.push(j),
+                Ok(j) => take(j, &mut jobs),
                 Err(_) => break,
             }
+        }
+        deferred.extend(carry.drain(..));
+        carry = deferred;
+        if jobs.is_empty() {
+            continue;
         }
         let (ops, replies): (Vec<WriteOp>, Vec<_>) =
             jobs.drain(..).map(|j| (j.op, j.reply)).unzip();

@@ -74,7 +74,7 @@ pub struct Quotas {
     /// also the burst.
     pub social_per_min: u32,
     /// Deliveries (recipients of messages) one sender may cause per second;
-    /// the burst is four seconds' worth.
+    /// also the burst.
     pub fanout_per_sec: u32,
 }
 

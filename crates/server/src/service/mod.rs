@@ -135,7 +135,7 @@ impl Guards {
             ),
             fanout: RateLimiter::new(
                 f64::from(cfg.quotas.fanout_per_sec),
-                cfg.quotas.fanout_per_sec.saturating_mul(4),
+                cfg.quotas.fanout_per_sec,
             ),
             refused_log: LogEvery::default(),
         }
