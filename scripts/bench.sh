@@ -82,6 +82,7 @@ start_server() {
   # All load comes from one address: per-address limits off.
   "$server_bin" --listen 127.0.0.1:0 --database-url "sqlite://$db" \
     --max-connections-per-ip 0 --reg-per-ip-per-min 0 --login-failures-per-ip 0 \
+    --prelogin-per-ip-per-sec 0 \
     --social-per-min 0 --fanout-per-sec 0 \
     --log warn,chat_server=info "$@" 2>"$log" &
   server_pid=$!
@@ -103,6 +104,11 @@ mkdir -p "$out"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 if ((smoke)); then jsonl="$tmp/smoke.jsonl"; else jsonl="$out/$stamp.jsonl"; fi
 : >"$jsonl"
+
+# The durability floor of the disk the databases live on: every latency below
+# reads best beside it.
+say "fsync floor"
+"$bench_bin" fsync-probe --dir "$tmp" --count "$( ((smoke)) && echo 200 || echo 2000 )" | tee "$tmp/fsync.txt"
 
 # bench CASE ARGS...: one chat-bench run (server, then ceiling), JSON to the
 # results file, the table on the terminal.
@@ -208,6 +214,7 @@ md="$out/$stamp.md"
   echo "- machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)"
   echo "- cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
   echo "- profile: $profile; throughput runs: $runs x ${duration} s measured (+1 s warmup)"
+  echo "- $(cat "$tmp/fsync.txt")"
   echo
   "$bench_bin" report "$jsonl"
 } >"$md"

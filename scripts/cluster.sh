@@ -124,6 +124,8 @@ write_nginx_conf() { # ports...
     echo "    proxy_connect_timeout 1s;"
     echo "    proxy_timeout 10m;"
     echo "    tcp_nodelay on;"
+    echo "    proxy_protocol on;   # nodes learn each client's address"
+    echo "    proxy_bind 127.0.0.2; # and trust only this one (CHAT_TRUSTED_PROXIES)"
     echo "    proxy_next_upstream on;"
     echo "    proxy_next_upstream_tries 3;"
     echo "  }"

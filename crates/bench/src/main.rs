@@ -8,11 +8,13 @@
 //! Subcommands: `setup` (register users), `idle` (hold logged-in
 //! connections, measure RSS), `direct` (one-to-one pairs), `group` (one
 //! group fan-out), `ceiling` (run the forward-only server), `report`
-//! (markdown medians over JSON-line results).
+//! (markdown medians over JSON-line results), `fsync-probe` (the disk's
+//! durability floor).
 
 mod ceiling;
 mod client;
 mod direct;
+mod fsync;
 mod group;
 mod idle;
 mod load;
@@ -98,6 +100,8 @@ enum Cmd {
     Ceiling(CeilingArgs),
     /// Summarise JSON-line results as a markdown table of medians.
     Report(ReportArgs),
+    /// Measure the disk's durability floor: fdatasync of small appends.
+    FsyncProbe(fsync::Args),
     /// Internal: one process of a multi-process `idle`.
     #[command(hide = true)]
     IdleWorker(idle::WorkerArgs),
@@ -429,6 +433,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Report(a) => {
             print!("{}", report::markdown(&a.files)?);
+            return Ok(0);
+        }
+        Cmd::FsyncProbe(a) => {
+            fsync::main(a)?;
             return Ok(0);
         }
     };

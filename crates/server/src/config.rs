@@ -116,6 +116,10 @@ pub struct Config {
     /// REG requests per client address per minute (errno 9 beyond); also the
     /// burst. 0: no limit.
     pub reg_per_ip_per_min: u32,
+    /// Frames per second that connections not logged in may send, summed
+    /// over a client address (the burst is ten seconds' worth); beyond, the
+    /// connection is closed with errno 9. 0: no limit.
+    pub prelogin_per_ip_per_sec: u32,
     /// Failed password logins per account before each further one blocks it
     /// for a growing delay (errno 9). 0: no throttle.
     pub login_failures_per_account: u32,
@@ -163,6 +167,7 @@ impl Default for Config {
             login_idle_timeout: Duration::from_secs(30),
             max_connections_per_ip: 256,
             reg_per_ip_per_min: 30,
+            prelogin_per_ip_per_sec: 50,
             login_failures_per_account: 5,
             login_failures_per_ip: 100,
             login_block_max: Duration::from_secs(300),

@@ -242,6 +242,21 @@ impl Conn {
     }
 
     async fn on_frame(&mut self, frame: Bytes) {
+        if self.session.is_none() && !self.sh.guards.prelogin.take(self.peer.ip()) {
+            // Before login a connection is anonymous: its address pays. A
+            // flood from one address (REG, junk, many connections) is cut
+            // off instead of answered frame by frame.
+            if let Some(skipped) = self.sh.guards.refused_log.tick() {
+                tracing::warn!(peer = %self.peer, refused_before = skipped, "too many requests before login from this address; closing");
+            }
+            let e = ServiceError::new(
+                Errno::RateLimited,
+                "too many requests before login from your address; closing",
+            );
+            Box::pin(self.fail_and_close(e)).await;
+            self.close.cancel();
+            return;
+        }
         if !self.bucket.take() {
             let e = ServiceError::new(Errno::RateLimited, "too many requests; slow down");
             self.pending_mut()

@@ -82,6 +82,12 @@ struct Args {
     #[arg(long, env = "CHAT_REG_PER_IP_PER_MIN", default_value_t = 30)]
     reg_per_ip_per_min: u32,
 
+    /// Frames per second that connections not yet logged in may send, summed
+    /// per client address (burst: ten seconds' worth); beyond, errno 9 and
+    /// the connection closes. 0 = no limit.
+    #[arg(long, env = "CHAT_PRELOGIN_PER_IP_PER_SEC", default_value_t = 50)]
+    prelogin_per_ip_per_sec: u32,
+
     /// Failed password logins per account before growing delays (errno 9).
     #[arg(long, env = "CHAT_LOGIN_FAILURES_PER_ACCOUNT", default_value_t = 5)]
     login_failures_per_account: u32,
@@ -184,6 +190,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         login_idle_timeout: Duration::from_secs(args.login_idle_secs),
         max_connections_per_ip: args.max_connections_per_ip,
         reg_per_ip_per_min: args.reg_per_ip_per_min,
+        prelogin_per_ip_per_sec: args.prelogin_per_ip_per_sec,
         login_failures_per_account: args.login_failures_per_account,
         login_failures_per_ip: args.login_failures_per_ip,
         trusted_proxies: args.trusted_proxies.clone(),

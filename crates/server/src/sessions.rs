@@ -884,6 +884,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn presence_held_during_the_login_replay_keeps_one_state_per_friend() {
+        let fake = Arc::new(Fake {
+            n: 0,
+            reads: Mutex::new(Vec::new()),
+        });
+        let backlog = Arc::new(Backlog::new(fake, 8, 1, Duration::from_secs(5)));
+        let out = Arc::new(Outbox::new(1024, 1 << 20));
+        let h = Arc::new(SessionHandle::new(
+            1,
+            1,
+            2,
+            out.clone(),
+            CancellationToken::new(),
+            backlog,
+        ));
+        // A flapping friend and two steady ones, while the replay runs.
+        for i in 0..10_000u64 {
+            for id in [7, 8, 9] {
+                h.deliver(&Event::Presence {
+                    id,
+                    online: i % 2 == 0 || id != 7,
+                    since: i,
+                });
+            }
+        }
+        assert_eq!(h.gate().presence.len(), 3, "one entry per friend");
+        h.replayed_to(0, true);
+        h.catch_up().await.unwrap();
+        let mut batch = VecDeque::new();
+        out.pop_batch(&mut batch, 1 << 20).await;
+        let got: Vec<(i64, String)> = batch
+            .iter()
+            .map(|o| {
+                let v: serde_json::Value = serde_json::from_slice(&o.bytes).unwrap();
+                (
+                    v["id"].as_i64().unwrap(),
+                    v["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (7, "offline".into()),
+                (8, "online".into()),
+                (9, "online".into())
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn held_pushes_are_bounded() {
         let n = 1000;
         let (h, out, fake) = live(2, n, 256).await;

@@ -9,7 +9,7 @@
 //! client in; the global caps still hold.
 
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,12 +21,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A token bucket per key: `burst` at once, then `per_sec` a second.
+/// A token bucket per key: `burst` at once, then `per_sec` a second. Sharded,
+/// since the fan-out limiter sits on every message's path.
 pub struct RateLimiter<K> {
     per_sec: f64,
     burst: f64,
-    map: Mutex<HashMap<K, (f64, Instant)>>,
+    shards: Box<[Mutex<Buckets<K>>]>,
 }
+
+/// One shard: tokens and when they were last refilled, per key.
+type Buckets<K> = HashMap<K, (f64, Instant)>;
+
+/// Shards of a [`RateLimiter`].
+const SHARDS: usize = 16;
 
 impl<K: Hash + Eq + Copy> RateLimiter<K> {
     /// A limiter; `per_sec <= 0` lets everything through.
@@ -34,7 +41,7 @@ impl<K: Hash + Eq + Copy> RateLimiter<K> {
         RateLimiter {
             per_sec,
             burst: f64::from(burst.max(1)),
-            map: Mutex::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
     }
 
@@ -68,11 +75,13 @@ impl<K: Hash + Eq + Copy> RateLimiter<K> {
             return None;
         }
         let now = Instant::now();
-        let mut map = lock(&self.map);
-        if map.len() >= MAX_KEYS && !map.contains_key(&key) {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let mut map = lock(&self.shards[h.finish() as usize % SHARDS]);
+        if map.len() >= MAX_KEYS / SHARDS && !map.contains_key(&key) {
             let (rate, burst) = (self.per_sec, self.burst);
             map.retain(|_, (t, at)| *t + now.duration_since(*at).as_secs_f64() * rate < burst);
-            if map.len() >= MAX_KEYS {
+            if map.len() >= MAX_KEYS / SHARDS {
                 map.clear();
             }
         }

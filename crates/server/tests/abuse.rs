@@ -495,3 +495,35 @@ async fn presence_follows_the_newest_session_on_fast_reconnect() {
         "the watcher was left seeing an online user offline"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_before_login_is_cut_off_per_address() {
+    let cfg = Config {
+        prelogin_per_ip_per_sec: 5, // a burst of 50
+        ..test_config()
+    };
+    let srv = TestServer::start_with(cfg).await;
+    let id = srv.register("someone", "pw").await;
+    let mut c = srv.connect().await;
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        flood.extend_from_slice(b"{\"msgid\":18}\n");
+    }
+    let _ = c.try_send_raw(&flood).await;
+    let frames = c.drain_to_eof(Duration::from_secs(5)).await;
+    let pongs = frames.iter().filter(|f| f["msgid"] == 19).count();
+    assert!(pongs < 60, "{pongs} PONGs before the cut");
+    assert_eq!(frames.last().unwrap()["errno"], 9, "{:?}", frames.last());
+    // The address's budget is spent for its other connections too...
+    let mut d = srv.connect().await;
+    d.send(json!({"msgid": 18})).await;
+    assert_eq!(d.recv().await["errno"], 9);
+    // ...until it refills; a logged-in session is not charged.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut e = srv.connect().await;
+    e.login_l2(id, "pw").await;
+    for _ in 0..100 {
+        e.send(json!({"msgid": 18})).await;
+        e.recv_msgid(19).await;
+    }
+}

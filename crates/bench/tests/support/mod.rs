@@ -54,6 +54,7 @@ impl RealServer {
             // A load generator: every client comes from one address.
             max_connections_per_ip: 0,
             reg_per_ip_per_min: 0,
+            prelogin_per_ip_per_sec: 0,
             quotas: Quotas {
                 social_per_min: 0,
                 fanout_per_sec: 0,

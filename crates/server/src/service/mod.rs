@@ -94,6 +94,8 @@ pub struct Guards {
     pub login_addr: FailureThrottle<IpAddr>,
     /// Open connections per client address.
     pub conns: AddrConns,
+    /// Frames before login, per client address.
+    pub prelogin: RateLimiter<IpAddr>,
     /// Re-routing of retried sends per sender: each one costs reads.
     pub reroute: RateLimiter<UserId>,
     /// Friend and group changes per user.
@@ -129,6 +131,10 @@ impl Guards {
             ),
             conns: AddrConns::new(cfg.max_connections_per_ip),
             reroute: RateLimiter::new(10.0, 100),
+            prelogin: RateLimiter::new(
+                f64::from(cfg.prelogin_per_ip_per_sec),
+                cfg.prelogin_per_ip_per_sec.saturating_mul(10),
+            ),
             social: RateLimiter::new(
                 f64::from(cfg.quotas.social_per_min) / 60.0,
                 cfg.quotas.social_per_min,

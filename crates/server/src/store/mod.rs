@@ -352,7 +352,7 @@ pub fn key_digest(key: &str) -> String {
 /// The tables whose rows have a keyed name, each with its name column.
 const KEYED_TABLES: [(&str, &str); 2] = [("users", "name"), ("allgroup", "groupname")];
 
-/// Keys the names of rows stored before migration 2 added `name_key` (SQL
+/// Keys the names of rows stored before migration 3 added `name_key` (SQL
 /// cannot compute a key), in one transaction, oldest row first; a backend
 /// calls it when it opens, after migrating. `id_and_name` reads a row of
 /// `SELECT id, name`. A row whose key an older row already holds keeps NULL

@@ -37,6 +37,7 @@ pub fn test_config() -> Config {
         // set them.
         max_connections_per_ip: 0,
         reg_per_ip_per_min: 0,
+        prelogin_per_ip_per_sec: 0,
         ..Default::default()
     }
 }
