@@ -24,19 +24,11 @@ fn escaped_body(i: usize) -> String {
     b
 }
 
-async fn create_group(c: &mut Client, name: &str) -> i64 {
-    c.send(json!({"msgid": 8, "groupname": name, "groupdesc": "d"}))
-        .await;
-    c.expect_ack(8).await["groupid"]
-        .as_i64()
-        .expect("CREATE_GROUP ACK without groupid")
-}
-
 /// Fills a new group with `n` escaped messages from a new user; returns
 /// the group.
 async fn group_with_history(srv: &TestServer, n: usize) -> i64 {
     let (_, mut owner) = user_l2(srv, "owner").await;
-    let g = create_group(&mut owner, "big").await;
+    let g = owner.create_group("big").await;
     for i in 0..n {
         owner
             .send(json!({"msgid": 10, "groupid": g, "msg": escaped_body(i)}))
@@ -133,7 +125,7 @@ async fn a_group_push_is_not_copied_per_level2_recipient() {
     cfg.quotas.fanout_per_sec = 0;
     let srv = TestServer::start_with(cfg).await;
     let (_, mut sender) = user_l2(&srv, "sender").await;
-    let g = create_group(&mut sender, "wide").await;
+    let g = sender.create_group("wide").await;
     let mut members = Vec::new();
     for i in 0..200 {
         let mut c = Client::connect_tight(srv.addr).await;
@@ -363,8 +355,8 @@ async fn quotas_name_themselves_with_errno_4() {
     cfg.quotas.group_members = 3;
     let srv = TestServer::start_with(cfg).await;
     let (_, mut c) = user_l2(&srv, "me").await;
-    let g = create_group(&mut c, "q1").await;
-    create_group(&mut c, "q2").await;
+    let g = c.create_group("q1").await;
+    c.create_group("q2").await;
     c.send(json!({"msgid": 8, "groupname": "q3"})).await;
     let e = c.expect_error(4).await;
     assert!(
@@ -406,7 +398,7 @@ async fn fan_out_is_rate_limited_per_sender() {
     cfg.quotas.fanout_per_sec = 40; // a burst of 40 deliveries
     let srv = TestServer::start_with(cfg).await;
     let (_, mut s) = user_l2(&srv, "loud").await;
-    let g = create_group(&mut s, "crowd").await;
+    let g = s.create_group("crowd").await;
     for i in 0..9 {
         let mut m = srv.connect().await;
         let id = m.register(&format!("c{i}"), "pw").await;

@@ -25,15 +25,6 @@ async fn group_chat(c: &mut Client, g: i64, msg: &str) -> i64 {
         .expect("chat ACK without mid")
 }
 
-/// Creates a group at level 2 and returns its id.
-async fn create_group(c: &mut Client, name: &str) -> i64 {
-    c.send(json!({"msgid": 8, "groupname": name, "groupdesc": "d"}))
-        .await;
-    c.expect_ack(8).await["groupid"]
-        .as_i64()
-        .expect("CREATE_GROUP ACK without groupid")
-}
-
 /// Asserts the next frame is a pushed message with this mid and seq.
 async fn expect_push(c: &mut Client, kind: i64, mid: i64, seq: i64) -> Value {
     let v = c.recv().await;
@@ -137,7 +128,7 @@ async fn seq_is_per_user_from_one_and_gap_free_and_groups_skip_the_sender() {
     let (_carol, mut c) = user_l2(&srv, "carol").await;
     let (_dave, mut d) = user_l2(&srv, "dave").await;
 
-    let g = create_group(&mut a, "team").await;
+    let g = a.create_group("team").await;
     b.send(json!({"msgid": 9, "groupid": g})).await;
     b.expect_ack(9).await;
     c.send(json!({"msgid": 9, "groupid": g, "reqid": "j"}))
@@ -222,7 +213,7 @@ async fn quit_and_disband_follow_the_roles() {
     let (bob, mut b) = user_l2(&srv, "bob").await;
     let (_carol, mut c) = user_l2(&srv, "carol").await;
 
-    let g = create_group(&mut a, "club").await;
+    let g = a.create_group("club").await;
     b.send(json!({"msgid": 9, "groupid": g})).await;
     b.expect_ack(9).await;
 
@@ -404,7 +395,7 @@ async fn history_pages_conversations_newest_first() {
     assert_eq!(a.expect_ack(17).await["messages"], json!([]));
 
     // Groups: members only.
-    let g = create_group(&mut a, "hist").await;
+    let g = a.create_group("hist").await;
     b.send(json!({"msgid": 9, "groupid": g})).await;
     b.expect_ack(9).await;
     let gm1 = group_chat(&mut a, g, "g1").await;
@@ -618,7 +609,7 @@ async fn cmid_makes_a_retried_send_idempotent() {
     expect_push(&mut a, 6, m3, 1).await;
 
     // Group chats too.
-    let g = create_group(&mut a, "idem").await;
+    let g = a.create_group("idem").await;
     b.send(json!({"msgid": 9, "groupid": g})).await;
     b.expect_ack(9).await;
     a.send(json!({"msgid": 10, "groupid": g, "msg": "g", "cmid": "g-1"}))
@@ -766,7 +757,7 @@ async fn pipelined_requests_take_effect_in_request_order() {
         out
     };
     for round in 0..20 {
-        let g = create_group(&mut a, &format!("order-{round}")).await;
+        let g = a.create_group(&format!("order-{round}")).await;
         // Join, chat, read, quit, chat again: all in one write.
         b.send_raw(&frames(vec![
             json!({"msgid": 9, "groupid": g}),

@@ -161,23 +161,20 @@ pub enum Read {
 impl Client {
     /// Connects to the server.
     pub async fn connect(addr: SocketAddr) -> Client {
-        let sock = tokio::time::timeout(RECV_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .expect("connect timed out")
-            .expect("connect failed");
-        sock.set_nodelay(true).expect("nodelay");
-        Client {
-            sock,
-            buf: Vec::new(),
-            eof: false,
-        }
+        Self::connect_with(addr, None).await
     }
 
     /// Connects with a tiny receive buffer, so that what the client does not
     /// read stays in the server's queues rather than in the kernel's.
     pub async fn connect_tight(addr: SocketAddr) -> Client {
+        Self::connect_with(addr, Some(4096)).await
+    }
+
+    async fn connect_with(addr: SocketAddr, rcvbuf: Option<u32>) -> Client {
         let s = tokio::net::TcpSocket::new_v4().expect("socket");
-        s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        if let Some(n) = rcvbuf {
+            s.set_recv_buffer_size(n).expect("SO_RCVBUF");
+        }
         let sock = tokio::time::timeout(RECV_TIMEOUT, s.connect(addr))
             .await
             .expect("connect timed out")
@@ -352,6 +349,15 @@ impl Client {
         let v = self.recv_msgid(5).await;
         assert_eq!(v["errno"], 0, "REG {name:?} failed: {v}");
         v["id"].as_i64().expect("REG_ACK without integer id")
+    }
+
+    /// CREATE_GROUP at level 2; asserts success and returns the group id.
+    pub async fn create_group(&mut self, name: &str) -> i64 {
+        self.send(json!({"msgid": 8, "groupname": name, "groupdesc": "d"}))
+            .await;
+        self.expect_ack(8).await["groupid"]
+            .as_i64()
+            .expect("CREATE_GROUP ACK without groupid")
     }
 
     /// Level-1 LOGIN; asserts success and returns the ack.
