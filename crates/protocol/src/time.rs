@@ -13,15 +13,39 @@ pub fn unix_now() -> i64 {
 
 /// Formats Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).
 pub fn format_utc(secs: i64) -> String {
+    let mut out = String::with_capacity(19);
+    write_utc(&mut out, secs);
+    out
+}
+
+/// Appends `YYYY-MM-DD HH:MM:SS` (UTC) to `out`: every chat push carries
+/// one, so this writes digits directly instead of going through `format!`.
+pub fn write_utc(out: &mut String, secs: i64) {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    if (0..=9999).contains(&y) {
+        push_digits(out, y as u32, 4);
+    } else {
+        out.push_str(&format!("{y:04}"));
+    }
+    for (sep, v) in [
+        ('-', m),
+        ('-', d),
+        (' ', (rem / 3600) as u32),
+        (':', ((rem % 3600) / 60) as u32),
+        (':', (rem % 60) as u32),
+    ] {
+        out.push(sep);
+        push_digits(out, v, 2);
+    }
+}
+
+/// Appends the `width` lowest decimal digits of `v`, zero-padded.
+fn push_digits(out: &mut String, v: u32, width: u32) {
+    for i in (0..width).rev() {
+        out.push(char::from(b'0' + (v / 10u32.pow(i) % 10) as u8));
+    }
 }
 
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
@@ -48,5 +72,7 @@ mod tests {
         assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00");
         assert_eq!(format_utc(1_795_435_199), "2026-11-23 11:59:59");
         assert_eq!(format_utc(4_107_542_400), "2100-03-01 00:00:00");
+        assert_eq!(format_utc(-1), "1969-12-31 23:59:59");
+        assert_eq!(format_utc(253_402_300_800), "10000-01-01 00:00:00");
     }
 }

@@ -39,19 +39,26 @@ pub fn failure(re: Option<i64>, reqid: Option<&Value>, err: &ServiceError) -> By
     finish(&Value::Object(m))
 }
 
-/// A level-2 ACK with optional result fields.
+/// A level-2 ACK with optional result fields. Every chat message gets one, so
+/// it is written directly rather than built as a JSON map first.
 pub fn ack(re: i64, reqid: Option<&Value>, extra: Vec<(&'static str, Value)>) -> Bytes {
-    let mut m = Map::new();
-    m.insert("msgid".into(), msgid::ACK.into());
-    m.insert("re".into(), re.into());
-    m.insert("errno".into(), 0.into());
-    if let Some(r) = reqid {
-        m.insert("reqid".into(), r.clone());
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(b"{\"msgid\":");
+    out.extend_from_slice(itoa(msgid::ACK).as_bytes());
+    out.extend_from_slice(b",\"re\":");
+    out.extend_from_slice(itoa(re).as_bytes());
+    out.extend_from_slice(b",\"errno\":0");
+    let fields = reqid.map(|r| ("reqid", r)).into_iter();
+    for (k, v) in fields.chain(extra.iter().map(|(k, v)| (*k, v))) {
+        // Keys are this crate's own identifiers: nothing to escape.
+        debug_assert!(k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b"\":");
+        serde_json::to_writer(&mut out, v).expect("a JSON value always serialises");
     }
-    for (k, v) in extra {
-        m.insert(k.into(), v);
-    }
-    finish(&Value::Object(m))
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
 }
 
 /// REG_ACK on success (the connection adds `reqid`).
@@ -154,14 +161,16 @@ pub struct PushBody {
 }
 
 impl PushBody {
-    /// Encodes a stored message.
+    /// Encodes a stored message: serialised once, since the level-2 frame is
+    /// the level-1 frame with `mid` appended (and later the seq).
     pub fn new(message: std::sync::Arc<StoredMessage>) -> Self {
         let mut l1 =
             serde_json::to_vec(&chat_frame(&message, false)).expect("chat frames serialise");
+        let mut l2 = Vec::with_capacity(l1.len() + 24);
+        l2.extend_from_slice(&l1[..l1.len() - 1]); // up to the closing brace
+        l2.extend_from_slice(b",\"mid\":");
+        l2.extend_from_slice(itoa(message.mid).as_bytes());
         l1.push(b'\n');
-        let mut l2 =
-            serde_json::to_vec(&chat_frame(&message, true)).expect("chat frames serialise");
-        l2.pop(); // the closing brace; `seq` goes there
         PushBody {
             message,
             l1: Bytes::from(l1),
@@ -205,7 +214,32 @@ impl PushBody {
 }
 
 fn seq_tail(seq: i64) -> Bytes {
-    Bytes::from(format!(",\"seq\":{seq}}}\n"))
+    let mut b = BytesMut::with_capacity(28);
+    b.put_slice(b",\"seq\":");
+    b.put_slice(itoa(seq).as_bytes());
+    b.put_slice(b"}\n");
+    b.freeze()
+}
+
+/// An integer as decimal text, without the formatting machinery.
+fn itoa(v: i64) -> String {
+    let mut digits = [0u8; 20];
+    let mut n = v.unsigned_abs();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut s = String::with_capacity(21);
+    if v < 0 {
+        s.push('-');
+    }
+    s.extend(digits[i..].iter().map(|&d| char::from(d)));
+    s
 }
 
 /// Encodes a finished JSON value (for login acks built by the auth module).
@@ -242,5 +276,22 @@ mod tests {
         assert_eq!(l2["mid"], 9);
         assert_eq!(l2["seq"], 42);
         assert_eq!(l2["groupid"], 3);
+        let neg: Value = serde_json::from_slice(&p.level2(-7)).unwrap();
+        assert_eq!(neg["seq"], -7);
+    }
+
+    #[test]
+    fn integers_and_acks_encode_as_json() {
+        for v in [0, 7, -1, 10, 1_234_567, i64::MAX, i64::MIN] {
+            assert_eq!(itoa(v), v.to_string());
+        }
+        let reqid = Value::String("r\"1".into());
+        let a = ack(6, Some(&reqid), vec![("mid", 42.into())]);
+        assert_eq!(a.last(), Some(&b'\n'));
+        let v: Value = serde_json::from_slice(&a).unwrap();
+        assert_eq!(
+            v,
+            json!({"msgid": msgid::ACK, "re": 6, "errno": 0, "reqid": "r\"1", "mid": 42})
+        );
     }
 }
