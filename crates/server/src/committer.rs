@@ -194,9 +194,7 @@ async fn run(
             Err(e) => {
                 tracing::error!(error = %e, batch = n, "group commit failed; writers get errno 10");
                 for r in replies.into_iter().flatten() {
-                    let _ = r.send(Err(StoreError::Unavailable(sqlx::Error::Protocol(
-                        format!("batch failed: {e}"),
-                    ))));
+                    let _ = r.send(Err(e.clone()));
                 }
             }
         }

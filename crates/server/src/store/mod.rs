@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod mysql;
 pub mod sqlite;
+mod sqlite_writer;
 
 use std::sync::Arc;
 
@@ -24,7 +25,8 @@ pub type UserId = i64;
 pub type GroupId = i64;
 
 /// Why a storage call failed. The service maps these to errno in one place.
-#[derive(Debug, thiserror::Error)]
+/// Cloneable, so one failed group commit can answer every writer in it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// No such user or group.
     #[error("not found")]
@@ -38,12 +40,41 @@ pub enum StoreError {
     /// A login token that is unknown, someone else's, superseded or expired.
     #[error("invalid token")]
     BadToken,
-    /// The database failed or could not be reached.
+    /// The database failed or could not be reached. Holds the driver's
+    /// error (sqlx or rusqlite); [`StoreError::sqlx`] looks for the former.
     #[error("storage unavailable: {0}")]
-    Unavailable(#[from] sqlx::Error),
+    Unavailable(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// The store is shutting down.
     #[error("storage is shutting down")]
     Closed,
+}
+
+impl StoreError {
+    /// `Unavailable` for any other failure (a thread that would not start,
+    /// a write that panicked).
+    pub fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StoreError::Unavailable(Arc::from(e.into()))
+    }
+
+    /// The sqlx error behind an `Unavailable`, if sqlx reported it.
+    pub fn sqlx(&self) -> Option<&sqlx::Error> {
+        match self {
+            StoreError::Unavailable(e) => e.downcast_ref::<sqlx::Error>(),
+            _ => None,
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(Arc::new(e))
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Unavailable(Arc::new(e))
+    }
 }
 
 /// How long a presented token keeps working after its first use, unless a

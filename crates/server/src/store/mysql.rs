@@ -62,8 +62,8 @@ fn unique_violation(e: &sqlx::Error) -> bool {
 /// Deadlock (1213) or lock wait timeout (1205): the transaction was rolled
 /// back (or must be) and may simply be run again.
 fn retryable(e: &StoreError) -> bool {
-    match e {
-        StoreError::Unavailable(sqlx::Error::Database(d)) => d
+    match e.sqlx() {
+        Some(sqlx::Error::Database(d)) => d
             .try_downcast_ref::<MySqlDatabaseError>()
             .is_some_and(|m| matches!(m.number(), 1205 | 1213)),
         _ => false,
@@ -131,7 +131,7 @@ impl MysqlStore {
         migrator()
             .run(&pool)
             .await
-            .map_err(|e| StoreError::Unavailable(sqlx::Error::Migrate(Box::new(e))))?;
+            .map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
         backfill_name_keys(&pool, |r| Ok((r.try_get(0)?, text(r, 1)?))).await?;
         Ok(MysqlStore { pool })
     }

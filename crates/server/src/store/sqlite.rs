@@ -1,21 +1,27 @@
 //! The embedded backend: one SQLite file in WAL mode.
 //!
-//! Writes go through a pool of exactly one connection, so they queue in
-//! process instead of fighting over SQLite's lock; reads use a separate pool
-//! and run beside them, as WAL allows.
+//! Every write runs on one dedicated thread that owns the only writing
+//! connection ([`super::sqlite_writer`]), so writes queue in process instead
+//! of fighting over SQLite's lock, and a group commit is one hop to that
+//! thread rather than one per statement. Reads use a sqlx pool and run beside
+//! the writer, as WAL allows. Migrations run over sqlx when the store opens,
+//! before the writer starts.
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension, Transaction};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{Row, SqlitePool};
 
 use super::batch::{self, Earlier, Lookups, TokenRow};
+use super::sqlite_writer::{Writer, WriterOptions};
 use super::{
     backfill_name_keys, key_digest, Conversation, GroupId, GroupInfo, Member, MessageStore, Person,
     Role, StoreError, StoreOptions, StoreResult, StoredMessage, Target, UserId, UserRecord,
@@ -23,14 +29,11 @@ use super::{
 };
 use super::{FriendStore, GroupStore};
 
-/// Rows per multi-row statement, well under SQLite's bound-variable limit.
-const CHUNK: usize = 500;
-
 /// The SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
     read: SqlitePool,
-    write: SqlitePool,
+    writer: Arc<Writer>,
 }
 
 fn migrator() -> Migrator {
@@ -45,8 +48,30 @@ fn now() -> i64 {
     chat_protocol::time::unix_now()
 }
 
-fn unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+/// `Exists` for a UNIQUE or PRIMARY KEY violation (a name or key taken),
+/// `Unavailable` for anything else.
+fn exists_or_unavailable(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation
+                && matches!(
+                    f.extended_code,
+                    rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                        | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                ) =>
+        {
+            StoreError::Exists
+        }
+        _ => e.into(),
+    }
+}
+
+/// Whether a URL names an in-memory database, which the writer thread's
+/// connection could not share with the read pool.
+fn in_memory(url: &str) -> bool {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (db, query) = rest.split_once('?').unwrap_or((rest, ""));
+    db == ":memory:" || query.split('&').any(|p| p == "mode=memory")
 }
 
 pub(crate) fn message_from_row(row: &SqliteRow) -> StoredMessage {
@@ -60,9 +85,28 @@ pub(crate) fn message_from_row(row: &SqliteRow) -> StoredMessage {
     }
 }
 
+/// The group's existence and the user's role in it, in one statement for
+/// both the read pool and the writer: no row means no group; a NULL role,
+/// not a member. Binds group, user, group.
+const ROLE_IN: &str = "SELECT (SELECT grouprole FROM groupuser WHERE groupid = ? AND userid = ?) \
+                       FROM allgroup WHERE id = ?";
+
+/// `NotFound` if the group does not exist; otherwise the user's role, if any.
+fn role_from(row: Option<Option<String>>) -> StoreResult<Option<Role>> {
+    match row {
+        None => Err(StoreError::NotFound),
+        Some(role) => Ok(role.map(|r| Role::parse(&r))),
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `url`.
     pub async fn open(url: &str, opts: &StoreOptions) -> StoreResult<Self> {
+        if in_memory(url) {
+            return Err(StoreError::unavailable(
+                "in-memory SQLite is not supported: the writer thread and the read pool open one file",
+            ));
+        }
         let base = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -77,176 +121,232 @@ impl SqliteStore {
             // Checkpoints run in the background (below); the writer only
             // checkpoints itself if the WAL grows past ~80 MB regardless.
             .pragma("wal_autocheckpoint", "20000");
-        let write = SqlitePoolOptions::new()
+        // Migrations and the name-key backfill need sqlx; their connection
+        // closes before the writer thread starts, so one connection writes.
+        let setup = SqlitePoolOptions::new()
             .max_connections(1)
-            .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(base.clone())
             .await?;
-        migrator()
-            .run(&write)
-            .await
-            .map_err(|e| StoreError::Unavailable(sqlx::Error::Migrate(Box::new(e))))?;
-        backfill_name_keys(&write, |r| Ok((r.try_get(0)?, r.try_get(1)?))).await?;
+        let migrated = async {
+            migrator()
+                .run(&setup)
+                .await
+                .map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
+            backfill_name_keys(&setup, |r| Ok((r.try_get(0)?, r.try_get(1)?))).await
+        }
+        .await;
+        setup.close().await;
+        migrated?;
+        let writer = Writer::start(WriterOptions {
+            path: base.get_filename().to_owned(),
+            synchronous_full: opts.sqlite_synchronous_full,
+        })
+        .await?;
         let read = SqlitePoolOptions::new()
             .max_connections(opts.pool_size.max(1))
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(base)
-            .await?;
+            .await;
+        let read = match read {
+            Ok(r) => r,
+            Err(e) => {
+                writer.stop().await;
+                return Err(e.into());
+            }
+        };
         tokio::spawn(checkpointer(read.clone()));
-        Ok(SqliteStore { read, write })
+        Ok(SqliteStore {
+            read,
+            writer: Arc::new(writer),
+        })
     }
+}
 
-    async fn lookups(
-        tx: &mut Transaction<'_, Sqlite>,
-        need: &batch::Needs,
-    ) -> StoreResult<Lookups> {
-        let mut lk = Lookups::default();
-        for chunk in need.users.chunks(CHUNK) {
-            let mut qb = QueryBuilder::<Sqlite>::new("SELECT id FROM users WHERE id IN (");
-            let mut sep = qb.separated(", ");
-            for u in chunk {
-                sep.push_bind(*u);
-            }
-            qb.push(")");
-            for row in qb.build().fetch_all(&mut **tx).await? {
-                lk.existing_users.insert(row.get::<i64, _>(0));
-            }
+// Writes: each runs as one transaction on the writer thread, with single-row
+// statements from its cache.
+
+/// What a batch must read, one cached lookup per user, group and cmid.
+fn lookups(tx: &Transaction<'_>, need: &batch::Needs) -> StoreResult<Lookups> {
+    let mut lk = Lookups::default();
+    let mut user = tx.prepare_cached("SELECT 1 FROM users WHERE id = ?")?;
+    for &u in &need.users {
+        if user.exists([u])? {
+            lk.existing_users.insert(u);
         }
-        for chunk in need.groups.chunks(CHUNK) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "SELECT groupid, userid FROM groupuser WHERE groupid IN (",
-            );
-            let mut sep = qb.separated(", ");
-            for g in chunk {
-                sep.push_bind(*g);
-            }
-            qb.push(") ORDER BY groupid, userid");
-            for row in qb.build().fetch_all(&mut **tx).await? {
-                lk.members.entry(row.get(0)).or_default().push(row.get(1));
-            }
-        }
-        for (sender, cmid) in &need.cmids {
-            let hit = sqlx::query(
-                "SELECT mid, kind, target, body FROM messages WHERE sender = ? AND cmid = ?",
-            )
-            .bind(sender)
-            .bind(cmid)
-            .fetch_optional(&mut **tx)
-            .await?;
-            if let Some(r) = hit {
-                let e = Earlier {
-                    mid: r.try_get(0)?,
-                    target: Target::from_parts(r.try_get(1)?, r.try_get(2)?),
-                    body: r.try_get(3)?,
-                };
-                lk.cmid_hits.insert((*sender, cmid.clone()), e);
-            }
-        }
-        Ok(lk)
     }
-
-    async fn last_seqs(
-        tx: &mut Transaction<'_, Sqlite>,
-        users: &[UserId],
-    ) -> StoreResult<HashMap<UserId, i64>> {
-        let mut out = HashMap::with_capacity(users.len());
-        for chunk in users.chunks(CHUNK) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "SELECT userid, last_seq FROM user_seq WHERE userid IN (",
-            );
-            let mut sep = qb.separated(", ");
-            for u in chunk {
-                sep.push_bind(*u);
-            }
-            qb.push(")");
-            for row in qb.build().fetch_all(&mut **tx).await? {
-                out.insert(row.get(0), row.get(1));
-            }
+    let mut members =
+        tx.prepare_cached("SELECT userid FROM groupuser WHERE groupid = ? ORDER BY userid")?;
+    for &g in &need.groups {
+        let ms = members
+            .query_map([g], |r| r.get(0))?
+            .collect::<Result<Vec<UserId>, _>>()?;
+        // No members means no group, as with one query over all groups.
+        if !ms.is_empty() {
+            lk.members.insert(g, ms);
         }
-        Ok(out)
     }
+    let mut cmid = tx.prepare_cached(
+        "SELECT mid, kind, target, body FROM messages WHERE sender = ? AND cmid = ?",
+    )?;
+    for (sender, c) in &need.cmids {
+        let hit = cmid
+            .query_row(params![sender, c], |r| {
+                Ok(Earlier {
+                    mid: r.get(0)?,
+                    target: Target::from_parts(r.get(1)?, r.get(2)?),
+                    body: r.get(3)?,
+                })
+            })
+            .optional()?;
+        if let Some(e) = hit {
+            lk.cmid_hits.insert((*sender, c.clone()), e);
+        }
+    }
+    Ok(lk)
+}
 
-    async fn token_op(tx: &mut Transaction<'_, Sqlite>, op: &WriteOp) -> StoreResult<WriteOutcome> {
-        match op {
-            WriteOp::Token { user, .. } => {
-                let rows = sqlx::query("SELECT hash, seq, expires_at FROM tokens WHERE userid = ?")
-                    .bind(user)
-                    .fetch_all(&mut **tx)
-                    .await?
-                    .iter()
-                    .map(|r| TokenRow {
-                        hash: r.get(0),
-                        seq: r.get(1),
-                        expires_at: r.get(2),
+/// Current `last_seq` of each user that has a counter row.
+fn last_seqs(tx: &Transaction<'_>, users: &[UserId]) -> StoreResult<HashMap<UserId, i64>> {
+    let mut out = HashMap::with_capacity(users.len());
+    let mut st = tx.prepare_cached("SELECT last_seq FROM user_seq WHERE userid = ?")?;
+    for &u in users {
+        if let Some(s) = st.query_row([u], |r| r.get(0)).optional()? {
+            out.insert(u, s);
+        }
+    }
+    Ok(out)
+}
+
+/// The group commit: plan with [`batch`], then write the rows it planned.
+fn commit_batch(tx: &Transaction<'_>, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
+    let need = batch::needs(ops);
+    let lk = lookups(tx, &need)?;
+    let rcpt = batch::recipients(ops, &lk);
+    let last = last_seqs(tx, &rcpt)?;
+    // Read every batch (an index lookup) rather than cached: a rolled-back
+    // batch must not leave a stale counter behind.
+    let max_mid: i64 = if ops.iter().any(|o| matches!(o, WriteOp::Append(_))) {
+        tx.prepare_cached("SELECT COALESCE(MAX(mid), 0) FROM messages")?
+            .query_row([], |r| r.get(0))?
+    } else {
+        0
+    };
+    let plan = batch::plan(ops, &lk, max_mid, &last);
+
+    let mut st = tx.prepare_cached(
+        "INSERT INTO messages (mid, sender, sender_name, kind, target, conv, body, cmid, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?;
+    for row in &plan.messages {
+        let m = &row.message;
+        st.execute(params![
+            m.mid,
+            m.sender,
+            m.sender_name,
+            m.target.kind(),
+            m.target.id(),
+            row.conv,
+            m.body,
+            row.cmid,
+            m.time,
+        ])?;
+    }
+    let mut st = tx.prepare_cached("INSERT INTO inbox (userid, seq, mid) VALUES (?, ?, ?)")?;
+    for (u, s, m) in &plan.inbox {
+        st.execute([u, s, m])?;
+    }
+    let mut st = tx.prepare_cached(
+        "INSERT INTO user_seq (userid, last_seq) VALUES (?, ?) \
+         ON CONFLICT (userid) DO UPDATE SET last_seq = excluded.last_seq",
+    )?;
+    for (u, s) in &plan.seq_updates {
+        st.execute([u, s])?;
+    }
+    let mut st = tx.prepare_cached(
+        "INSERT INTO user_seq (userid, last_seq, acked_seq) VALUES (?, 0, ?) \
+         ON CONFLICT (userid) DO UPDATE SET \
+         acked_seq = MAX(user_seq.acked_seq, MIN(excluded.acked_seq, user_seq.last_seq))",
+    )?;
+    for (u, s) in &plan.acks {
+        st.execute([u, s])?;
+    }
+    let mut outcomes = Vec::with_capacity(ops.len());
+    for (op, planned) in ops.iter().zip(plan.outcomes) {
+        outcomes.push(match planned {
+            Some(o) => o,
+            None => token_op(tx, op)?,
+        });
+    }
+    Ok(outcomes)
+}
+
+/// Runs a token op (planned by [`batch::plan_token`]) in the batch's transaction.
+fn token_op(tx: &Transaction<'_>, op: &WriteOp) -> StoreResult<WriteOutcome> {
+    match op {
+        WriteOp::Token { user, .. } => {
+            let rows = tx
+                .prepare_cached("SELECT hash, seq, expires_at FROM tokens WHERE userid = ?")?
+                .query_map([user], |r| {
+                    Ok(TokenRow {
+                        hash: r.get(0)?,
+                        seq: r.get(1)?,
+                        expires_at: r.get(2)?,
                     })
-                    .collect::<Vec<_>>();
-                let plan = batch::plan_token(op, &rows);
-                for chunk in plan.delete.chunks(CHUNK) {
-                    let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM tokens WHERE hash IN (");
-                    let mut sep = qb.separated(", ");
-                    for h in chunk {
-                        sep.push_bind(h);
-                    }
-                    qb.push(")");
-                    qb.build().execute(&mut **tx).await?;
-                }
-                if let Some((hash, expires_at)) = &plan.shorten {
-                    sqlx::query("UPDATE tokens SET expires_at = ? WHERE hash = ?")
-                        .bind(expires_at)
-                        .bind(hash)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                if let Some(t) = &plan.insert {
-                    sqlx::query(
-                        "INSERT INTO tokens (hash, userid, seq, expires_at) VALUES (?, ?, ?, ?)",
-                    )
-                    .bind(&t.hash)
-                    .bind(user)
-                    .bind(t.seq)
-                    .bind(t.expires_at)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                Ok(plan.outcome)
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let plan = batch::plan_token(op, &rows);
+            let mut delete = tx.prepare_cached("DELETE FROM tokens WHERE hash = ?")?;
+            for h in &plan.delete {
+                delete.execute([h])?;
             }
-            WriteOp::RevokeTokens { user } => {
-                sqlx::query("DELETE FROM tokens WHERE userid = ?")
-                    .bind(user)
-                    .execute(&mut **tx)
-                    .await?;
-                Ok(WriteOutcome::Revoked)
+            if let Some((hash, expires_at)) = &plan.shorten {
+                tx.prepare_cached("UPDATE tokens SET expires_at = ? WHERE hash = ?")?
+                    .execute(params![expires_at, hash])?;
             }
-            _ => unreachable!("only token ops reach token_op"),
+            if let Some(t) = &plan.insert {
+                tx.prepare_cached(
+                    "INSERT INTO tokens (hash, userid, seq, expires_at) VALUES (?, ?, ?, ?)",
+                )?
+                .execute(params![t.hash, user, t.seq, t.expires_at])?;
+            }
+            Ok(plan.outcome)
         }
+        WriteOp::RevokeTokens { user } => {
+            tx.prepare_cached("DELETE FROM tokens WHERE userid = ?")?
+                .execute([user])?;
+            Ok(WriteOutcome::Revoked)
+        }
+        _ => unreachable!("only token ops reach token_op"),
     }
+}
+
+/// The user's role in a group, from the writer's transaction.
+fn role_in(tx: &Transaction<'_>, group: GroupId, user: UserId) -> StoreResult<Option<Role>> {
+    let row = tx
+        .prepare_cached(ROLE_IN)?
+        .query_row([group, user, group], |r| r.get(0))
+        .optional()?;
+    role_from(row)
 }
 
 #[async_trait]
 impl UserStore for SqliteStore {
     async fn create_user(&self, name: &str, key: &str, password_hash: &str) -> StoreResult<UserId> {
-        let mut tx = self.write.begin().await?;
-        let res = sqlx::query(
-            "INSERT INTO users (name, name_key, password, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(name)
-        .bind(key_digest(key))
-        .bind(password_hash)
-        .bind(now())
-        .execute(&mut *tx)
-        .await;
-        let id = match res {
-            Ok(r) => r.last_insert_rowid(),
-            Err(e) if unique_violation(&e) => return Err(StoreError::Exists),
-            Err(e) => return Err(e.into()),
-        };
-        sqlx::query("INSERT INTO user_seq (userid) VALUES (?)")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(id)
+        let (name, key, hash) = (name.to_owned(), key_digest(key), password_hash.to_owned());
+        self.writer
+            .transact(move |tx| {
+                let id = tx
+                    .prepare_cached(
+                        "INSERT INTO users (name, name_key, password, created_at) VALUES (?, ?, ?, ?)",
+                    )?
+                    .insert(params![name, key, hash, now()])
+                    .map_err(exists_or_unavailable)?;
+                tx.prepare_cached("INSERT INTO user_seq (userid) VALUES (?)")?
+                    .execute([id])?;
+                Ok(id)
+            })
+            .await
     }
 
     async fn find_user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
@@ -265,46 +365,41 @@ impl UserStore for SqliteStore {
 #[async_trait]
 impl FriendStore for SqliteStore {
     async fn add_friend(&self, user: UserId, friend: UserId) -> StoreResult<()> {
-        let mut tx = self.write.begin().await?;
-        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE id = ?")
-            .bind(friend)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound);
-        }
-        let added = sqlx::query(
-            "INSERT INTO friends (userid, friendid) VALUES (?, ?), (?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(user)
-        .bind(friend)
-        .bind(friend)
-        .bind(user)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if added == 0 {
-            return Err(StoreError::Exists);
-        }
-        tx.commit().await?;
-        Ok(())
+        self.writer
+            .transact(move |tx| {
+                if !tx
+                    .prepare_cached("SELECT 1 FROM users WHERE id = ?")?
+                    .exists([friend])?
+                {
+                    return Err(StoreError::NotFound);
+                }
+                let mut st = tx.prepare_cached(
+                    "INSERT INTO friends (userid, friendid) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                )?;
+                let added = st.execute([user, friend])? + st.execute([friend, user])?;
+                if added == 0 {
+                    return Err(StoreError::Exists);
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn remove_friend(&self, user: UserId, friend: UserId) -> StoreResult<()> {
-        let removed = sqlx::query(
-            "DELETE FROM friends WHERE (userid = ? AND friendid = ?) OR (userid = ? AND friendid = ?)",
-        )
-        .bind(user)
-        .bind(friend)
-        .bind(friend)
-        .bind(user)
-        .execute(&self.write)
-        .await?
-        .rows_affected();
-        if removed == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        self.writer
+            .transact(move |tx| {
+                let removed = tx
+                    .prepare_cached(
+                        "DELETE FROM friends \
+                         WHERE (userid = ?1 AND friendid = ?2) OR (userid = ?2 AND friendid = ?1)",
+                    )?
+                    .execute([user, friend])?;
+                if removed == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn friends(&self, user: UserId) -> StoreResult<Vec<Person>> {
@@ -333,91 +428,80 @@ impl GroupStore for SqliteStore {
         key: &str,
         desc: &str,
     ) -> StoreResult<GroupId> {
-        let mut tx = self.write.begin().await?;
-        let res = sqlx::query(
-            "INSERT INTO allgroup (groupname, name_key, groupdesc, creator, created_at) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(name)
-        .bind(key_digest(key))
-        .bind(desc)
-        .bind(creator)
-        .bind(now())
-        .execute(&mut *tx)
-        .await;
-        let id = match res {
-            Ok(r) => r.last_insert_rowid(),
-            Err(e) if unique_violation(&e) => return Err(StoreError::Exists),
-            Err(e) => return Err(e.into()),
-        };
-        sqlx::query("INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'creator')")
-            .bind(id)
-            .bind(creator)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(id)
+        let (name, key, desc) = (name.to_owned(), key_digest(key), desc.to_owned());
+        self.writer
+            .transact(move |tx| {
+                let id = tx
+                    .prepare_cached(
+                        "INSERT INTO allgroup (groupname, name_key, groupdesc, creator, created_at) \
+                         VALUES (?, ?, ?, ?, ?)",
+                    )?
+                    .insert(params![name, key, desc, creator, now()])
+                    .map_err(exists_or_unavailable)?;
+                tx.prepare_cached(
+                    "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'creator')",
+                )?
+                .execute([id, creator])?;
+                Ok(id)
+            })
+            .await
     }
 
     async fn join_group(&self, group: GroupId, user: UserId) -> StoreResult<()> {
-        let mut tx = self.write.begin().await?;
-        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM allgroup WHERE id = ?")
-            .bind(group)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound);
-        }
-        let added = sqlx::query(
-            "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'normal') ON CONFLICT DO NOTHING",
-        )
-        .bind(group)
-        .bind(user)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if added == 0 {
-            return Err(StoreError::Exists);
-        }
-        tx.commit().await?;
-        Ok(())
+        self.writer
+            .transact(move |tx| {
+                if !tx
+                    .prepare_cached("SELECT 1 FROM allgroup WHERE id = ?")?
+                    .exists([group])?
+                {
+                    return Err(StoreError::NotFound);
+                }
+                let added = tx
+                    .prepare_cached(
+                        "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'normal') \
+                         ON CONFLICT DO NOTHING",
+                    )?
+                    .execute([group, user])?;
+                if added == 0 {
+                    return Err(StoreError::Exists);
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn quit_group(&self, group: GroupId, user: UserId) -> StoreResult<()> {
-        let mut tx = self.write.begin().await?;
-        match role_in(&mut tx, group, user).await? {
-            Some(Role::Normal) => {}
-            _ => return Err(StoreError::Forbidden),
-        }
-        sqlx::query("DELETE FROM groupuser WHERE groupid = ? AND userid = ?")
-            .bind(group)
-            .bind(user)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.writer
+            .transact(move |tx| {
+                if role_in(tx, group, user)? != Some(Role::Normal) {
+                    return Err(StoreError::Forbidden);
+                }
+                tx.prepare_cached("DELETE FROM groupuser WHERE groupid = ? AND userid = ?")?
+                    .execute([group, user])?;
+                Ok(())
+            })
+            .await
     }
 
     async fn disband_group(&self, group: GroupId, user: UserId) -> StoreResult<Vec<UserId>> {
-        let mut tx = self.write.begin().await?;
-        if role_in(&mut tx, group, user).await? != Some(Role::Creator) {
-            return Err(StoreError::Forbidden);
-        }
-        let members: Vec<i64> =
-            sqlx::query_scalar("SELECT userid FROM groupuser WHERE groupid = ? ORDER BY userid")
-                .bind(group)
-                .fetch_all(&mut *tx)
-                .await?;
-        sqlx::query("DELETE FROM groupuser WHERE groupid = ?")
-            .bind(group)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM allgroup WHERE id = ?")
-            .bind(group)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(members)
+        self.writer
+            .transact(move |tx| {
+                if role_in(tx, group, user)? != Some(Role::Creator) {
+                    return Err(StoreError::Forbidden);
+                }
+                let members = tx
+                    .prepare_cached(
+                        "SELECT userid FROM groupuser WHERE groupid = ? ORDER BY userid",
+                    )?
+                    .query_map([group], |r| r.get(0))?
+                    .collect::<Result<Vec<UserId>, _>>()?;
+                tx.prepare_cached("DELETE FROM groupuser WHERE groupid = ?")?
+                    .execute([group])?;
+                tx.prepare_cached("DELETE FROM allgroup WHERE id = ?")?
+                    .execute([group])?;
+                Ok(members)
+            })
+            .await
     }
 
     async fn created_count(&self, user: UserId) -> StoreResult<i64> {
@@ -439,11 +523,13 @@ impl GroupStore for SqliteStore {
     }
 
     async fn membership(&self, group: GroupId, user: UserId) -> StoreResult<Option<Role>> {
-        let mut conn = self.read.acquire().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let r = role_in(&mut tx, group, user).await;
-        tx.rollback().await?;
-        r
+        let row: Option<Option<String>> = sqlx::query_scalar(ROLE_IN)
+            .bind(group)
+            .bind(user)
+            .bind(group)
+            .fetch_optional(&self.read)
+            .await?;
+        role_from(row)
     }
 
     async fn groups_of(&self, user: UserId) -> StoreResult<Vec<GroupInfo>> {
@@ -510,99 +596,10 @@ async fn checkpointer(pool: SqlitePool) {
     }
 }
 
-/// `NotFound` if the group does not exist; otherwise the user's role, if any.
-async fn role_in(
-    tx: &mut Transaction<'_, Sqlite>,
-    group: GroupId,
-    user: UserId,
-) -> StoreResult<Option<Role>> {
-    let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM allgroup WHERE id = ?")
-        .bind(group)
-        .fetch_optional(&mut **tx)
-        .await?;
-    if exists.is_none() {
-        return Err(StoreError::NotFound);
-    }
-    let role: Option<String> =
-        sqlx::query_scalar("SELECT grouprole FROM groupuser WHERE groupid = ? AND userid = ?")
-            .bind(group)
-            .bind(user)
-            .fetch_optional(&mut **tx)
-            .await?;
-    Ok(role.map(|r| Role::parse(&r)))
-}
-
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn commit(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
-        let mut tx = self.write.begin().await?;
-        let need = batch::needs(&ops);
-        let lk = Self::lookups(&mut tx, &need).await?;
-        let rcpt = batch::recipients(&ops, &lk);
-        let last = Self::last_seqs(&mut tx, &rcpt).await?;
-        let max_mid: i64 = if ops.iter().any(|o| matches!(o, WriteOp::Append(_))) {
-            sqlx::query_scalar("SELECT COALESCE(MAX(mid), 0) FROM messages")
-                .fetch_one(&mut *tx)
-                .await?
-        } else {
-            0
-        };
-        let plan = batch::plan(&ops, &lk, max_mid, &last);
-
-        for chunk in plan.messages.chunks(CHUNK / 2) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO messages (mid, sender, sender_name, kind, target, conv, body, cmid, created_at) ",
-            );
-            qb.push_values(chunk, |mut b, row| {
-                let m = &row.message;
-                b.push_bind(m.mid)
-                    .push_bind(m.sender)
-                    .push_bind(&m.sender_name)
-                    .push_bind(m.target.kind())
-                    .push_bind(m.target.id())
-                    .push_bind(&row.conv)
-                    .push_bind(&m.body)
-                    .push_bind(&row.cmid)
-                    .push_bind(m.time);
-            });
-            qb.build().execute(&mut *tx).await?;
-        }
-        for chunk in plan.inbox.chunks(CHUNK) {
-            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO inbox (userid, seq, mid) ");
-            qb.push_values(chunk, |mut b, (u, s, m)| {
-                b.push_bind(u).push_bind(s).push_bind(m);
-            });
-            qb.build().execute(&mut *tx).await?;
-        }
-        for chunk in plan.seq_updates.chunks(CHUNK) {
-            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO user_seq (userid, last_seq) ");
-            qb.push_values(chunk, |mut b, (u, s)| {
-                b.push_bind(u).push_bind(s);
-            });
-            qb.push(" ON CONFLICT (userid) DO UPDATE SET last_seq = excluded.last_seq");
-            qb.build().execute(&mut *tx).await?;
-        }
-        for chunk in plan.acks.chunks(CHUNK) {
-            let mut qb =
-                QueryBuilder::<Sqlite>::new("INSERT INTO user_seq (userid, last_seq, acked_seq) ");
-            qb.push_values(chunk, |mut b, (u, s)| {
-                b.push_bind(u).push_bind(0i64).push_bind(s);
-            });
-            qb.push(
-                " ON CONFLICT (userid) DO UPDATE SET \
-                 acked_seq = MAX(user_seq.acked_seq, MIN(excluded.acked_seq, user_seq.last_seq))",
-            );
-            qb.build().execute(&mut *tx).await?;
-        }
-        let mut outcomes = Vec::with_capacity(ops.len());
-        for (op, planned) in ops.iter().zip(plan.outcomes) {
-            outcomes.push(match planned {
-                Some(o) => o,
-                None => Self::token_op(&mut tx, op).await?,
-            });
-        }
-        tx.commit().await?;
-        Ok(outcomes)
+        self.writer.transact(move |tx| commit_batch(tx, &ops)).await
     }
 
     async fn acked_seq(&self, user: UserId) -> StoreResult<i64> {
@@ -656,19 +653,42 @@ impl MessageStore for SqliteStore {
     }
 
     async fn prune_tokens(&self, now: i64, limit: i64) -> StoreResult<u64> {
-        Ok(sqlx::query(
-            "DELETE FROM tokens WHERE hash IN \
-             (SELECT hash FROM tokens WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
-        )
-        .bind(now)
-        .bind(limit.max(0))
-        .execute(&self.write)
-        .await?
-        .rows_affected())
+        self.writer
+            .transact(move |tx| {
+                let n = tx
+                    .prepare_cached(
+                        "DELETE FROM tokens WHERE hash IN \
+                         (SELECT hash FROM tokens WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+                    )?
+                    .execute([now, limit.max(0)])?;
+                Ok(n as u64)
+            })
+            .await
     }
 
     async fn close(&self) {
-        self.write.close().await;
+        self.writer.stop().await;
         self.read.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn in_memory_urls_are_recognised() {
+        for url in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://x.db?mode=memory",
+        ] {
+            assert!(super::in_memory(url), "{url}");
+        }
+        for url in [
+            "sqlite://chat.db",
+            "sqlite:chat.db?mode=rwc",
+            "sqlite:///tmp/memory.db",
+        ] {
+            assert!(!super::in_memory(url), "{url}");
+        }
     }
 }
