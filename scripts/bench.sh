@@ -18,7 +18,7 @@
 #   BENCH_IDLE=N        idle connections (default 5000; 19500 with BENCH_FULL)
 #   BENCH_SETUP=N       users registered at full argon2 cost (default 400)
 #   BENCH_ONLY="..."    run only these cases (direct-w32 direct-w1 direct-rate
-#                       group idle setup); default all
+#                       group group-rate idle setup); default all
 #   BENCH_OUT=DIR       where results go (default bench-results)
 #   BENCH_PROFILE=...   cargo profile (default release; --smoke uses dev,
 #                       which `cargo test` has already built)
@@ -176,6 +176,15 @@ say "group: 500 members, 5 senders, closed loop ($runs runs)"
 start_server "${cheap_hash[@]}"
 for _ in $(seq "$runs"); do
   bench group-500x5 group --register --members 500 --senders 5 --window 32 --size 64 --duration "$duration" --warmup 1
+done
+stop_server
+fi
+
+if want group-rate; then
+say "group: 500 members, 5 senders x 100 msg/s, open loop ($runs runs)"
+start_server "${cheap_hash[@]}"
+for _ in $(seq "$runs"); do
+  bench group-500x5-rate100 group --register --members 500 --senders 5 --rate 100 --size 64 --duration "$duration" --warmup 1
 done
 stop_server
 fi

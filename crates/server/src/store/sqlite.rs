@@ -9,11 +9,11 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -34,6 +34,47 @@ use super::{FriendStore, GroupStore};
 pub struct SqliteStore {
     read: SqlitePool,
     writer: Arc<Writer>,
+    counters: Arc<Mutex<Counters>>,
+}
+
+/// Users whose `last_seq` the writer remembers at most; past it the memory
+/// starts over (a cache miss is one indexed read).
+const MAX_CACHED_COUNTERS: usize = 1 << 18;
+
+/// The counters a group commit reads and advances (each recipient's
+/// `last_seq` and the highest mid), remembered by the writer so that a batch
+/// need not read them back: for a group message that is a read per member.
+/// The writer is the only connection that writes them, and it checks that
+/// with `PRAGMA data_version`, which changes when any other connection (or
+/// process) commits: then, and after any batch that failed, it forgets
+/// everything and reads again. Only the writer thread touches it; the mutex
+/// is never contended.
+#[derive(Debug, Default)]
+struct Counters {
+    data_version: Option<i64>,
+    max_mid: Option<i64>,
+    last_seq: HashMap<UserId, i64>,
+}
+
+impl Counters {
+    fn forget(&mut self) {
+        *self = Counters::default();
+    }
+
+    /// Forgets everything if another connection has written since last time.
+    fn check(&mut self, tx: &Transaction<'_>) -> StoreResult<()> {
+        let v: i64 = tx
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        if self.data_version != Some(v) {
+            self.forget();
+            self.data_version = Some(v);
+        }
+        if self.last_seq.len() > MAX_CACHED_COUNTERS {
+            self.last_seq.clear();
+        }
+        Ok(())
+    }
 }
 
 fn migrator() -> Migrator {
@@ -159,6 +200,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             read,
             writer: Arc::new(writer),
+            counters: Arc::default(),
         })
     }
 }
@@ -206,12 +248,19 @@ fn lookups(tx: &Transaction<'_>, need: &batch::Needs) -> StoreResult<Lookups> {
     Ok(lk)
 }
 
-/// Current `last_seq` of each user that has a counter row.
-fn last_seqs(tx: &Transaction<'_>, users: &[UserId]) -> StoreResult<HashMap<UserId, i64>> {
+/// Current `last_seq` of each user that has a counter row, from memory
+/// where the writer has it.
+fn last_seqs(
+    tx: &Transaction<'_>,
+    users: &[UserId],
+    known: &Counters,
+) -> StoreResult<HashMap<UserId, i64>> {
     let mut out = HashMap::with_capacity(users.len());
     let mut st = tx.prepare_cached("SELECT last_seq FROM user_seq WHERE userid = ?")?;
     for &u in users {
-        if let Some(s) = st.query_row([u], |r| r.get(0)).optional()? {
+        if let Some(&s) = known.last_seq.get(&u) {
+            out.insert(u, s);
+        } else if let Some(s) = st.query_row([u], |r| r.get(0)).optional()? {
             out.insert(u, s);
         }
     }
@@ -219,20 +268,25 @@ fn last_seqs(tx: &Transaction<'_>, users: &[UserId]) -> StoreResult<HashMap<User
 }
 
 /// The group commit: plan with [`batch`], then write the rows it planned.
-fn commit_batch(tx: &Transaction<'_>, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
+/// `known` is advanced as rows are written; the caller forgets it if the
+/// transaction does not commit.
+fn commit_batch(
+    tx: &Transaction<'_>,
+    ops: &[WriteOp],
+    known: &mut Counters,
+) -> StoreResult<Vec<WriteOutcome>> {
     let need = batch::needs(ops);
     let lk = lookups(tx, &need)?;
     let rcpt = batch::recipients(ops, &lk);
-    let last = last_seqs(tx, &rcpt)?;
-    // Read every batch (an index lookup) rather than cached: a rolled-back
-    // batch must not leave a stale counter behind.
-    let max_mid: i64 = if ops.iter().any(|o| matches!(o, WriteOp::Append(_))) {
-        tx.prepare_cached("SELECT COALESCE(MAX(mid), 0) FROM messages")?
-            .query_row([], |r| r.get(0))?
-    } else {
-        0
+    let last = last_seqs(tx, &rcpt, known)?;
+    let max_mid: i64 = match known.max_mid {
+        Some(m) => m,
+        None if ops.iter().any(|o| matches!(o, WriteOp::Append(_))) => tx
+            .prepare_cached("SELECT COALESCE(MAX(mid), 0) FROM messages")?
+            .query_row([], |r| r.get(0))?,
+        None => 0,
     };
-    let plan = batch::plan(ops, &lk, max_mid, &last);
+    let mut plan = batch::plan(ops, &lk, max_mid, &last);
 
     let mut st = tx.prepare_cached(
         "INSERT INTO messages (mid, sender, sender_name, kind, target, conv, body, cmid, created_at) \
@@ -251,25 +305,42 @@ fn commit_batch(tx: &Transaction<'_>, ops: &[WriteOp]) -> StoreResult<Vec<WriteO
             row.cmid,
             m.time,
         ])?;
+        known.max_mid = Some(m.mid);
     }
+    if known.max_mid.is_none() && !plan.messages.is_empty() {
+        known.max_mid = Some(max_mid);
+    }
+    // In key order: a batch's rows for one user land on the same page.
+    plan.inbox.sort_unstable();
     let mut st = tx.prepare_cached("INSERT INTO inbox (userid, seq, mid) VALUES (?, ?, ?)")?;
     for (u, s, m) in &plan.inbox {
         st.execute([u, s, m])?;
     }
-    let mut st = tx.prepare_cached(
+    // Every user has a counter row from registration, so an UPDATE finds
+    // it; the INSERT is for rows that predate that.
+    let mut update = tx.prepare_cached("UPDATE user_seq SET last_seq = ? WHERE userid = ?")?;
+    let mut insert = tx.prepare_cached(
         "INSERT INTO user_seq (userid, last_seq) VALUES (?, ?) \
          ON CONFLICT (userid) DO UPDATE SET last_seq = excluded.last_seq",
     )?;
-    for (u, s) in &plan.seq_updates {
-        st.execute([u, s])?;
+    for &(u, s) in &plan.seq_updates {
+        if update.execute([s, u])? == 0 {
+            insert.execute([u, s])?;
+        }
+        known.last_seq.insert(u, s);
     }
-    let mut st = tx.prepare_cached(
+    let mut update = tx.prepare_cached(
+        "UPDATE user_seq SET acked_seq = MAX(acked_seq, MIN(?, last_seq)) WHERE userid = ?",
+    )?;
+    let mut insert = tx.prepare_cached(
         "INSERT INTO user_seq (userid, last_seq, acked_seq) VALUES (?, 0, ?) \
          ON CONFLICT (userid) DO UPDATE SET \
          acked_seq = MAX(user_seq.acked_seq, MIN(excluded.acked_seq, user_seq.last_seq))",
     )?;
-    for (u, s) in &plan.acks {
-        st.execute([u, s])?;
+    for &(u, s) in &plan.acks {
+        if update.execute([s, u])? == 0 {
+            insert.execute([u, s])?;
+        }
     }
     let mut outcomes = Vec::with_capacity(ops.len());
     for (op, planned) in ops.iter().zip(plan.outcomes) {
@@ -599,7 +670,31 @@ async fn checkpointer(pool: SqlitePool) {
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn commit(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
-        self.writer.transact(move |tx| commit_batch(tx, &ops)).await
+        let counters = self.counters.clone();
+        self.writer
+            .run(move |conn| {
+                let mut known = counters.lock().unwrap_or_else(|poisoned| {
+                    // A batch panicked halfway: start over from the tables.
+                    counters.clear_poison();
+                    let mut known = poisoned.into_inner();
+                    known.forget();
+                    known
+                });
+                let mut batch = || {
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    known.check(&tx)?;
+                    let out = commit_batch(&tx, &ops, &mut known)?;
+                    tx.commit()?;
+                    Ok(out)
+                };
+                let out = batch();
+                if out.is_err() {
+                    // What it remembered may be from the rolled-back batch.
+                    known.forget();
+                }
+                out
+            })
+            .await
     }
 
     async fn acked_seq(&self, user: UserId) -> StoreResult<i64> {
@@ -690,5 +785,61 @@ mod tests {
         ] {
             assert!(!super::in_memory(url), "{url}");
         }
+    }
+
+    use super::*;
+    use crate::store::NewMessage;
+
+    fn to(sender: UserId, user: UserId) -> WriteOp {
+        WriteOp::Append(NewMessage {
+            sender,
+            sender_name: "a".into(),
+            target: Target::User(user),
+            body: "hi".into(),
+            cmid: None,
+            time: 0,
+        })
+    }
+
+    fn delivered(o: &WriteOutcome) -> (i64, Vec<(UserId, i64)>) {
+        match o {
+            WriteOutcome::Appended {
+                message,
+                deliveries,
+            } => (message.mid, deliveries.clone()),
+            other => panic!("not stored: {other:?}"),
+        }
+    }
+
+    /// The writer remembers counters between batches; a write by anyone
+    /// else (another process on the same file) must make it read them again.
+    #[tokio::test]
+    async fn remembered_counters_yield_to_other_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let url = format!("sqlite://{}", path.display());
+        let store = SqliteStore::open(&url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let a = store.create_user("a", "a", "x").await.unwrap();
+        let b = store.create_user("b", "b", "x").await.unwrap();
+        let out = store.commit(vec![to(a, b), to(a, b)]).await.unwrap();
+        assert_eq!(delivered(&out[1]), (2, vec![(b, 2)]));
+
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other
+            .execute_batch(&format!(
+                "UPDATE user_seq SET last_seq = 7 WHERE userid = {b};
+                 INSERT INTO messages (mid, sender, sender_name, kind, target, conv, body, created_at)
+                 VALUES (40, {a}, 'a', 6, {b}, 'x', 'elsewhere', 0);"
+            ))
+            .unwrap();
+        drop(other);
+
+        let out = store.commit(vec![to(a, b)]).await.unwrap();
+        assert_eq!(delivered(&out[0]), (41, vec![(b, 8)]));
+        let out = store.commit(vec![to(a, b)]).await.unwrap();
+        assert_eq!(delivered(&out[0]), (42, vec![(b, 9)]));
+        store.close().await;
     }
 }

@@ -90,7 +90,7 @@ impl Writer {
     }
 
     /// Runs `f` on the writer thread. `Closed` if the writer has stopped.
-    async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    pub(crate) async fn run<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
