@@ -15,7 +15,8 @@ use clusterchat::Node;
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc: the server allocates many small, short-lived buffers per
-/// message, where glibc's malloc showed up at ~12% of CPU in profiles.
+/// message, where glibc's malloc showed up at ~12% of CPU in profiles. Built
+/// without transparent huge pages (see the workspace Cargo.toml).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

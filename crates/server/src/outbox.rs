@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -76,6 +77,10 @@ struct OutboxState {
     /// Bytes of the frames in `q`.
     bytes: usize,
     closed: bool,
+    /// The writer, waiting for a frame or the close. A waker and not a
+    /// `Notify`: the writer then waits by polling, and its idle task holds
+    /// no `Notified` future.
+    writer: Option<Waker>,
 }
 
 /// A connection's bounded outbound queue. Unlike a channel it allocates
@@ -86,8 +91,6 @@ pub struct Outbox {
     state: Mutex<OutboxState>,
     cap: usize,
     max_bytes: usize,
-    /// Wakes the writer when a frame arrives or the outbox closes.
-    readable: Notify,
     /// Wakes senders waiting for space (or for the close).
     space: Notify,
 }
@@ -100,7 +103,6 @@ impl Outbox {
             state: Mutex::new(OutboxState::default()),
             cap: cap.max(1),
             max_bytes,
-            readable: Notify::new(),
             space: Notify::new(),
         }
     }
@@ -127,9 +129,10 @@ impl Outbox {
         let was_empty = st.q.is_empty();
         st.bytes += len;
         st.q.push_back(out);
+        let writer = if was_empty { st.writer.take() } else { None };
         drop(st);
-        if was_empty {
-            self.readable.notify_one();
+        if let Some(w) = writer {
+            w.wake();
         }
         Ok(())
     }
@@ -152,52 +155,73 @@ impl Outbox {
 
     /// Stops queueing; the writer sends what is left and then stops.
     pub fn close(&self) {
-        self.lock().closed = true;
-        self.readable.notify_one();
+        let writer = {
+            let mut st = self.lock();
+            st.closed = true;
+            st.writer.take()
+        };
+        if let Some(w) = writer {
+            w.wake();
+        }
         self.space.notify_waiters();
     }
 
     /// Waits for frames and moves up to about `max_bytes` of them into
     /// `batch` (which must be empty); false once closed and drained.
     pub async fn pop_batch(&self, batch: &mut VecDeque<Out>, max_bytes: usize) -> bool {
+        std::future::poll_fn(|cx| self.poll_batch(cx, batch, max_bytes)).await
+    }
+
+    /// [`Outbox::pop_batch`] as a poll, for the one writer: while it waits,
+    /// only its waker is kept.
+    pub fn poll_batch(
+        &self,
+        cx: &mut Context<'_>,
+        batch: &mut VecDeque<Out>,
+        max_bytes: usize,
+    ) -> Poll<bool> {
         debug_assert!(batch.is_empty());
-        loop {
-            {
-                let mut st = self.lock();
-                if !st.q.is_empty() {
-                    // Up to about `max_bytes`, at least one frame.
-                    let (mut n, mut taken) = (0, 0);
-                    for o in &st.q {
-                        if n > 0 && taken >= max_bytes {
-                            break;
-                        }
-                        taken += o.len();
-                        n += 1;
+        {
+            let mut st = self.lock();
+            if !st.q.is_empty() {
+                // Up to about `max_bytes`, at least one frame.
+                let (mut n, mut taken) = (0, 0);
+                for o in &st.q {
+                    if n > 0 && taken >= max_bytes {
+                        break;
                     }
-                    st.bytes -= taken;
-                    if n == st.q.len() {
-                        // Hand the whole queue over and keep the spare
-                        // buffer: no copying, no allocation under load.
-                        std::mem::swap(&mut st.q, batch);
-                    } else {
-                        batch.extend(st.q.drain(..n));
-                    }
-                    drop(st);
-                    self.space.notify_waiters();
-                    return true;
+                    taken += o.len();
+                    n += 1;
                 }
-                if st.closed {
-                    return false;
+                st.bytes -= taken;
+                if n == st.q.len() {
+                    // Hand the whole queue over and keep the spare
+                    // buffer: no copying, no allocation under load.
+                    std::mem::swap(&mut st.q, batch);
+                } else {
+                    batch.extend(st.q.drain(..n));
                 }
-                // Idle: give the memory back.
-                if st.q.capacity() > 0 {
-                    st.q = VecDeque::new();
-                }
+                drop(st);
+                self.space.notify_waiters();
+                return Poll::Ready(true);
             }
-            if batch.capacity() > 0 {
-                *batch = VecDeque::new();
+            if st.closed {
+                return Poll::Ready(false);
             }
-            self.readable.notified().await;
+            // Idle: give the memory back.
+            if st.q.capacity() > 0 {
+                st.q = VecDeque::new();
+            }
+            // Registered under the lock, so a frame queued right after
+            // still wakes the writer.
+            match &mut st.writer {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                w => *w = Some(cx.waker().clone()),
+            }
         }
+        if batch.capacity() > 0 {
+            *batch = VecDeque::new();
+        }
+        Poll::Pending
     }
 }

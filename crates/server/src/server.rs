@@ -94,7 +94,11 @@ impl Node {
                 r = listener.accept() => match r {
                     Ok((sock, peer)) => match slots.clone().try_acquire_owned() {
                         Ok(permit) => {
-                            tracker.spawn(admit(sock, peer, sh.clone(), shutdown.clone(), permit));
+                            if sh.cfg.trusted_proxies.contains(&peer.ip()) {
+                                tracker.spawn(admit_proxied(sock, peer, sh.clone(), shutdown.clone(), permit, tracker.clone()));
+                            } else {
+                                admit(&tracker, sock, peer, &sh, &shutdown, permit);
+                            }
                         }
                         Err(_) => {
                             if let Some(skipped) = sh.guards.refused_log.tick() {
@@ -133,36 +137,48 @@ impl Node {
     }
 }
 
-/// Learns the client's real address (PROXY header from a trusted load
-/// balancer), applies the per-address cap, then serves the connection.
-async fn admit(
+/// Applies the per-address cap to the client at `client`, then serves the
+/// connection in a task of its own.
+fn admit(
+    tracker: &TaskTracker,
+    sock: tokio::net::TcpStream,
+    client: std::net::SocketAddr,
+    sh: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let Some(addr_permit) = sh.guards.conns.try_acquire(client.ip()) else {
+        if let Some(skipped) = sh.guards.refused_log.tick() {
+            tracing::warn!(peer = %client, max = sh.cfg.max_connections_per_ip, refused_before = skipped, "per-address connection limit reached; refusing");
+        }
+        tracker.spawn(refuse(sock));
+        return;
+    };
+    let conn = crate::connection::serve(sock, client, sh.clone(), shutdown, (permit, addr_permit));
+    tracker.spawn(conn);
+}
+
+/// Learns the client's real address from the PROXY header of a trusted load
+/// balancer, then admits the connection. The connection is served in a task
+/// of its own: this one's state (the header read) does not stay with it.
+async fn admit_proxied(
     mut sock: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     sh: Arc<Shared>,
     shutdown: CancellationToken,
     permit: tokio::sync::OwnedSemaphorePermit,
+    tracker: TaskTracker,
 ) {
-    let client = if sh.cfg.trusted_proxies.contains(&peer.ip()) {
-        match crate::proxy::accept(&mut sock, peer, PROXY_HEADER_WAIT).await {
-            Ok(a) => a,
-            Err(e) => {
-                if let Some(skipped) = sh.guards.refused_log.tick() {
-                    tracing::warn!(%peer, error = %e, refused_before = skipped, "bad PROXY header from a trusted proxy; closing");
-                }
-                return;
+    let client = match crate::proxy::accept(&mut sock, peer, PROXY_HEADER_WAIT).await {
+        Ok(a) => a,
+        Err(e) => {
+            if let Some(skipped) = sh.guards.refused_log.tick() {
+                tracing::warn!(%peer, error = %e, refused_before = skipped, "bad PROXY header from a trusted proxy; closing");
             }
+            return;
         }
-    } else {
-        peer
     };
-    let Some(addr_permit) = sh.guards.conns.try_acquire(client.ip()) else {
-        if let Some(skipped) = sh.guards.refused_log.tick() {
-            tracing::warn!(peer = %client, max = sh.cfg.max_connections_per_ip, refused_before = skipped, "per-address connection limit reached; refusing");
-        }
-        refuse(sock).await;
-        return;
-    };
-    crate::connection::serve(sock, client, sh, shutdown, (permit, addr_permit)).await;
+    admit(&tracker, sock, client, &sh, &shutdown, permit);
 }
 
 /// How long a trusted proxy has to send its PROXY header.
