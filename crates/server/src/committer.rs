@@ -105,6 +105,9 @@ impl Committer {
     }
 }
 
+/// A group commit slower than this is logged: its writers all waited.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Messages one sender may put in one batch; the rest wait for the next.
 const SENDER_SHARE: usize = 32;
 
@@ -183,7 +186,14 @@ async fn run(
         let (ops, replies): (Vec<WriteOp>, Vec<_>) =
             jobs.drain(..).map(|j| (j.op, j.reply)).unzip();
         let n = ops.len();
-        match store.commit(ops).await {
+        let started = std::time::Instant::now();
+        let committed = store.commit(ops).await;
+        let took = started.elapsed();
+        if took > SLOW_COMMIT {
+            // Every writer in the batch waited this long for its ACK.
+            tracing::info!(ms = took.as_millis() as u64, batch = n, "slow group commit");
+        }
+        match committed {
             // Routing and replies run in their own task, in commit order,
             // so the next batch starts committing while this one is routed.
             Ok(outcomes) => {

@@ -655,10 +655,15 @@ async fn checkpointer(pool: SqlitePool) {
         if pool.is_closed() {
             return;
         }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        let started = std::time::Instant::now();
+        let res = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .execute(&pool)
-            .await
-        {
+            .await;
+        let took = started.elapsed();
+        if took > Duration::from_millis(50) {
+            tracing::info!(ms = took.as_millis() as u64, "slow background checkpoint");
+        }
+        if let Err(e) = res {
             if pool.is_closed() {
                 return;
             }
