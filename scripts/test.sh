@@ -34,6 +34,11 @@ if ((${#missing[@]})); then
 fi
 
 say "starting a private MariaDB for the store conformance suite"
+# One this run starts is stopped when it ends (pass or fail), so a second run
+# in another checkout finds port 3307 free; one already running is left be.
+if ! scripts/mariadb-test.sh status >/dev/null 2>&1; then
+  trap 'scripts/mariadb-test.sh stop >/dev/null 2>&1 || true' EXIT
+fi
 scripts/mariadb-test.sh start
 export CLUSTERCHAT_MYSQL_URL="${CLUSTERCHAT_MYSQL_URL:-mysql://chat:chat@127.0.0.1:3307/clusterchat}"
 
