@@ -305,10 +305,9 @@ fn commit_batch(
             row.cmid,
             m.time,
         ])?;
-        known.max_mid = Some(m.mid);
     }
-    if known.max_mid.is_none() && !plan.messages.is_empty() {
-        known.max_mid = Some(max_mid);
+    if let Some(last) = plan.messages.last() {
+        known.max_mid = Some(last.message.mid);
     }
     // In key order: a batch's rows for one user land on the same page.
     plan.inbox.sort_unstable();
