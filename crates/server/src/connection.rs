@@ -16,10 +16,9 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use chat_protocol::{msgid, Errno, FrameCodec, FrameError};
+use chat_protocol::{Errno, FrameCodec, FrameError};
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
-use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -28,16 +27,14 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::committer::Committer;
+use crate::cmd::{Command, Link, Order, Ran, ReplyFuture, ReplyTo};
 use crate::error::ServiceError;
 use crate::frames;
+use crate::outbox::{Out, Outbox, PushError, Written};
 use crate::request::Request;
-use crate::service::{auth, chat, social, HandlerResult, Pending, Reply, Session, Shared};
-use crate::sessions::{Out, Outbox, PushError};
-use crate::store::{UserId, WriteOp};
+use crate::service::{session, Session, Shared};
+use crate::store::UserId;
 use crate::throttle::AddrPermit;
-
-type Encoded = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Bytes>> + Send>>;
 
 /// Token bucket of `rate` frames a second, `burst` at once (the config's,
 /// passed in rather than kept: every connection's state is smaller).
@@ -70,7 +67,7 @@ struct Conn {
     session: Option<Session>,
     /// Replies in flight, in request order; none allocated while idle (and
     /// boxed, so an idle connection keeps one pointer for it).
-    pending: Option<Box<FuturesOrdered<Encoded>>>,
+    pending: Option<Box<FuturesOrdered<ReplyFuture>>>,
     bucket: Bucket,
     peer: SocketAddr,
     frames: Frames,
@@ -113,7 +110,7 @@ pub fn serve(
     let writer = tokio::spawn(write_loop(
         wr,
         out.clone(),
-        sh.committer.clone(),
+        sh.written.clone(),
         close.clone(),
         sh.cfg.shutdown_grace,
     ));
@@ -230,7 +227,7 @@ impl Conn {
         }
     }
 
-    fn pending_mut(&mut self) -> &mut FuturesOrdered<Encoded> {
+    fn pending_mut(&mut self) -> &mut FuturesOrdered<ReplyFuture> {
         self.pending
             .get_or_insert_with(|| Box::new(FuturesOrdered::new()))
     }
@@ -252,16 +249,10 @@ impl Conn {
         self.session.as_ref().map_or(1, |s| s.level)
     }
 
-    fn push(&mut self, re: i64, reqid: Option<Value>, work: Result<Pending, ServiceError>) {
-        let level = self.level();
-        let fut: Encoded = match work {
-            Ok(p) => Box::pin(async move { encode(re, reqid.as_ref(), level, p.await) }),
-            Err(e) => {
-                let r = encode(re, reqid.as_ref(), level, Err(e));
-                Box::pin(std::future::ready(r))
-            }
-        };
-        self.pending_mut().push_back(fut);
+    /// A reply that is ready now, queued behind those in flight.
+    fn queue_ready(&mut self, frame: Option<Bytes>) {
+        self.pending_mut()
+            .push_back(Box::pin(std::future::ready(frame)));
     }
 
     async fn on_frame(&mut self, frame: Bytes) {
@@ -286,130 +277,43 @@ impl Conn {
             .take(cfg.rate_limit as f64, cfg.rate_burst.max(1) as f64)
         {
             let e = ServiceError::new(Errno::RateLimited, "too many requests; slow down");
-            self.pending_mut()
-                .push_back(Box::pin(std::future::ready(Some(frames::failure(
-                    None, None, &e,
-                )))));
+            self.queue_ready(Some(frames::failure(None, None, &e)));
             return;
         }
         let req = match Request::parse(&frame) {
             Ok(r) => r,
             Err(bad) => {
-                let f = frames::failure(None, bad.reqid.as_ref(), &bad.error);
-                self.pending_mut()
-                    .push_back(Box::pin(std::future::ready(Some(f))));
+                self.queue_ready(Some(frames::failure(None, bad.reqid.as_ref(), &bad.error)));
                 return;
             }
         };
         let sh = self.sh.clone();
-        let id = req.msgid;
-        match id {
-            msgid::LOGIN => {
-                self.drain().await;
-                let r = if self.session.is_some() {
-                    Err(ServiceError::new(
-                        Errno::Forbidden,
-                        "this connection is logged in; send LOGINOUT first",
-                    ))
-                } else {
-                    let port = auth::ConnPort {
-                        out: &self.out,
-                        close: &self.close,
-                        ip: self.peer.ip(),
-                    };
-                    auth::login(&sh, port, &req).await
-                };
-                match r {
-                    Ok(s) => self.session = Some(s),
-                    Err(e) => {
-                        self.emit(Some(frames::failure(Some(id), req.reqid.as_ref(), &e)))
-                            .await;
-                    }
-                }
-            }
-            msgid::LOGINOUT => {
-                self.drain().await;
-                let r = match &self.session {
-                    None => Err(ServiceError::not_logged_in()),
-                    Some(s) => s.check_self_and(&req),
-                };
-                let level = self.level();
-                if r.is_ok() {
-                    if level < 2 {
-                        // Level-1 pushes count as delivered once written: let
-                        // those confirmations land before the session ends,
-                        // so a quick re-login is not handed them again.
-                        let (done, flushed) = tokio::sync::oneshot::channel();
-                        if self.out.offer(Out::barrier(done)).is_ok() {
-                            let _ = tokio::time::timeout(self.sh.cfg.shutdown_grace, flushed).await;
-                        }
-                    }
-                    if let Some(s) = self.session.take() {
-                        auth::logout(&sh, &s, true).await;
-                    }
-                }
-                self.emit(encode(
-                    id,
-                    req.reqid.as_ref(),
-                    level,
-                    r.map(|_| Reply::Ack(vec![])),
-                ))
-                .await;
-            }
-            msgid::REG => {
-                // One password hash in flight per connection: a pipelined
-                // flood waits for each one instead of filling the queue.
-                self.drain().await;
-                let w = if sh.guards.reg.take(self.peer.ip()) {
-                    auth::register(&sh, &req)
-                } else {
-                    Err(ServiceError::new(
-                        Errno::RateLimited,
-                        "too many registrations from your address; try again later",
-                    ))
-                };
-                self.push(id, req.reqid, w);
-            }
-            msgid::PING => self.push(
-                id,
-                req.reqid,
-                Ok(crate::service::ready(Ok(Reply::Frame(frames::pong())))),
-            ),
-            msgid::ONE_CHAT | msgid::GROUP_CHAT | msgid::DELIVERED | msgid::HISTORY => {
-                if id == msgid::HISTORY {
-                    // It must see what this connection wrote before it.
-                    self.drain().await;
-                }
-                let w = match &self.session {
-                    None => Err(ServiceError::not_logged_in()),
-                    Some(s) => match id {
-                        msgid::DELIVERED => chat::delivered(&sh, s, &req),
-                        msgid::HISTORY => chat::history(&sh, s, &req),
-                        _ => chat::send(&sh, s, &req),
-                    },
-                };
-                self.push(id, req.reqid, w);
-            }
-            msgid::ADD_FRIEND
-            | msgid::DEL_FRIEND
-            | msgid::CREATE_GROUP
-            | msgid::ADD_GROUP
-            | msgid::QUIT_GROUP
-            | msgid::DISBAND_GROUP => {
-                // Take effect in request order: a pipelined ADD_GROUP then
-                // GROUP_CHAT must not run the chat first.
-                self.drain().await;
-                let w = match &self.session {
-                    None => Err(ServiceError::not_logged_in()),
-                    Some(s) => social::handle(&sh, s, &req),
-                };
-                self.push(id, req.reqid, w);
-                self.drain().await;
-            }
-            _ => {
-                let e = ServiceError::malformed(format!("unknown msgid {id}"));
-                self.push(id, req.reqid, Err(e));
-            }
+        let parsed = Command::parse(&req, self.session.as_ref(), &sh);
+        let to = ReplyTo {
+            msgid: req.msgid,
+            reqid: req.reqid,
+            level: self.level(),
+        };
+        let cmd = match parsed {
+            Ok(c) => c,
+            Err(e) => return self.queue_ready(Some(to.error(&e))),
+        };
+        let order = cmd.order();
+        if order != Order::Pipelined {
+            self.drain().await;
+        }
+        let mut link = Link {
+            out: &self.out,
+            close: &self.close,
+            ip: self.peer.ip(),
+            session: &mut self.session,
+        };
+        match cmd.run(&sh, &mut link, to).await {
+            Ran::Queued(reply) => self.pending_mut().push_back(reply),
+            Ran::Done(frame) => self.queue_ready(frame),
+        }
+        if order == Order::Exclusive {
+            self.drain().await;
         }
     }
 
@@ -421,7 +325,7 @@ impl Conn {
             tracing::warn!(peer = %self.peer, "replies still pending at close were dropped");
         }
         if let Some(s) = self.session.take() {
-            if tokio::time::timeout(grace, auth::logout(&self.sh, &s, false))
+            if tokio::time::timeout(grace, session::end(&self.sh, &s, false))
                 .await
                 .is_err()
             {
@@ -431,15 +335,9 @@ impl Conn {
     }
 }
 
-impl Session {
-    fn check_self_and(&self, req: &Request) -> Result<(), ServiceError> {
-        req.check_self(self.user)
-    }
-}
-
 /// The next reply in request order; None when nothing is in flight.
 fn poll_reply(
-    pending: &mut Option<Box<FuturesOrdered<Encoded>>>,
+    pending: &mut Option<Box<FuturesOrdered<ReplyFuture>>>,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Option<Bytes>>> {
     match pending {
@@ -469,19 +367,8 @@ fn poll_frame(
 /// Read buffer size for a connection with data waiting.
 const READ_CHUNK: usize = 2048;
 
-/// Turns a handler's result into the frame the client gets, if any.
-fn encode(re: i64, reqid: Option<&Value>, level: u8, r: HandlerResult) -> Option<Bytes> {
-    match r {
-        Ok(Reply::Nothing) => None,
-        Ok(Reply::Ack(fields)) => (level >= 2).then(|| frames::ack(re, reqid, fields)),
-        Ok(Reply::AckAlways(fields)) => Some(frames::ack(re, reqid, fields)),
-        Ok(Reply::Frame(v)) => Some(frames::with_reqid(v, reqid)),
-        Err(e) => Some(frames::failure(Some(re), reqid, &e)),
-    }
-}
-
 /// Drains the outbound queue into the socket. After a level-1 push is
-/// written, its seq is confirmed. Once the connection is closing, a write
+/// written, the write is reported (the service confirms its seq). Once the connection is closing, a write
 /// that makes no progress for `grace` is abandoned.
 ///
 /// An async block rather than an async fn (which would keep a second copy of
@@ -490,7 +377,7 @@ fn encode(re: i64, reqid: Option<&Value>, level: u8, r: HandlerResult) -> Option
 fn write_loop(
     mut wr: OwnedWriteHalf,
     outbox: Arc<Outbox>,
-    committer: Committer,
+    written: Arc<dyn Written>,
     close: CancellationToken,
     grace: Duration,
 ) -> impl Future<Output = ()> + Send + 'static {
@@ -520,7 +407,7 @@ fn write_loop(
                         }
                     }
                 }
-                let (wr, committer, close) = (&mut wr, &committer, &close);
+                let (wr, report, close) = (&mut wr, &written, &close);
                 Box::pin(async move {
                     let written = tokio::select! {
                         r = wr.write_all_buf(&mut buf) => r.is_ok(),
@@ -528,12 +415,7 @@ fn write_loop(
                     };
                     if written {
                         for (user, seq) in confirm {
-                            let op = WriteOp::Ack { user, seq };
-                            if barriers.is_empty() {
-                                let _ = committer.submit_detached(op).await;
-                            } else {
-                                let _ = committer.submit(op).await;
-                            }
+                            report.written(user, seq, !barriers.is_empty()).await;
                         }
                         for b in barriers {
                             let _ = b.send(());
@@ -588,7 +470,7 @@ mod tests {
         let writer = write_loop(
             wr,
             Arc::new(Outbox::new(1, 1)),
-            sh.committer.clone(),
+            sh.written.clone(),
             CancellationToken::new(),
             Duration::from_secs(1),
         );

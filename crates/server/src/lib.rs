@@ -6,6 +6,7 @@
 //! [`store`], and the [`bus`] routes events to [`sessions`].
 
 pub mod bus;
+pub mod cmd;
 pub mod committer;
 pub mod config;
 pub mod connection;

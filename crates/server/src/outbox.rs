@@ -62,6 +62,16 @@ impl Out {
     }
 }
 
+/// Told what a connection's writer has put on the wire. The service
+/// implements it: a level-1 push counts as delivered once written, so the
+/// transport reports the write and never builds a store operation itself.
+#[async_trait::async_trait]
+pub trait Written: Send + Sync {
+    /// Everything up to `seq` was written to `user`'s socket. With `wait`,
+    /// returns once that is recorded durably (a flush barrier waits on it).
+    async fn written(&self, user: UserId, seq: i64, wait: bool);
+}
+
 /// Why a frame could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushError {

@@ -13,11 +13,12 @@ use tokio_util::task::TaskTracker;
 use crate::bus::local::LocalBus;
 use crate::bus::redis::{RedisBus, RedisBusConfig};
 use crate::bus::Bus;
+use crate::bus::BusDispatch;
 use crate::committer::{CommitTask, Committer};
 use crate::config::Config;
 use crate::frames;
 use crate::password::Passwords;
-use crate::service::{BusDispatch, Shared};
+use crate::service::Shared;
 use crate::sessions::Sessions;
 use crate::store::Store;
 

@@ -65,7 +65,7 @@ pub enum Event {
     },
     /// Storage may hold messages the session has not been pushed (a retried
     /// send whose first routing was lost): catch up from storage.
-    Resync,
+    Redeliver,
 }
 
 /// Where a session catching up reads its messages from.
@@ -344,7 +344,7 @@ impl SessionHandle {
                     self.close.cancel();
                 }
             }
-            Event::Resync => self.resync(),
+            Event::Redeliver => self.redeliver(),
         }
     }
 
@@ -397,10 +397,12 @@ impl SessionHandle {
         }
     }
 
-    /// Catches up from storage to its end: after a bus outage, or when a
-    /// message may have been stored without being routed. Resyncs that
-    /// arrive while one runs fold into it.
-    pub fn resync(self: &Arc<Self>) {
+    /// Redelivers from storage, from where the session stands to the end:
+    /// the one way a session recovers what live delivery may have missed,
+    /// after a bus outage (the Redis bus's reconnect) or when a retried send
+    /// finds its message stored but maybe never routed. Requests that arrive
+    /// while one runs fold into it.
+    pub fn redeliver(self: &Arc<Self>) {
         let mut g = self.gate();
         if g.catching_up {
             g.seen = END;
@@ -809,7 +811,7 @@ mod tests {
             h.deliver(&push(seq));
         }
         // Seqs 5..=10 were stored, but their publishes were lost.
-        h.resync();
+        h.redeliver();
         // A live push racing the resync: dropped, the read covers it.
         h.deliver(&push(9));
         let (mids, _) = frames(&out, 10).await;
@@ -847,7 +849,7 @@ mod tests {
                     tokio::task::yield_now().await;
                 }
                 if rnd(30) == 0 {
-                    h.resync();
+                    h.redeliver();
                 }
             }
             let (mids, _) = frames(&out, n as usize).await;

@@ -2,6 +2,7 @@
 //! holds it, and who is online. A single node uses [`local::LocalBus`]; a
 //! cluster uses a Redis-backed bus with the same trait.
 
+pub mod dispatch;
 pub mod local;
 pub mod redis;
 
@@ -9,6 +10,8 @@ use async_trait::async_trait;
 
 use crate::sessions::Event;
 use crate::store::UserId;
+
+pub use dispatch::BusDispatch;
 
 /// Routing and presence across the nodes of a deployment.
 #[async_trait]

@@ -110,7 +110,7 @@ impl RedisBus {
     /// Remembers that `to` missed `ev`: a chat message is stored, so a
     /// resync once publishing works again recovers it.
     fn owe(&self, to: UserId, ev: &Event) {
-        if matches!(ev, Event::Chat { .. } | Event::Resync) {
+        if matches!(ev, Event::Chat { .. } | Event::Redeliver) {
             let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
             if owed.len() < OWED_MAX {
                 owed.insert(to);
@@ -149,7 +149,7 @@ impl RedisBus {
                 }
             }
             Some("r") => {
-                self.sessions.deliver(user, &Event::Resync);
+                self.sessions.deliver(user, &Event::Redeliver);
             }
             Some("p") => {
                 if let (Some(id), Some(online)) = (v["id"].as_i64(), v["on"].as_bool()) {
@@ -204,7 +204,7 @@ fn encode_event(ev: &Event, node: &str) -> Value {
             json!({"t": "p", "id": id, "on": online, "s": since})
         }
         Event::Kick { sid } => json!({"t": "k", "node": node, "sid": sid}),
-        Event::Resync => json!({"t": "r"}),
+        Event::Redeliver => json!({"t": "r"}),
     }
 }
 
@@ -333,7 +333,7 @@ async fn publisher(bus: Arc<RedisBus>, mut rx: mpsc::Receiver<(UserId, Event)>) 
         for &to in &owed {
             pipe.cmd("PUBLISH")
                 .arg(chan(to))
-                .arg(encode_event(&Event::Resync, &bus.cfg.node).to_string())
+                .arg(encode_event(&Event::Redeliver, &bus.cfg.node).to_string())
                 .ignore();
         }
         for (to, ev) in &batch {
@@ -357,7 +357,7 @@ async fn publisher(bus: Arc<RedisBus>, mut rx: mpsc::Receiver<(UserId, Event)>) 
         };
         if failed {
             for to in owed {
-                bus.owe(to, &Event::Resync);
+                bus.owe(to, &Event::Redeliver);
             }
             for (to, ev) in &batch {
                 bus.owe(*to, ev);
@@ -418,7 +418,7 @@ async fn subscriber(bus: Arc<RedisBus>, mut cmds: mpsc::UnboundedReceiver<SubCmd
             tracing::info!(node = %bus.cfg.node, sessions = users.len(), "reconnected to Redis; sessions catch up from storage");
             for u in users {
                 if let Some(h) = bus.sessions.get(u) {
-                    h.resync();
+                    h.redeliver();
                 }
             }
         }

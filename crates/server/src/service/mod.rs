@@ -1,28 +1,26 @@
-//! The chat service: shared state and the request handlers, one module per
-//! command group (auth, chat, social), each decoding its requests, doing the
-//! work and naming its reply.
+//! The chat service: the state every connection of a node shares, and the
+//! work commands (see [`crate::cmd`]) have in common: sessions, the login
+//! replay, delivery bookkeeping.
 
-pub mod auth;
-pub mod chat;
-pub mod social;
+pub mod delivery;
+pub mod login_ack;
+pub mod replay;
+pub mod session;
 
-use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use crate::bus::Bus;
-use crate::committer::{Committer, Dispatch};
+use crate::committer::Committer;
 use crate::config::Config;
-use crate::error::ServiceError;
-use crate::frames::PushBody;
+use crate::outbox::Written;
 use crate::password::Passwords;
-use crate::sessions::{Backlog, Event, SessionHandle, Sessions, StoreBacklog};
-use crate::store::{Store, UserId, WriteOutcome};
+use crate::sessions::{Backlog, Sessions, StoreBacklog};
+use crate::store::{Store, UserId};
+
 use crate::throttle::{AddrConns, FailureThrottle, LogEvery, RateLimiter};
+pub use session::Session;
 
 /// State shared by every connection of one server instance. Passed around
 /// explicitly, so several servers can live in one process (tests do).
@@ -43,6 +41,8 @@ pub struct Shared {
     pub backlog: Arc<Backlog>,
     /// Per-address and per-account limits.
     pub guards: Guards,
+    /// What connection writers report their writes to.
+    pub written: Arc<dyn Written>,
     next_sid: AtomicU64,
 }
 
@@ -66,6 +66,7 @@ impl Shared {
         ));
         let guards = Guards::new(&cfg);
         Shared {
+            written: Arc::new(delivery::Confirmations(committer.clone())),
             backlog,
             guards,
             cfg,
@@ -146,65 +147,4 @@ impl Guards {
             refused_log: LogEvery::default(),
         }
     }
-}
-
-/// Routes committed messages to their recipients through the bus.
-pub struct BusDispatch(pub Arc<dyn Bus>);
-
-impl Dispatch for BusDispatch {
-    fn committed(&self, outcome: &WriteOutcome) {
-        if let WriteOutcome::Appended {
-            message,
-            deliveries,
-        } = outcome
-        {
-            let push = Arc::new(PushBody::new(message.clone()));
-            for &(user, seq) in deliveries {
-                self.0.send(
-                    user,
-                    Event::Chat {
-                        push: push.clone(),
-                        seq,
-                    },
-                );
-            }
-        }
-    }
-}
-
-/// A logged-in session, as its connection holds it.
-#[derive(Debug, Clone)]
-pub struct Session {
-    /// The user.
-    pub user: UserId,
-    /// Their name.
-    pub name: String,
-    /// Protocol level, 1 or 2.
-    pub level: u8,
-    /// Registry entry.
-    pub handle: Arc<SessionHandle>,
-}
-
-/// What a successful request sends back.
-#[derive(Debug)]
-pub enum Reply {
-    /// Nothing at either level (DELIVERED).
-    Nothing,
-    /// ACK with these result fields at level 2; nothing at level 1.
-    Ack(Vec<(&'static str, Value)>),
-    /// ACK at both levels: the request is useless without its result (HISTORY).
-    AckAlways(Vec<(&'static str, Value)>),
-    /// A frame of its own kind (REG_ACK, PONG); `reqid` is added on the way out.
-    Frame(Value),
-}
-
-/// A handler's result.
-pub type HandlerResult = Result<Reply, ServiceError>;
-
-/// A handler's pending work, run while the connection reads on.
-pub type Pending = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
-
-/// Wraps a ready result as pending work.
-pub fn ready(r: HandlerResult) -> Pending {
-    Box::pin(std::future::ready(r))
 }

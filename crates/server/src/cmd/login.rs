@@ -1,0 +1,241 @@
+//! LOGIN: authenticate by password or token, register the session (kicking
+//! an older one), queue the login ack and the backlog, and tell friends.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chat_protocol::{limits, time::unix_now, Errno};
+
+use super::{Link, ReplyTo};
+use crate::error::ServiceError;
+use crate::password::{new_token, token_hash};
+use crate::request::{check_bytes, Request};
+use crate::service::{replay, session, Session, Shared};
+use crate::sessions::{Event, SessionHandle};
+use crate::store::{UserId, WriteOp, WriteOutcome};
+
+/// A login request.
+#[derive(Debug)]
+pub struct Login {
+    id: UserId,
+    level: u8,
+    secret: Secret,
+    /// Level 2: the highest seq the client holds, confirmed before the replay.
+    last_seq: Option<i64>,
+}
+
+/// What the client proves itself with.
+#[derive(Debug)]
+enum Secret {
+    Password(String),
+    Token(String),
+}
+
+impl Login {
+    /// Parses `id`, `v`, `password` or (level 2) `token`, and `last_seq`.
+    /// A connection that is logged in must log out first.
+    pub fn parse(req: &Request, me: Option<&Session>, sh: &Shared) -> Result<Login, ServiceError> {
+        if me.is_some() {
+            return Err(ServiceError::new(
+                Errno::Forbidden,
+                "this connection is logged in; send LOGINOUT first",
+            ));
+        }
+        let id = req.int("id")?;
+        let level = match req.opt_int("v")? {
+            None | Some(1) => 1,
+            Some(2) => 2,
+            Some(_) => return Err(ServiceError::malformed("v must be 1 or 2")),
+        };
+        let password = req.opt_str("password")?;
+        let token = req.opt_str("token")?;
+        let last_seq = req.opt_int("last_seq")?;
+        if last_seq.is_some_and(|s| s < 0) {
+            return Err(ServiceError::malformed("last_seq must not be negative"));
+        }
+        let secret = match (password, token) {
+            (Some(p), _) => {
+                check_bytes("password", p, 1, limits::MAX_PASSWORD_BYTES)?;
+                if p.len() > sh.cfg.limits.password_bytes {
+                    return Err(ServiceError::malformed("password too long"));
+                }
+                Secret::Password(p.to_owned())
+            }
+            (None, Some(t)) => {
+                if level < 2 {
+                    return Err(ServiceError::malformed("token login needs \"v\":2"));
+                }
+                check_bytes("token", t, 1, limits::MAX_TOKEN_BYTES)?;
+                Secret::Token(t.to_owned())
+            }
+            (None, None) => return Err(ServiceError::malformed("field `password` is required")),
+        };
+        Ok(Login {
+            id,
+            level,
+            secret,
+            last_seq,
+        })
+    }
+
+    /// Logs in. On success the ack and the backlog are queued on the link,
+    /// the session is in `link.session`, and friends hear PRESENCE.
+    pub async fn run(
+        self,
+        sh: &Arc<Shared>,
+        link: &mut Link<'_>,
+        to: &ReplyTo,
+    ) -> Result<(), ServiceError> {
+        let level = self.level;
+        let user = self.id;
+        let token = (level >= 2).then(new_token);
+        let name = self.authenticate(sh, link, token.as_deref()).await?;
+        if let Some(seq) = self.last_seq {
+            sh.committer.submit(WriteOp::Ack { user, seq }).await?;
+        }
+        let friends = sh.store.friends(user).await?;
+        let groups = sh.store.groups_of(user).await?;
+
+        // Register before reading the backlog, so that nothing committed
+        // from here on can slip between the replay and live delivery.
+        let sid = sh.next_sid();
+        let handle = Arc::new(SessionHandle::new(
+            sid,
+            user,
+            level,
+            link.out.clone(),
+            link.close.clone(),
+            sh.backlog.clone(),
+        ));
+        if let Some(old) = sh.sessions.insert(handle.clone()) {
+            tracing::info!(user, old_sid = old.sid, "newer login replaces session");
+            old.deliver(&Event::Kick { sid: old.sid });
+        }
+        sh.bus.claim(user, sid).await;
+        let s = Session {
+            user,
+            name,
+            level,
+            handle,
+        };
+
+        let ids: Vec<UserId> = friends
+            .iter()
+            .map(|f| f.id)
+            .chain(groups.iter().flat_map(|g| g.members.iter().map(|m| m.id)))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let online: BTreeSet<UserId> = ids
+            .iter()
+            .zip(sh.bus.online(&ids).await)
+            .filter_map(|(id, on)| on.then_some(*id))
+            .collect();
+
+        let contacts = replay::Contacts {
+            friends: &friends,
+            groups: &groups,
+            online: &online,
+        };
+        if let Err(e) = replay::login(sh, link, &s, contacts, token, to.reqid.as_ref()).await {
+            // The ack may be out already; the client reconnects and gets the rest.
+            tracing::warn!(user, error = %e, "login replay failed; closing");
+            session::end(sh, &s, false).await;
+            link.close.cancel();
+            return Err(e);
+        }
+        for f in &friends {
+            sh.bus.send(
+                f.id,
+                Event::Presence {
+                    id: user,
+                    online: true,
+                    since: s.handle.since,
+                },
+            );
+        }
+        tracing::info!(user, sid, level, peer = %link.ip, "logged in");
+        *link.session = Some(s);
+        Ok(())
+    }
+
+    /// Checks the password or exchanges the token (issuing the new one),
+    /// and returns the user's name. A storage failure is errno 10, never 1.
+    async fn authenticate(
+        &self,
+        sh: &Shared,
+        link: &Link<'_>,
+        token: Option<&str>,
+    ) -> Result<String, ServiceError> {
+        let now = unix_now();
+        let expires_at = now + sh.cfg.token_ttl.as_secs() as i64;
+        match &self.secret {
+            Secret::Password(password) => {
+                let g = &sh.guards;
+                if let Err(wait) = g.login_user.check(self.id).and(g.login_addr.check(link.ip)) {
+                    return Err(ServiceError::new(
+                        Errno::RateLimited,
+                        format!(
+                            "too many failed logins; try again in {} s",
+                            wait.as_secs().max(1)
+                        ),
+                    ));
+                }
+                let user = sh.store.find_user(self.id).await?;
+                let stored = user.as_ref().map(|u| u.password_hash.clone());
+                if !sh.passwords.verify(password.clone(), stored).await? {
+                    g.login_user.failed(self.id);
+                    g.login_addr.failed(link.ip);
+                    tracing::info!(user = self.id, ip = %link.ip, "failed login");
+                    return Err(bad_credentials());
+                }
+                g.login_user.succeeded(self.id);
+                let user = user.ok_or_else(bad_credentials)?;
+                if let Some(t) = token {
+                    sh.committer
+                        .submit(WriteOp::Token {
+                            consume: None,
+                            user: user.id,
+                            issue: token_hash(t),
+                            expires_at,
+                            now,
+                        })
+                        .await?;
+                }
+                Ok(user.name)
+            }
+            Secret::Token(old) => {
+                let issued = sh
+                    .committer
+                    .submit(WriteOp::Token {
+                        consume: Some(token_hash(old)),
+                        user: self.id,
+                        issue: token_hash(token.unwrap_or_default()),
+                        expires_at,
+                        now,
+                    })
+                    .await?;
+                match issued {
+                    WriteOutcome::TokenIssued { user } if user == self.id => {}
+                    _ => {
+                        return Err(ServiceError::new(
+                            Errno::BadCredentials,
+                            "invalid or expired token",
+                        ))
+                    }
+                }
+                Ok(sh
+                    .store
+                    .find_user(self.id)
+                    .await?
+                    .ok_or_else(bad_credentials)?
+                    .name)
+            }
+        }
+    }
+}
+
+/// errno 1, worded the same whether the id or the password was wrong.
+fn bad_credentials() -> ServiceError {
+    ServiceError::new(Errno::BadCredentials, "wrong id or password")
+}
