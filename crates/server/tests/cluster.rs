@@ -160,7 +160,10 @@ async fn protocol_across_two_nodes_and_nginx() {
         expect_push(&mut cc, 10, alice, m3, 1, "hello crew").await;
         expect_push(&mut cc, 10, bob, m4, 2, "hello from B").await;
         expect_push(&mut cc, 6, alice, m5, 3, "while you were out").await;
-        assert!(cc.barrier().await.is_empty(), "nothing more for carol");
+        assert!(
+            cc.frames_before_barrier().await.is_empty(),
+            "nothing more for carol"
+        );
         cc.send(json!({"msgid": 16, "seq": 3})).await;
         cc.send(json!({"msgid": 3})).await;
         cc.expect_ack(3).await;
@@ -645,8 +648,8 @@ async fn mariadb_restarts_during_traffic() {
             .await;
         let v = loop {
             match p.read(Duration::from_secs(40)).await {
-                Read::Frame(v) if v["msgid"] == 20 => continue,
-                Read::Frame(v) => break v,
+                Recv::Frame(v) if v["msgid"] == 20 => continue,
+                Recv::Frame(v) => break v,
                 other => panic!("no reply to a chat during the outage: {other:?}"),
             }
         };
@@ -659,7 +662,7 @@ async fn mariadb_restarts_during_traffic() {
         let mut c = Client::connect(node).await;
         c.send(req.clone()).await;
         match c.read(Duration::from_secs(40)).await {
-            Read::Frame(v) => {
+            Recv::Frame(v) => {
                 assert_eq!(v["msgid"], 2, "LOGIN during the outage: {v}");
                 assert_eq!(v["errno"], 10, "LOGIN during the outage ({req}): {v}");
             }
