@@ -9,8 +9,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use chat_testkit::Client;
 use serde_json::{json, Map, Value};
-use support::{real_server, CeilingProc, Client};
+use support::{real_server, CeilingProc};
 
 /// Keys and value types; msgid, errno and re keep their values.
 fn shape(v: &Value) -> Value {

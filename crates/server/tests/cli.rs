@@ -36,63 +36,24 @@ fn help_lists_every_limit_with_its_default_and_env() {
     assert!(out.status.success(), "--help failed: {out:?}");
     let help = String::from_utf8(out.stdout).expect("UTF-8 help");
     let d = Config::default();
-    for (flag, env, default) in [
-        (
-            "--max-inflight",
-            "CHAT_MAX_INFLIGHT",
-            d.max_inflight.to_string(),
-        ),
-        (
-            "--commit-queue",
-            "CHAT_COMMIT_QUEUE",
-            d.commit_queue.to_string(),
-        ),
-        (
-            "--commit-batch",
-            "CHAT_COMMIT_BATCH",
-            d.commit_batch.to_string(),
-        ),
-        (
-            "--backlog-page",
-            "CHAT_BACKLOG_PAGE",
-            d.backlog_page.to_string(),
-        ),
-        (
-            "--backlog-reads",
-            "CHAT_BACKLOG_READS",
-            d.backlog_reads.to_string(),
-        ),
-        (
-            "--l1-offline-in-ack",
-            "CHAT_L1_OFFLINE_IN_ACK",
-            d.l1_offline_in_ack.to_string(),
-        ),
+    for (flag, default) in [
+        ("--max-inflight", d.max_inflight.to_string()),
+        ("--commit-queue", d.commit_queue.to_string()),
+        ("--commit-batch", d.commit_batch.to_string()),
+        ("--backlog-page", d.backlog_page.to_string()),
+        ("--backlog-reads", d.backlog_reads.to_string()),
+        ("--l1-offline-in-ack", d.l1_offline_in_ack.to_string()),
         (
             "--login-block-max-secs",
-            "CHAT_LOGIN_BLOCK_MAX_SECS",
             d.login_block_max.as_secs().to_string(),
         ),
-        (
-            "--argon2-queue",
-            "CHAT_ARGON2_QUEUE",
-            d.hash.queue.to_string(),
-        ),
-        (
-            "--argon2-concurrency",
-            "CHAT_ARGON2_CONCURRENCY",
-            d.hash.concurrency.to_string(),
-        ),
-        (
-            "--max-connections",
-            "CHAT_MAX_CONNECTIONS",
-            d.max_connections.to_string(),
-        ),
-        (
-            "--outbound-queue",
-            "CHAT_OUTBOUND_QUEUE",
-            d.outbound_queue.to_string(),
-        ),
+        ("--argon2-queue", d.hash.queue.to_string()),
+        ("--argon2-concurrency", d.hash.concurrency.to_string()),
+        ("--max-connections", d.max_connections.to_string()),
+        ("--outbound-queue", d.outbound_queue.to_string()),
     ] {
+        // --max-inflight reads CHAT_MAX_INFLIGHT, and so on.
+        let env = format!("CHAT_{}", flag[2..].to_uppercase().replace('-', "_"));
         let text = flag_help(&help, flag);
         assert!(
             text.contains(&format!("[env: {env}")),

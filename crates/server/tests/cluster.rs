@@ -115,14 +115,7 @@ async fn protocol_across_two_nodes_and_nginx() {
     let gid = ca.expect_ack(8).await["groupid"].as_i64().expect("groupid");
     cb.send(json!({"msgid": 9, "groupid": gid})).await;
     cb.expect_ack(9).await;
-    {
-        let mut cc = Client::connect(na).await;
-        cc.login_l2(carol, "pw").await;
-        cc.send(json!({"msgid": 9, "groupid": gid})).await;
-        cc.expect_ack(9).await;
-        cc.send(json!({"msgid": 3})).await;
-        cc.expect_ack(3).await;
-    }
+    as_user(na, carol, json!({"msgid": 9, "groupid": gid})).await;
     ca.expect_presence(carol, "offline").await;
     let m3 = chat(
         &mut ca,

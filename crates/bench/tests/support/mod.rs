@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-pub use chat_testkit::{Client, TestServer};
+use chat_testkit::TestServer;
 use clusterchat::config::{Config, Quotas};
 use tokio::io::{AsyncBufReadExt, BufReader};
 

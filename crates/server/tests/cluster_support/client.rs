@@ -54,34 +54,33 @@ pub async fn register(addr: SocketAddr, name: &str) -> i64 {
     c.register(name, "pw").await
 }
 
-/// Makes each pair friends (level-2 login of the first, ADD_FRIEND, LOGINOUT).
+/// On a new connection: a level-2 login of `user`, `req`, its ACK and a
+/// LOGINOUT; returns the ACK.
+pub async fn as_user(addr: SocketAddr, user: i64, req: Value) -> Value {
+    let re = req["msgid"].as_i64().expect("request msgid");
+    let mut c = Client::connect(addr).await;
+    c.login_l2(user, "pw").await;
+    c.send(req).await;
+    let ack = c.expect_ack(re).await;
+    c.send(json!({"msgid": 3})).await;
+    c.expect_ack(3).await;
+    ack
+}
+
+/// Makes each pair friends (ADD_FRIEND as the first, see [`as_user`]).
 pub async fn befriend(addr: SocketAddr, pairs: &[(i64, i64)]) {
     for &(a, b) in pairs {
-        let mut c = Client::connect(addr).await;
-        c.login_l2(a, "pw").await;
-        c.send(json!({"msgid": 7, "friendid": b})).await;
-        c.expect_ack(7).await;
-        c.send(json!({"msgid": 3})).await;
-        c.expect_ack(3).await;
+        as_user(addr, a, json!({"msgid": 7, "friendid": b})).await;
     }
 }
 
-/// Creates a group of `creator` and `members` (each joins with a level-2
-/// login, ADD_GROUP and LOGINOUT); returns its id.
+/// Creates a group of `creator` and `members` (each joins with ADD_GROUP,
+/// see [`as_user`]); returns its id.
 pub async fn make_group(addr: SocketAddr, name: &str, creator: i64, members: &[i64]) -> i64 {
-    let mut c = Client::connect(addr).await;
-    c.login_l2(creator, "pw").await;
-    c.send(json!({"msgid": 8, "groupname": name})).await;
-    let gid = c.expect_ack(8).await["groupid"].as_i64().expect("groupid");
-    c.send(json!({"msgid": 3})).await;
-    c.expect_ack(3).await;
+    let ack = as_user(addr, creator, json!({"msgid": 8, "groupname": name})).await;
+    let gid = ack["groupid"].as_i64().expect("groupid");
     for &m in members {
-        let mut c = Client::connect(addr).await;
-        c.login_l2(m, "pw").await;
-        c.send(json!({"msgid": 9, "groupid": gid})).await;
-        c.expect_ack(9).await;
-        c.send(json!({"msgid": 3})).await;
-        c.expect_ack(3).await;
+        as_user(addr, m, json!({"msgid": 9, "groupid": gid})).await;
     }
     gid
 }

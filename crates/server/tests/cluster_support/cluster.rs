@@ -2,16 +2,14 @@
 //! test, with its logs dumped when the test fails.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Instant;
 
-use super::bins::{bins_or_skip, server_bin, Bins};
+use super::bins::{bins_or_skip, server_bin};
 use super::mariadb::MariaDb;
 use super::nodes::{node_name, Nginx, NodeProc};
-use super::process::{free_port, port_open, tail, Proc};
+use super::process::tail;
 use super::redis::Redis;
-use super::LEASE_SECS;
 
 /// MariaDB, Redis, nodes and maybe nginx, all private to one test.
 pub struct Cluster {

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::bins::{running_as_root, Bins};
 use super::process::{blocking, free_port, port_open, tail, Proc};
@@ -89,23 +89,14 @@ impl MariaDb {
         let mut p = Proc::spawn("mariadbd", cmd, &self.dir.join("stdout.log"));
         // Generous: after a SIGKILL, InnoDB runs crash recovery before it
         // accepts connections, and this machine has two cores for everything.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self.try_sql("SELECT 1").await.is_ok() && port_open(self.port).await {
-                break;
-            }
-            assert!(
-                !p.exited(),
-                "mariadbd exited at startup:\n{}",
-                tail(&self.log(), 30)
-            );
-            assert!(
-                Instant::now() < deadline,
-                "MariaDB did not come up within 60 s:\n{}",
-                tail(&self.log(), 30)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let log = self.log();
+        p.wait_up(
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            &[&log],
+            async || self.try_sql("SELECT 1").await.is_ok() && port_open(self.port).await,
+        )
+        .await;
         self.proc = Some(p);
     }
 

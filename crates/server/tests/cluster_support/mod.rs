@@ -17,7 +17,6 @@
 //! processes it forked too (nginx workers), and nothing else.
 
 #![allow(dead_code)] // not every test uses every helper
-#![allow(unused_imports)] // nor every re-export
 
 mod agent;
 mod bins;
@@ -31,16 +30,11 @@ mod process;
 mod redis;
 
 pub use agent::{Agent, AgentCtl, AgentReport, AgentSpec, Dest};
-pub use bins::{bins_or_skip, Bins};
-pub use chat_testkit::{Recv, RECV_TIMEOUT as READ_TIMEOUT};
+pub use chat_testkit::Recv;
 pub use checks::{print_counts, wait_settled};
-pub use client::{befriend, friend_state, make_group, register, Client};
+pub use client::{as_user, befriend, friend_state, make_group, register, Client};
 pub use cluster::Cluster;
-pub use ledger::{Counts, Latency, Ledger, Sent, SharedLedger};
-pub use mariadb::MariaDb;
-pub use nodes::{Nginx, NodeProc};
-pub use process::{free_port, Proc};
-pub use redis::Redis;
+pub use ledger::{Counts, Ledger, SharedLedger};
 
 /// The presence lease the nodes run with, in seconds (the server's minimum).
 pub const LEASE_SECS: u64 = 3;

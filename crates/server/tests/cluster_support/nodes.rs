@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::bins::Bins;
-use super::process::{free_port, port_open, tail, Proc};
+use super::process::{free_port, port_open, Proc};
 use super::LEASE_SECS;
 
 /// The node id of node `i`: node-a, node-b, ...
@@ -61,24 +61,17 @@ impl NodeProc {
             .args(["--trusted-proxies", "127.0.0.2"])
             .args(["--log", "info"]);
         let mut proc = Proc::spawn(&name, cmd, &log);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("clusterchat server ready") {
-                break;
-            }
-            assert!(
-                !proc.exited(),
-                "{name} exited at startup:\n{}",
-                tail(&log, 30)
-            );
-            assert!(
-                Instant::now() < deadline,
-                "{name} not ready within 30 s:\n{}",
-                tail(&log, 30)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        proc.wait_up(
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            &[&log],
+            async || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("clusterchat server ready")
+            },
+        )
+        .await;
         // Ready means listening; also wait for its Redis subscriber.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !std::fs::read_to_string(&log)
@@ -137,20 +130,13 @@ impl Nginx {
             .arg("-e")
             .arg(dir.join("logs/error.log"));
         let mut proc = Proc::spawn("nginx", cmd, &dir.join("logs/stdout.log"));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !port_open(port).await {
-            assert!(
-                !proc.exited(),
-                "nginx exited at startup:\n{}\n{}",
-                tail(&dir.join("logs/stdout.log"), 20),
-                tail(&dir.join("logs/error.log"), 20)
-            );
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not listen within 15 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        proc.wait_up(
+            Duration::from_secs(15),
+            Duration::from_millis(50),
+            &[&dir.join("logs/stdout.log"), &dir.join("logs/error.log")],
+            async || port_open(port).await,
+        )
+        .await;
         Nginx {
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             dir,

@@ -115,6 +115,39 @@ impl Proc {
         self.exited()
     }
 
+    /// Polls `up` every `every` until it holds. Fails the test, with the
+    /// tail of each of `logs`, if the process exits first or `within` passes.
+    pub(super) async fn wait_up(
+        &mut self,
+        within: Duration,
+        every: Duration,
+        logs: &[&Path],
+        mut up: impl AsyncFnMut() -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        while !up().await {
+            let tails = || {
+                logs.iter()
+                    .map(|l| tail(l, 30))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            assert!(
+                !self.exited(),
+                "{} exited at startup:\n{}",
+                self.name,
+                tails()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{} not up within {within:?}:\n{}",
+                self.name,
+                tails()
+            );
+            tokio::time::sleep(every).await;
+        }
+    }
+
     /// SIGKILL to the group, then waits (bounded) for the leader.
     pub async fn kill(&mut self) {
         self.signal("KILL");

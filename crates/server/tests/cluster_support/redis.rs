@@ -3,13 +3,13 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::bins::Bins;
-use super::process::{free_port, tail, Proc};
+use super::process::{free_port, Proc};
 
 /// A private Redis server without persistence.
 pub struct Redis {
@@ -52,20 +52,14 @@ impl Redis {
             .arg("--dir")
             .arg(&self.dir);
         let mut p = Proc::spawn("redis-server", cmd, &self.log());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !self.ping().await {
-            assert!(
-                !p.exited(),
-                "redis-server exited at startup:\n{}",
-                tail(&self.log(), 20)
-            );
-            assert!(
-                Instant::now() < deadline,
-                "Redis did not answer within 15 s:\n{}",
-                tail(&self.log(), 20)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let log = self.log();
+        p.wait_up(
+            Duration::from_secs(15),
+            Duration::from_millis(50),
+            &[&log],
+            async || self.ping().await,
+        )
+        .await;
         self.proc = Some(p);
     }
 
