@@ -9,8 +9,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use chat_testkit::Client;
 use serde_json::{json, Map, Value};
-use support::{CeilingProc, Client, RealServer};
+use support::{real_server, CeilingProc};
 
 /// Keys and value types; msgid, errno and re keep their values.
 fn shape(v: &Value) -> Value {
@@ -129,7 +130,7 @@ async fn transcript(addr: SocketAddr) -> Vec<(String, Value)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ceiling_replies_in_the_real_servers_shapes() {
-    let real = RealServer::start().await;
+    let real = real_server().await;
     let expected = transcript(real.addr).await;
     real.stop().await;
     let ceiling = CeilingProc::start().await;

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{RealServer, BENCH};
+use support::{real_server, BENCH};
 
 /// Runs chat-bench with `--json --strict` and returns its JSON lines.
 async fn bench(server: &str, args: &[&str]) -> Vec<Value> {
@@ -65,7 +65,7 @@ fn check_load(lines: &[Value]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_clean_against_server_and_ceiling() {
-    let real = RealServer::start().await;
+    let real = real_server().await;
     let addr = real.addr.to_string();
     let load = ["--duration", "0.4", "--warmup", "0.1", "--drain", "5"];
 

@@ -4,6 +4,7 @@
 //! `./clusterchat.db` (SQLite, WAL), creating and migrating it as needed.
 
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -29,6 +30,38 @@ enum Synchronous {
     Normal,
 }
 
+/// Every default below comes from here ([`Config::default`] and
+/// [`StoreOptions::default`]), so the flags and the library cannot disagree.
+static DEFAULTS: LazyLock<(Config, StoreOptions)> =
+    LazyLock::new(|| (Config::default(), StoreOptions::default()));
+
+/// The library's defaults for the server.
+fn cfg() -> &'static Config {
+    &DEFAULTS.0
+}
+
+/// The library's defaults for the store.
+fn store_opts() -> &'static StoreOptions {
+    &DEFAULTS.1
+}
+
+/// Presence lease without `--presence-lease-secs`, in seconds.
+const DEFAULT_LEASE_SECS: u64 = 30;
+
+/// Parses a count that must be at least 1 (a queue, a page or a window of
+/// zero would stall or panic), with an error that says so.
+fn at_least_one<T>(s: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+    T::Err: std::fmt::Display,
+{
+    let n: T = s.parse().map_err(|e| format!("{e}"))?;
+    if n < T::from(1) {
+        return Err("must be at least 1".to_owned());
+    }
+    Ok(n)
+}
+
 /// The clusterchat server.
 #[derive(Debug, Parser)]
 #[command(name = "chat-server", version, about, long_about = None)]
@@ -46,76 +79,87 @@ struct Args {
     log: String,
 
     /// Most open client connections; more are refused with errno 10.
-    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 10_000)]
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = cfg().max_connections)]
     max_connections: usize,
 
     /// Longest client frame in bytes; longer ones get errno 8 and a close.
-    #[arg(long, env = "CHAT_MAX_FRAME", default_value_t = chat_protocol::limits::MAX_FRAME)]
+    #[arg(long, env = "CHAT_MAX_FRAME", default_value_t = cfg().max_frame)]
     max_frame: usize,
 
     /// Frames queued for one client before it counts as too slow and is disconnected.
-    #[arg(long, env = "CHAT_OUTBOUND_QUEUE", default_value_t = 1024)]
+    #[arg(long, env = "CHAT_OUTBOUND_QUEUE", default_value_t = cfg().outbound_queue)]
     outbound_queue: usize,
 
     /// Bytes queued for one client before it counts as too slow: pushes beyond
     /// disconnect it (its messages stay stored), replies wait for room.
-    #[arg(long, env = "CHAT_OUTBOUND_BYTES", default_value_t = 4 << 20)]
+    #[arg(long, env = "CHAT_OUTBOUND_BYTES", default_value_t = cfg().outbound_bytes)]
     outbound_bytes: usize,
 
+    /// Requests one connection may have in flight at once (pipelined); the
+    /// connection reads no further frame until one of them finishes.
+    #[arg(long, env = "CHAT_MAX_INFLIGHT", value_name = "N",
+          value_parser = at_least_one::<usize>, default_value_t = cfg().max_inflight)]
+    max_inflight: usize,
+
     /// Sustained requests per second per connection (errno 9 beyond); 0 = unlimited.
-    #[arg(long, env = "CHAT_RATE_LIMIT", default_value_t = 5_000)]
+    #[arg(long, env = "CHAT_RATE_LIMIT", default_value_t = cfg().rate_limit)]
     rate_limit: u32,
 
     /// Requests per connection allowed at once above the sustained rate.
-    #[arg(long, env = "CHAT_RATE_BURST", default_value_t = 5_000)]
+    #[arg(long, env = "CHAT_RATE_BURST", default_value_t = cfg().rate_burst)]
     rate_burst: u32,
 
     /// Seconds a new connection has to log in (frames do not extend it).
-    #[arg(long, env = "CHAT_LOGIN_IDLE_SECS", default_value_t = 30)]
+    #[arg(long, env = "CHAT_LOGIN_IDLE_SECS", default_value_t = cfg().login_idle_timeout.as_secs())]
     login_idle_secs: u64,
 
     /// Open connections per client address at most (0 = no cap). Generous,
     /// for many users behind one NAT.
-    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_IP", default_value_t = cfg().max_connections_per_ip)]
     max_connections_per_ip: usize,
 
     /// Registrations per client address per minute (errno 9 beyond).
-    #[arg(long, env = "CHAT_REG_PER_IP_PER_MIN", default_value_t = 30)]
+    #[arg(long, env = "CHAT_REG_PER_IP_PER_MIN", default_value_t = cfg().reg_per_ip_per_min)]
     reg_per_ip_per_min: u32,
 
     /// Frames per second that connections not yet logged in may send, summed
     /// per client address (burst: ten seconds' worth); beyond, errno 9 and
     /// the connection closes. 0 = no limit.
-    #[arg(long, env = "CHAT_PRELOGIN_PER_IP_PER_SEC", default_value_t = 50)]
+    #[arg(long, env = "CHAT_PRELOGIN_PER_IP_PER_SEC", default_value_t = cfg().prelogin_per_ip_per_sec)]
     prelogin_per_ip_per_sec: u32,
 
     /// Failed password logins per account before growing delays (errno 9).
-    #[arg(long, env = "CHAT_LOGIN_FAILURES_PER_ACCOUNT", default_value_t = 5)]
+    #[arg(long, env = "CHAT_LOGIN_FAILURES_PER_ACCOUNT", default_value_t = cfg().login_failures_per_account)]
     login_failures_per_account: u32,
 
     /// Failed password logins per client address before growing delays.
-    #[arg(long, env = "CHAT_LOGIN_FAILURES_PER_IP", default_value_t = 100)]
+    #[arg(long, env = "CHAT_LOGIN_FAILURES_PER_IP", default_value_t = cfg().login_failures_per_ip)]
     login_failures_per_ip: u32,
 
+    /// Longest delay, in seconds, that a run of failed logins earns an
+    /// account or address.
+    #[arg(long, env = "CHAT_LOGIN_BLOCK_MAX_SECS", default_value_t = cfg().login_block_max.as_secs())]
+    login_block_max_secs: u64,
+
     /// Quota: groups one user may have created (errno 4 beyond; 0 = none).
-    #[arg(long, env = "CHAT_QUOTA_GROUPS_CREATED", default_value_t = 100)]
+    #[arg(long, env = "CHAT_QUOTA_GROUPS_CREATED", default_value_t = cfg().quotas.groups_created)]
     quota_groups_created: i64,
 
     /// Quota: friends per user.
-    #[arg(long, env = "CHAT_QUOTA_FRIENDS", default_value_t = 1000)]
+    #[arg(long, env = "CHAT_QUOTA_FRIENDS", default_value_t = cfg().quotas.friends)]
     quota_friends: i64,
 
     /// Quota: members per group.
-    #[arg(long, env = "CHAT_QUOTA_GROUP_MEMBERS", default_value_t = 1000)]
+    #[arg(long, env = "CHAT_QUOTA_GROUP_MEMBERS", default_value_t = cfg().quotas.group_members)]
     quota_group_members: i64,
 
     /// Friend and group changes per user per minute (errno 9 beyond; 0 = no limit).
-    #[arg(long, env = "CHAT_SOCIAL_PER_MIN", default_value_t = 60)]
+    #[arg(long, env = "CHAT_SOCIAL_PER_MIN", default_value_t = cfg().quotas.social_per_min)]
     social_per_min: u32,
 
     /// Deliveries one sender may cause per second, counting each recipient
     /// of each message (errno 9 beyond; 0 = no limit).
-    #[arg(long, env = "CHAT_FANOUT_PER_SEC", default_value_t = 5000)]
+    #[arg(long, env = "CHAT_FANOUT_PER_SEC", default_value_t = cfg().quotas.fanout_per_sec)]
     fanout_per_sec: u32,
 
     /// Load balancer addresses whose connections start with a PROXY protocol
@@ -125,27 +169,37 @@ struct Args {
     trusted_proxies: Vec<std::net::IpAddr>,
 
     /// Lifetime of level-2 login tokens, in days.
-    #[arg(long, env = "CHAT_TOKEN_TTL_DAYS", default_value_t = 14)]
+    #[arg(long, env = "CHAT_TOKEN_TTL_DAYS", default_value_t = cfg().token_ttl.as_secs() / (24 * 3600))]
     token_ttl_days: u64,
 
     /// Seconds shutdown waits for connections to flush and log out.
-    #[arg(long, env = "CHAT_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
+    #[arg(long, env = "CHAT_SHUTDOWN_GRACE_SECS", default_value_t = cfg().shutdown_grace.as_secs())]
     shutdown_grace_secs: u64,
 
     /// argon2id memory cost in KiB (OWASP: 19456).
-    #[arg(long, env = "CHAT_ARGON2_M_KIB", default_value_t = 19 * 1024)]
+    #[arg(long, env = "CHAT_ARGON2_M_KIB", default_value_t = cfg().hash.m_kib)]
     argon2_m_kib: u32,
 
     /// argon2id passes.
-    #[arg(long, env = "CHAT_ARGON2_T", default_value_t = 2)]
+    #[arg(long, env = "CHAT_ARGON2_T", default_value_t = cfg().hash.t)]
     argon2_t: u32,
 
+    /// Password hashes computed at once (default: this machine's CPUs).
+    #[arg(long, env = "CHAT_ARGON2_CONCURRENCY", value_name = "N",
+          value_parser = at_least_one::<usize>, default_value_t = cfg().hash.concurrency)]
+    argon2_concurrency: usize,
+
+    /// Password hashes that may wait for a turn; LOGIN and REG beyond get errno 10.
+    #[arg(long, env = "CHAT_ARGON2_QUEUE", default_value_t = cfg().hash.queue)]
+    argon2_queue: usize,
+
     /// Database connections for reads.
-    #[arg(long, env = "CHAT_POOL_SIZE", default_value_t = 4)]
+    #[arg(long, env = "CHAT_POOL_SIZE", default_value_t = store_opts().pool_size)]
     pool_size: u32,
 
     /// SQLite durability: `full` fsyncs every group commit.
-    #[arg(long, env = "CHAT_SQLITE_SYNCHRONOUS", value_enum, default_value_t = Synchronous::Full)]
+    #[arg(long, env = "CHAT_SQLITE_SYNCHRONOUS", value_enum,
+          default_value_t = if store_opts().sqlite_synchronous_full { Synchronous::Full } else { Synchronous::Normal })]
     sqlite_synchronous: Synchronous,
 
     /// Redis URL (e.g. redis://127.0.0.1:6379/): run as a cluster node. Without it the node is standalone.
@@ -157,12 +211,37 @@ struct Args {
     node_id: Option<String>,
 
     /// Seconds a crashed node's users still read as online (presence lease).
-    #[arg(long, env = "CHAT_PRESENCE_LEASE_SECS", default_value_t = 30)]
+    #[arg(long, env = "CHAT_PRESENCE_LEASE_SECS", default_value_t = DEFAULT_LEASE_SECS)]
     presence_lease_secs: u64,
 
     /// Most writes in one group commit.
-    #[arg(long, env = "CHAT_COMMIT_BATCH", default_value_t = 1024)]
+    #[arg(long, env = "CHAT_COMMIT_BATCH", default_value_t = cfg().commit_batch)]
     commit_batch: usize,
+
+    /// Writes that may wait for the committer (messages, confirmations,
+    /// social changes); senders beyond wait for room.
+    #[arg(long, env = "CHAT_COMMIT_QUEUE", value_name = "N",
+          value_parser = at_least_one::<usize>, default_value_t = cfg().commit_queue)]
+    commit_queue: usize,
+
+    /// Undelivered messages a level-1 LOGIN ack carries inside it; the rest
+    /// follow as pushes.
+    #[arg(long, env = "CHAT_L1_OFFLINE_IN_ACK", value_name = "N",
+          value_parser = at_least_one::<usize>, default_value_t = cfg().l1_offline_in_ack)]
+    l1_offline_in_ack: usize,
+
+    /// Rows per storage read when a session replays undelivered messages:
+    /// the backlog at level-2 login, and the resync after a gap or a bus
+    /// outage.
+    #[arg(long, env = "CHAT_BACKLOG_PAGE", value_name = "ROWS",
+          value_parser = at_least_one::<i64>, default_value_t = cfg().backlog_page)]
+    backlog_page: i64,
+
+    /// Sessions reading their backlog from storage at once (resyncs after a
+    /// gap or a bus outage); more wait their turn.
+    #[arg(long, env = "CHAT_BACKLOG_READS", value_name = "N",
+          value_parser = at_least_one::<usize>, default_value_t = cfg().backlog_reads)]
+    backlog_reads: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -186,6 +265,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         outbound_queue: args.outbound_queue,
         outbound_bytes: args.outbound_bytes,
+        max_inflight: args.max_inflight,
         rate_limit: args.rate_limit,
         rate_burst: args.rate_burst,
         login_idle_timeout: Duration::from_secs(args.login_idle_secs),
@@ -194,6 +274,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         prelogin_per_ip_per_sec: args.prelogin_per_ip_per_sec,
         login_failures_per_account: args.login_failures_per_account,
         login_failures_per_ip: args.login_failures_per_ip,
+        login_block_max: Duration::from_secs(args.login_block_max_secs),
         trusted_proxies: args.trusted_proxies.clone(),
         quotas: Quotas {
             groups_created: args.quota_groups_created,
@@ -207,10 +288,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         hash: HashCost {
             m_kib: args.argon2_m_kib,
             t: args.argon2_t,
-            ..HashCost::default()
+            concurrency: args.argon2_concurrency,
+            queue: args.argon2_queue,
+            ..cfg().hash.clone()
         },
         commit_batch: args.commit_batch,
-        ..Config::default()
+        commit_queue: args.commit_queue,
+        l1_offline_in_ack: args.l1_offline_in_ack,
+        backlog_page: args.backlog_page,
+        backlog_reads: args.backlog_reads,
+        ..cfg().clone()
     };
     let opts = StoreOptions {
         pool_size: args.pool_size,

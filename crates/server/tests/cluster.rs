@@ -115,14 +115,7 @@ async fn protocol_across_two_nodes_and_nginx() {
     let gid = ca.expect_ack(8).await["groupid"].as_i64().expect("groupid");
     cb.send(json!({"msgid": 9, "groupid": gid})).await;
     cb.expect_ack(9).await;
-    {
-        let mut cc = Client::connect(na).await;
-        cc.login_l2(carol, "pw").await;
-        cc.send(json!({"msgid": 9, "groupid": gid})).await;
-        cc.expect_ack(9).await;
-        cc.send(json!({"msgid": 3})).await;
-        cc.expect_ack(3).await;
-    }
+    as_user(na, carol, json!({"msgid": 9, "groupid": gid})).await;
     ca.expect_presence(carol, "offline").await;
     let m3 = chat(
         &mut ca,
@@ -160,7 +153,10 @@ async fn protocol_across_two_nodes_and_nginx() {
         expect_push(&mut cc, 10, alice, m3, 1, "hello crew").await;
         expect_push(&mut cc, 10, bob, m4, 2, "hello from B").await;
         expect_push(&mut cc, 6, alice, m5, 3, "while you were out").await;
-        assert!(cc.barrier().await.is_empty(), "nothing more for carol");
+        assert!(
+            cc.frames_before_barrier().await.is_empty(),
+            "nothing more for carol"
+        );
         cc.send(json!({"msgid": 16, "seq": 3})).await;
         cc.send(json!({"msgid": 3})).await;
         cc.expect_ack(3).await;
@@ -645,8 +641,8 @@ async fn mariadb_restarts_during_traffic() {
             .await;
         let v = loop {
             match p.read(Duration::from_secs(40)).await {
-                Read::Frame(v) if v["msgid"] == 20 => continue,
-                Read::Frame(v) => break v,
+                Recv::Frame(v) if v["msgid"] == 20 => continue,
+                Recv::Frame(v) => break v,
                 other => panic!("no reply to a chat during the outage: {other:?}"),
             }
         };
@@ -659,7 +655,7 @@ async fn mariadb_restarts_during_traffic() {
         let mut c = Client::connect(node).await;
         c.send(req.clone()).await;
         match c.read(Duration::from_secs(40)).await {
-            Read::Frame(v) => {
+            Recv::Frame(v) => {
                 assert_eq!(v["msgid"], 2, "LOGIN during the outage: {v}");
                 assert_eq!(v["errno"], 10, "LOGIN during the outage ({req}): {v}");
             }

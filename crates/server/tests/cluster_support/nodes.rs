@@ -1,0 +1,168 @@
+//! The processes a cluster serves with: `chat-server` nodes and nginx in
+//! front of them, built from the shipped `deploy/nginx/clusterchat.conf`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::bins::Bins;
+use super::process::{free_port, port_open, Proc};
+use super::LEASE_SECS;
+
+/// The node id of node `i`: node-a, node-b, ...
+pub fn node_name(i: usize) -> String {
+    format!("node-{}", (b'a' + i as u8) as char)
+}
+
+/// One `chat-server` process.
+pub struct NodeProc {
+    /// Its node id.
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    log: PathBuf,
+    proc: Proc,
+}
+
+impl NodeProc {
+    /// Starts node `i` of a cluster whose files are in `dir`, and waits
+    /// (bounded) until it is ready and subscribed to Redis.
+    pub async fn start(
+        bin: &Path,
+        i: usize,
+        dir: &Path,
+        db_url: &str,
+        redis_url: &str,
+    ) -> NodeProc {
+        let name = node_name(i);
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let mut cmd = Command::new(bin);
+        cmd.env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env("NO_COLOR", "1")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--database-url")
+            .arg(db_url)
+            .arg("--redis-url")
+            .arg(redis_url)
+            .arg("--node-id")
+            .arg(&name)
+            .arg("--presence-lease-secs")
+            .arg(LEASE_SECS.to_string())
+            .args(["--argon2-m-kib", "1024", "--argon2-t", "1"])
+            .args(["--shutdown-grace-secs", "1"])
+            // nginx connects from 127.0.0.2 with a PROXY header
+            // (deploy/nginx/clusterchat.conf); test clients from 127.0.0.1.
+            .args(["--trusted-proxies", "127.0.0.2"])
+            .args(["--log", "info"]);
+        let mut proc = Proc::spawn(&name, cmd, &log);
+        proc.wait_up(
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            &[&log],
+            async || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("clusterchat server ready")
+            },
+        )
+        .await;
+        // Ready means listening; also wait for its Redis subscriber.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("connected to Redis")
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        NodeProc {
+            name,
+            addr,
+            log,
+            proc,
+        }
+    }
+
+    /// Kills it with SIGKILL, as a crash would.
+    pub async fn kill(&mut self) {
+        self.proc.kill().await;
+    }
+}
+
+/// nginx in the foreground, with the stream config from the repository.
+pub struct Nginx {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    dir: PathBuf,
+    proc: Proc,
+}
+
+impl Nginx {
+    /// Starts nginx in front of `nodes` (two of them), with its files in
+    /// `dir`/nginx, and waits (bounded) until it listens.
+    pub async fn start(bins: &Bins, dir: &Path, nodes: &[SocketAddr]) -> Nginx {
+        let dir = dir.join("nginx");
+        std::fs::create_dir_all(dir.join("logs")).expect("mkdir nginx");
+        let port = free_port();
+        let mut conf = String::new();
+        if let Some(m) = &bins.stream_module {
+            conf.push_str(&format!("load_module {};\n", m.display()));
+        }
+        conf.push_str(&format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/logs/error.log info;\nevents {{ worker_connections 1024; }}\n",
+            d = dir.display()
+        ));
+        conf.push_str(&nginx_stream_conf(port, nodes));
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("write nginx.conf");
+        let mut cmd = Command::new(&bins.nginx);
+        cmd.arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(dir.join("logs/error.log"));
+        let mut proc = Proc::spawn("nginx", cmd, &dir.join("logs/stdout.log"));
+        proc.wait_up(
+            Duration::from_secs(15),
+            Duration::from_millis(50),
+            &[&dir.join("logs/stdout.log"), &dir.join("logs/error.log")],
+            async || port_open(port).await,
+        )
+        .await;
+        Nginx {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            dir,
+            proc,
+        }
+    }
+}
+
+/// The shipped nginx config with its example addresses replaced: nodes
+/// 127.0.0.1:6000, :6002 and the listener 127.0.0.1:8000.
+fn nginx_stream_conf(listen: u16, nodes: &[SocketAddr]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/clusterchat.conf");
+    let conf = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    assert!(
+        nodes.len() == 2
+            && conf.contains("127.0.0.1:6000")
+            && conf.contains("127.0.0.1:6002")
+            && conf.contains("listen 127.0.0.1:8000"),
+        "deploy/nginx/clusterchat.conf no longer names nodes 127.0.0.1:6000 and :6002 and \
+         listens on 127.0.0.1:8000; update the cluster test harness"
+    );
+    conf.replace("127.0.0.1:6000", &nodes[0].to_string())
+        .replace("127.0.0.1:6002", &nodes[1].to_string())
+        .replace(
+            "listen 127.0.0.1:8000",
+            &format!("listen 127.0.0.1:{listen}"),
+        )
+}

@@ -1,0 +1,12 @@
+//! Dev-only test kit shared by the server, cluster and bench tests, so that
+//! they start servers and read frames one way: an in-process [`TestServer`]
+//! on a loopback port with a temporary SQLite file, and a line [`Client`]
+//! whose every read has a timeout, so no test can hang.
+//!
+//! Never a normal dependency: only `[dev-dependencies]` name it.
+
+mod client;
+mod server;
+
+pub use client::{Client, Read, Recv, RECV_TIMEOUT};
+pub use server::{test_config, user_l1, user_l2, TestServer};
