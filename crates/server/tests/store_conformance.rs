@@ -4,7 +4,8 @@
 //! Each test gets a fresh, empty store: a temporary SQLite file, or (when
 //! `CLUSTERCHAT_MYSQL_URL` is set) a uniquely named database created through
 //! that URL's account and dropped afterwards. Without the variable the MySQL
-//! variants print "skipped: CLUSTERCHAT_MYSQL_URL not set" and pass; CI sets it
+//! variants print "skipped: CLUSTERCHAT_MYSQL_URL not set" and pass, unless
+//! `CI` is set (non-empty): then they fail, so CI cannot pass them silently
 //! (see `scripts/mariadb-test.sh`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -74,6 +75,9 @@ impl Fixture {
     async fn mysql(test: &str) -> Option<Fixture> {
         let admin_url = match std::env::var("CLUSTERCHAT_MYSQL_URL") {
             Ok(u) if !u.trim().is_empty() => u.trim().to_owned(),
+            _ if std::env::var("CI").is_ok_and(|v| !v.is_empty()) => {
+                panic!("mysql::{test}: CI is set but CLUSTERCHAT_MYSQL_URL is not (see scripts/mariadb-test.sh)")
+            }
             _ => {
                 // Straight to stderr: the test harness captures println!.
                 let _ = writeln!(
