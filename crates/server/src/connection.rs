@@ -34,7 +34,7 @@ use crate::frames;
 use crate::request::Request;
 use crate::service::{auth, chat, social, HandlerResult, Pending, Reply, Session, Shared};
 use crate::sessions::{Out, Outbox, PushError};
-use crate::store::{UserId, WriteOp};
+use crate::store::UserId;
 use crate::throttle::AddrPermit;
 
 type Encoded = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Bytes>> + Send>>;
@@ -528,11 +528,10 @@ fn write_loop(
                     };
                     if written {
                         for (user, seq) in confirm {
-                            let op = WriteOp::Ack { user, seq };
                             if barriers.is_empty() {
-                                let _ = committer.submit_detached(op).await;
+                                let _ = committer.ack_detached(user, seq).await;
                             } else {
-                                let _ = committer.submit(op).await;
+                                let _ = committer.ack(user, seq).await;
                             }
                         }
                         for b in barriers {

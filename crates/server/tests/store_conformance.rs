@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clusterchat::store::{
-    self, Conversation, GroupInfo, Member, NewMessage, OpError, Person, Role, Store, StoreError,
-    StoreOptions, StoredMessage, Target, UserId, UserRecord, WriteOp, WriteOutcome,
+    self, Appended, Conversation, Fanout, GroupInfo, Member, NewMessage, Person, Role, Store,
+    StoreError, StoreOptions, StoredMessage, Target, TokenIssued, TokenRequest, UserId, UserRecord,
+    WriteOp, WriteOutcome,
 };
 use sqlx::Connection as _;
 
@@ -357,18 +358,18 @@ async fn send(s: &dyn Store, op: WriteOp) -> WriteOutcome {
 #[track_caller]
 fn appended(o: &WriteOutcome) -> (Arc<StoredMessage>, Vec<(UserId, i64)>) {
     match o {
-        WriteOutcome::Appended {
+        WriteOutcome::Append(Ok(Appended::New(Fanout {
             message,
             deliveries,
-        } => (message.clone(), deliveries.clone()),
+        }))) => (message.clone(), deliveries.clone()),
         other => panic!("expected Appended, got {other:?}"),
     }
 }
 
 #[track_caller]
-fn failed(o: &WriteOutcome) -> OpError {
+fn failed(o: &WriteOutcome) -> StoreError {
     match o {
-        WriteOutcome::Failed(e) => *e,
+        WriteOutcome::Append(Err(e)) | WriteOutcome::Token(Err(e)) => e.clone(),
         other => panic!("expected Failed, got {other:?}"),
     }
 }
@@ -376,7 +377,7 @@ fn failed(o: &WriteOutcome) -> OpError {
 #[track_caller]
 fn duplicate(o: &WriteOutcome) -> i64 {
     match o {
-        WriteOutcome::Duplicate { mid } => *mid,
+        WriteOutcome::Append(Ok(Appended::Duplicate { mid })) => *mid,
         other => panic!("expected Duplicate, got {other:?}"),
     }
 }
@@ -384,7 +385,7 @@ fn duplicate(o: &WriteOutcome) -> i64 {
 #[track_caller]
 fn token_user(o: &WriteOutcome) -> UserId {
     match o {
-        WriteOutcome::TokenIssued { user } => *user,
+        WriteOutcome::Token(Ok(TokenIssued { user })) => *user,
         other => panic!("expected TokenIssued, got {other:?}"),
     }
 }
@@ -409,31 +410,31 @@ async fn history(s: &dyn Store, conv: Conversation, before: Option<i64>, limit: 
 
 /// A password login's token: expires at `expires_at`.
 fn issue(user: UserId, hash: &str, expires_at: i64) -> WriteOp {
-    WriteOp::Token {
+    WriteOp::Token(TokenRequest {
         consume: None,
         user,
         issue: hash.to_owned(),
         expires_at,
         now: NOW,
-    }
+    })
 }
 
 /// A token login by `user` presenting `old`; the new token lives an hour.
 fn consume(user: UserId, old: &str, new: &str, now: i64) -> WriteOp {
-    WriteOp::Token {
+    WriteOp::Token(TokenRequest {
         consume: Some(old.to_owned()),
         user,
         issue: new.to_owned(),
         expires_at: now + 3600,
         now,
-    }
+    })
 }
 
 /// Asserts that `user` can log in with token `old` at `now` (getting `new`).
 #[track_caller]
 fn assert_token_ok(o: WriteOutcome, user: UserId, what: &str) {
     match o {
-        WriteOutcome::TokenIssued { user: u } if u == user => {}
+        WriteOutcome::Token(Ok(TokenIssued { user: u })) if u == user => {}
         other => panic!("{what}: expected TokenIssued for {user}, got {other:?}"),
     }
 }
@@ -441,7 +442,7 @@ fn assert_token_ok(o: WriteOutcome, user: UserId, what: &str) {
 #[track_caller]
 fn assert_token_bad(o: WriteOutcome, what: &str) {
     match o {
-        WriteOutcome::Failed(OpError::BadToken) => {}
+        WriteOutcome::Token(Err(StoreError::BadToken)) => {}
         other => panic!("{what}: expected BadToken, got {other:?}"),
     }
 }
@@ -855,7 +856,7 @@ async fn disband_group_rules(fx: Arc<Fixture>) {
     assert_eq!(s.groups_of(a).await.unwrap(), vec![]);
     assert_eq!(s.groups_of(b).await.unwrap(), vec![]);
     let out = send(s, append(b, Target::Group(g), "anyone?")).await;
-    assert_eq!(failed(&out), OpError::NotFound);
+    assert_eq!(failed(&out), StoreError::NotFound);
     // The name is free again.
     let g2 = s
         .create_group(d, "book club", &key("book club"), "again")
@@ -1004,8 +1005,8 @@ async fn append_to_group(fx: Arc<Fixture>) {
     assert_eq!(d2, vec![(b, 1), (c, 2)]);
     assert_eq!(m1.target, Target::Group(g));
     assert_eq!(m2.sender, a);
-    assert_eq!(failed(&out[2]), OpError::Forbidden);
-    assert_eq!(failed(&out[3]), OpError::NotFound);
+    assert_eq!(failed(&out[2]), StoreError::NotMember);
+    assert_eq!(failed(&out[3]), StoreError::NotFound);
     assert_eq!(
         s.undelivered(c, 0, ALL).await.unwrap(),
         vec![(1, (*m1).clone()), (2, (*m2).clone())]
@@ -1035,7 +1036,7 @@ async fn append_to_group(fx: Arc<Fixture>) {
     )
     .await;
     assert_eq!(appended(&out[0]).1, vec![(b, 2)]);
-    assert_eq!(failed(&out[1]), OpError::Forbidden);
+    assert_eq!(failed(&out[1]), StoreError::NotMember);
 }
 
 async fn failed_ops_do_not_sink_the_batch(fx: Arc<Fixture>) {
@@ -1055,10 +1056,10 @@ async fn failed_ops_do_not_sink_the_batch(fx: Arc<Fixture>) {
     )
     .await;
     let (mx, dx) = appended(&out[0]);
-    assert_eq!(failed(&out[1]), OpError::NotFound);
-    assert_eq!(failed(&out[2]), OpError::NotFound);
+    assert_eq!(failed(&out[1]), StoreError::NotFound);
+    assert_eq!(failed(&out[2]), StoreError::NotFound);
     assert!(matches!(out[3], WriteOutcome::Acked));
-    assert_eq!(failed(&out[4]), OpError::BadToken);
+    assert_eq!(failed(&out[4]), StoreError::BadToken);
     let (my, dy) = appended(&out[5]);
     assert_eq!(dx, vec![(b, 1)]);
     assert_eq!(dy, vec![(b, 2)], "failed ops take no seq");
@@ -1230,11 +1231,11 @@ async fn cmid_dedupe_across_batches(fx: Arc<Fixture>) {
     // The cmid reused for another text or another target: refused, nothing
     // stored (PROTOCOL.md, "Sending exactly once").
     let reused = send(s, append_c(a, Target::User(b), "hi (edited)", "c-1")).await;
-    assert_eq!(failed(&reused), OpError::CmidReused);
+    assert_eq!(failed(&reused), StoreError::CmidReused);
     let reused = send(s, append_c(a, Target::User(c), "hi", "c-1")).await;
-    assert_eq!(failed(&reused), OpError::CmidReused);
+    assert_eq!(failed(&reused), StoreError::CmidReused);
     let reused = send(s, append_c(a, Target::Group(b), "hi", "c-1")).await;
-    assert_eq!(failed(&reused), OpError::CmidReused);
+    assert_eq!(failed(&reused), StoreError::CmidReused);
     // Another sender's cmid is another message.
     let (m2, d2) = appended(&send(s, append_c(c, Target::User(b), "hi", "c-1")).await);
     assert_eq!(d2, vec![(b, 2)]);
@@ -1260,7 +1261,11 @@ async fn cmid_dedupe_across_batches(fx: Arc<Fixture>) {
     .await;
     assert_eq!(duplicate(&out[0]), m3.mid);
     assert_eq!(appended(&out[1]).1, vec![(b, 4)]);
-    assert_eq!(failed(&out[2]), OpError::CmidReused, "within one batch too");
+    assert_eq!(
+        failed(&out[2]),
+        StoreError::CmidReused,
+        "within one batch too"
+    );
     assert_eq!(seqs(s, b).await, vec![1, 2, 3, 4]);
 }
 
@@ -1287,7 +1292,7 @@ async fn cmid_dedupe_within_batch(fx: Arc<Fixture>) {
     let (n2, _) = appended(&out[3]);
     assert_ne!(n1.mid, n2.mid, "without a cmid nothing is deduplicated");
     // A failed op stores nothing, so its cmid stays free.
-    assert_eq!(failed(&out[4]), OpError::NotFound);
+    assert_eq!(failed(&out[4]), StoreError::NotFound);
     let (z, dz) = appended(&out[5]);
     assert_eq!(dz, vec![(b, 4)]);
     assert_eq!(seqs(s, b).await, vec![1, 2, 3, 4]);
@@ -1603,7 +1608,11 @@ async fn tokens_rotate(fx: Arc<Fixture>) {
     assert_eq!(token_user(&out[0]), a);
     assert_eq!(token_user(&out[1]), a);
     assert_eq!(token_user(&out[2]), a);
-    assert_eq!(failed(&out[3]), OpError::BadToken, "h8 was used after h7");
+    assert_eq!(
+        failed(&out[3]),
+        StoreError::BadToken,
+        "h8 was used after h7"
+    );
     assert_token_ok(send(s, consume(a, "h9", "h10", NOW + 11)).await, a, "h9");
 }
 
@@ -1757,13 +1766,13 @@ async fn dead_tokens_are_pruned(fx: Arc<Fixture>) {
     // A token write prunes its user's dead rows: h2 expires unused, and the
     // next login (with h1, which h2 is newer than) deletes it.
     send(s, issue(a, "h1", NOW + 10_000)).await;
-    let short = WriteOp::Token {
+    let short = WriteOp::Token(TokenRequest {
         consume: Some("h1".into()),
         user: a,
         issue: "h2".into(),
         expires_at: NOW + 5,
         now: NOW,
-    };
+    });
     assert_token_ok(send(s, short).await, a, "h1");
     assert_token_ok(
         send(s, consume(a, "h1", "h3", NOW + 10)).await,

@@ -15,7 +15,7 @@ use crate::names;
 use crate::password::{new_token, token_hash};
 use crate::request::{check_bytes, Request};
 use crate::sessions::{Event, Out, Outbox, SessionHandle};
-use crate::store::{GroupInfo, Person, StoreError, UserId, WriteOp, WriteOutcome};
+use crate::store::{GroupInfo, Person, StoreError, TokenIssued, TokenRequest, UserId};
 
 /// REG: validate, hash off the async threads, create.
 pub fn register(sh: &Arc<Shared>, req: &Request) -> Result<Pending, ServiceError> {
@@ -140,7 +140,7 @@ pub async fn login(
         let user = user.ok_or_else(wrong)?;
         if let Some(t) = &new_tok {
             sh.committer
-                .submit(WriteOp::Token {
+                .issue_token(TokenRequest {
                     consume: None,
                     user: user.id,
                     issue: token_hash(t),
@@ -154,28 +154,29 @@ pub async fn login(
         let old = cred.token.as_deref().unwrap_or_default();
         let issued = sh
             .committer
-            .submit(WriteOp::Token {
+            .issue_token(TokenRequest {
                 consume: Some(token_hash(old)),
                 user: cred.id,
                 issue: token_hash(new_tok.as_deref().unwrap_or_default()),
                 expires_at,
                 now,
             })
-            .await?;
+            .await;
         match issued {
-            WriteOutcome::TokenIssued { user } if user == cred.id => {}
-            _ => {
+            Ok(TokenIssued { user }) if user == cred.id => {}
+            Ok(_) | Err(StoreError::BadToken) => {
                 return Err(ServiceError::new(
                     Errno::BadCredentials,
                     "invalid or expired token",
                 ))
             }
+            Err(e) => return Err(e.into()),
         }
         sh.store.find_user(cred.id).await?.ok_or_else(wrong)?.name
     };
     let user = cred.id;
     if let Some(seq) = cred.last_seq {
-        sh.committer.submit(WriteOp::Ack { user, seq }).await?;
+        sh.committer.ack(user, seq).await?;
     }
     let friends = sh.store.friends(user).await?;
     let groups = sh.store.groups_of(user).await?;
@@ -389,11 +390,7 @@ async fn queue(port: &ConnPort<'_>, out: Out) -> Result<(), ServiceError> {
 /// it), tells friends it went offline, and with `revoke` drops its tokens.
 pub async fn logout(sh: &Shared, s: &Session, revoke: bool) {
     if revoke {
-        if let Err(e) = sh
-            .committer
-            .submit(WriteOp::RevokeTokens { user: s.user })
-            .await
-        {
+        if let Err(e) = sh.committer.revoke_tokens(s.user).await {
             tracing::warn!(user = s.user, error = %e, "could not revoke tokens");
         }
     }

@@ -10,7 +10,7 @@ use crate::error::ServiceError;
 use crate::frames;
 use crate::request::{check_bytes, Request};
 use crate::sessions::Event;
-use crate::store::{Conversation, NewMessage, Target, UserId, WriteOp, WriteOutcome};
+use crate::store::{Appended, Conversation, Fanout, NewMessage, Target, UserId};
 
 /// ONE_CHAT / GROUP_CHAT: validate, hand to the group commit, ACK with the mid
 /// once the message is durable (routing happens in the committer).
@@ -36,33 +36,33 @@ pub fn send(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, Ser
             ),
         ));
     }
-    let op = WriteOp::Append(NewMessage {
+    let message = NewMessage {
         sender: s.user,
         sender_name: s.name.clone(),
         target,
         body: body.to_owned(),
         cmid: cmid.map(str::to_owned),
         time: unix_now(),
-    });
+    };
     let sh = sh.clone();
     let sender = s.user;
     let handle = s.handle.clone();
     let cmid = cmid.map(str::to_owned);
     // Queued now, in request order; the reply waits for durability.
-    let stored = sh.committer.enqueue(op);
+    let stored = sh.committer.append(message);
     Ok(Box::pin(async move {
-        match stored.await? {
-            WriteOutcome::Appended {
+        match stored.await {
+            Ok(Appended::New(Fanout {
                 message,
                 deliveries,
-            } => {
+            })) => {
                 sh.guards.fanout.charge(sender, deliveries.len() as f64);
                 if let Some(c) = &cmid {
                     handle.note_stored(c);
                 }
                 Ok(Reply::Ack(vec![("mid", message.mid.into())]))
             }
-            WriteOutcome::Duplicate { mid } => {
+            Ok(Appended::Duplicate { mid }) => {
                 // Stored by an earlier login, maybe on a node that died
                 // before routing it: make sure it reaches its recipients.
                 // Bounded per sender: a retry storm must not become a
@@ -75,14 +75,13 @@ pub fn send(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending, Ser
                 }
                 Ok(Reply::Ack(vec![("mid", mid.into())]))
             }
-            WriteOutcome::Failed(e) => Err(ServiceError::from(e).say(
+            Err(e) => Err(ServiceError::from(e).say(
                 Errno::NotFound,
                 match target {
                     Target::User(_) => "no such user",
                     Target::Group(_) => "no such group",
                 },
             )),
-            other => unreachable!("append answered with {other:?}"),
         }
     }))
 }
@@ -125,9 +124,7 @@ pub fn delivered(sh: &Arc<Shared>, s: &Session, req: &Request) -> Result<Pending
     let committer = sh.committer.clone();
     let user = s.user;
     Ok(Box::pin(async move {
-        committer
-            .submit_detached(WriteOp::Ack { user, seq })
-            .await?;
+        committer.ack_detached(user, seq).await?;
         Ok(Reply::Nothing)
     }))
 }

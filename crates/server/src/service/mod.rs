@@ -21,7 +21,7 @@ use crate::error::ServiceError;
 use crate::frames::PushBody;
 use crate::password::Passwords;
 use crate::sessions::{Backlog, Event, SessionHandle, Sessions, StoreBacklog};
-use crate::store::{Store, UserId, WriteOutcome};
+use crate::store::{Fanout, Store, UserId};
 use crate::throttle::{AddrConns, FailureThrottle, LogEvery, RateLimiter};
 
 /// State shared by every connection of one server instance. Passed around
@@ -152,22 +152,16 @@ impl Guards {
 pub struct BusDispatch(pub Arc<dyn Bus>);
 
 impl Dispatch for BusDispatch {
-    fn committed(&self, outcome: &WriteOutcome) {
-        if let WriteOutcome::Appended {
-            message,
-            deliveries,
-        } = outcome
-        {
-            let push = Arc::new(PushBody::new(message.clone()));
-            for &(user, seq) in deliveries {
-                self.0.send(
-                    user,
-                    Event::Chat {
-                        push: push.clone(),
-                        seq,
-                    },
-                );
-            }
+    fn committed(&self, fanout: &Fanout) {
+        let push = Arc::new(PushBody::new(fanout.message.clone()));
+        for &(user, seq) in &fanout.deliveries {
+            self.0.send(
+                user,
+                Event::Chat {
+                    push: push.clone(),
+                    seq,
+                },
+            );
         }
     }
 }
