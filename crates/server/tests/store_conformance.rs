@@ -1,7 +1,8 @@
 //! Store conformance: the behaviour every storage backend must share, written
-//! once and run against each backend, so SQLite and MySQL/MariaDB cannot drift.
+//! once and run against each backend, so SQLite, MySQL/MariaDB and the
+//! in-memory store cannot drift.
 //!
-//! Each test gets a fresh, empty store: a temporary SQLite file, or (when
+//! Each test gets a fresh, empty store: a new memory store, a temporary SQLite file, or (when
 //! `CLUSTERCHAT_MYSQL_URL` is set) a uniquely named database created through
 //! that URL's account and dropped afterwards. Without the variable the MySQL
 //! variants print "skipped: CLUSTERCHAT_MYSQL_URL not set" and pass, unless
@@ -33,6 +34,8 @@ const ALL: i64 = 10_000;
 // Fixtures
 
 enum Backend {
+    /// The in-memory store: no database to reopen or query around it.
+    Memory,
     Sqlite {
         _dir: tempfile::TempDir,
         /// The database file's URL.
@@ -57,6 +60,14 @@ struct Fixture {
 }
 
 impl Fixture {
+    fn memory() -> Fixture {
+        Fixture {
+            store: Arc::new(store::memory::MemoryStore::new()),
+            backend: Backend::Memory,
+            nodes: Mutex::new(Vec::new()),
+        }
+    }
+
     async fn sqlite() -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("chat.db").display());
@@ -122,10 +133,11 @@ impl Fixture {
 
     /// A second store on the same database, as another server node of a
     /// cluster would open it. SQLite is an embedded, single-node store, so
-    /// its "other node" is the same store, used from other tasks.
+    /// its "other node" is the same store, used from other tasks; so is the
+    /// memory store's.
     async fn another_node(&self) -> Arc<dyn Store> {
         match &self.backend {
-            Backend::Sqlite { .. } => self.store.clone(),
+            Backend::Memory | Backend::Sqlite { .. } => self.store.clone(),
             Backend::Mysql { url, .. } => {
                 let s = store::open(url, &StoreOptions::default())
                     .await
@@ -140,6 +152,7 @@ impl Fixture {
     /// first column of the rows as integers (none for statements).
     async fn raw_ints(&self, sql: &str) -> Vec<i64> {
         match &self.backend {
+            Backend::Memory => panic!("the memory store runs no SQL: {sql}"),
             Backend::Sqlite { url, .. } => {
                 let mut c = sqlx::SqliteConnection::connect(url)
                     .await
@@ -160,6 +173,7 @@ impl Fixture {
     /// Opens the database again, as a restarted server would.
     async fn reopen(&self) -> Arc<dyn Store> {
         let url = match &self.backend {
+            Backend::Memory => panic!("the memory store cannot be reopened"),
             Backend::Sqlite { url, .. } | Backend::Mysql { url, .. } => url,
         };
         let s = store::open(url, &StoreOptions::default())
@@ -234,14 +248,22 @@ where
 }
 
 /// Generates one `#[tokio::test]` per backend for every listed test, so
-/// both backends always run the same list.
+/// every backend always runs the same list. Tests under `sql:` poke the
+/// database around the store (rows written before a migration), so they run
+/// on the SQL backends only.
 macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
+    (all: [$($name:ident),* $(,)?], sql: [$($sql:ident),* $(,)?]) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::run(super::Fixture::sqlite().await, super::$name).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $sql() {
+                    super::run(super::Fixture::sqlite().await, super::$sql).await;
                 }
             )*
         }
@@ -254,15 +276,30 @@ macro_rules! conformance {
                     }
                 }
             )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $sql() {
+                    if let Some(fx) = super::Fixture::mysql(stringify!($sql)).await {
+                        super::run(fx, super::$sql).await;
+                    }
+                }
+            )*
+        }
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::run(super::Fixture::memory(), super::$name).await;
+                }
+            )*
         }
     };
 }
 
-conformance!(
+conformance!(all: [
     create_user_ids_grow,
     create_user_name_taken,
     names_unique_by_key,
-    legacy_names_keyed_on_open,
     unicode_names_round_trip,
     add_friend_is_mutual,
     remove_friend_both_directions,
@@ -292,7 +329,9 @@ conformance!(
     revoke_tokens,
     dead_tokens_are_pruned,
     mixed_batch_keeps_order,
-);
+], sql: [
+    legacy_names_keyed_on_open,
+]);
 
 // ---------------------------------------------------------------------------
 // Helpers

@@ -8,6 +8,7 @@
 //! so durability costs a transaction per batch rather than per message.
 
 pub mod batch;
+pub mod memory;
 pub mod mysql;
 mod sql;
 pub mod sqlite;
