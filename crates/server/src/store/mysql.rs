@@ -454,14 +454,12 @@ impl GroupStore for MysqlStore {
         if exists.is_none() {
             return Err(StoreError::NotFound);
         }
-        let added = sqlx::query(
-            "INSERT IGNORE INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'normal')",
-        )
-        .bind(group)
-        .bind(user)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let added = sqlx::query(MySql::INSERT_MEMBER)
+            .bind(group)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if added == 0 {
             return Err(StoreError::Exists);
         }

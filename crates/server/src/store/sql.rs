@@ -8,7 +8,6 @@
 //! [`super::batch`] and take their statement texts from here.
 
 use std::collections::HashMap;
-use std::marker::PhantomData;
 
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
@@ -17,9 +16,11 @@ use super::{
     Target, UserId, UserRecord,
 };
 
-/// What differs between SQLite and MySQL in the statements both run.
-/// The upserts and insert-ignores differ too, but each is run by one
-/// backend's own write code, so they stay there.
+/// What differs between SQLite and MySQL in the statements both run. The
+/// counter upserts differ too, but each backend runs them its own way
+/// (SQLite one row at a time from its statement cache, MySQL many rows a
+/// statement), so they stay in the backend files, as does reading the new
+/// row's id (rusqlite's `insert`, MySQL's `last_insert_id`).
 pub(crate) trait Dialect: Database {
     /// [`undelivered`](SqlReads::undelivered)'s query, with the larger of
     /// two values spelled `MAX` (SQLite) or `GREATEST` (MySQL).
@@ -29,6 +30,9 @@ pub(crate) trait Dialect: Database {
     const TOKENS_OF: &'static str;
     /// A group's member ids, ascending; MySQL locks them. Binds the group.
     const MEMBERS_OF: &'static str;
+    /// Adds a normal member, or nothing if already a member (insert-ignore:
+    /// `ON CONFLICT DO NOTHING` or `INSERT IGNORE`). Binds group, user.
+    const INSERT_MEMBER: &'static str;
 }
 
 /// The undelivered page, with the dialect's name for the larger of two values.
@@ -73,12 +77,19 @@ impl Dialect for sqlx::Sqlite {
     // No lock hints: the one writer thread holds SQLite's write lock.
     const TOKENS_OF: &'static str = tokens_of_sql!("");
     const MEMBERS_OF: &'static str = members_of_sql!("");
+    const INSERT_MEMBER: &'static str =
+        "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'normal') \
+         ON CONFLICT DO NOTHING";
 }
 
 impl Dialect for sqlx::MySql {
     const UNDELIVERED: &'static str = undelivered_sql!("GREATEST");
     const TOKENS_OF: &'static str = tokens_of_sql!(" FOR UPDATE");
     const MEMBERS_OF: &'static str = members_of_sql!(" FOR UPDATE");
+    // IGNORE skips only the duplicate row: two plain BIGINTs and a valid
+    // role cannot trip any other error it would hide.
+    const INSERT_MEMBER: &'static str =
+        "INSERT IGNORE INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'normal')";
 }
 
 // Statements both backends run as they are.
@@ -153,16 +164,12 @@ where
 /// The read queries, over one backend's sqlx pool.
 pub(crate) struct SqlReads<DB: Database> {
     pool: Pool<DB>,
-    db: PhantomData<DB>,
 }
 
 impl<DB: Database> SqlReads<DB> {
     /// Reads through `pool`.
     pub(crate) fn new(pool: Pool<DB>) -> Self {
-        SqlReads {
-            pool,
-            db: PhantomData,
-        }
+        SqlReads { pool }
     }
 
     /// The pool the reads use.

@@ -461,10 +461,7 @@ impl GroupStore for SqliteStore {
                     return Err(StoreError::NotFound);
                 }
                 let added = tx
-                    .prepare_cached(
-                        "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'normal') \
-                         ON CONFLICT DO NOTHING",
-                    )?
+                    .prepare_cached(Sqlite::INSERT_MEMBER)?
                     .execute([group, user])?;
                 if added == 0 {
                     return Err(StoreError::Exists);
