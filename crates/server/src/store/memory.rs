@@ -44,16 +44,11 @@ struct Counters {
 #[derive(Debug, Default)]
 struct State {
     users: BTreeMap<UserId, UserRecord>,
-    /// Taken user names and name keys (digests), each to its user.
-    user_names: HashMap<String, UserId>,
-    user_keys: HashMap<String, UserId>,
-    last_user: UserId,
+    user_names: Names,
     /// Friendships, one entry per direction.
     friends: BTreeSet<(UserId, UserId)>,
     groups: BTreeMap<GroupId, Group>,
-    group_names: HashMap<String, GroupId>,
-    group_keys: HashMap<String, GroupId>,
-    last_group: GroupId,
+    group_names: Names,
     messages: BTreeMap<i64, StoredMessage>,
     /// Mids per conversation key, ascending.
     convs: HashMap<String, BTreeSet<i64>>,
@@ -64,6 +59,34 @@ struct State {
     counters: HashMap<UserId, Counters>,
     /// Token hash to (owner, row).
     tokens: HashMap<String, (UserId, TokenRow)>,
+}
+
+/// The unique names and name keys (digests) of one table, and its last id:
+/// SQL's UNIQUE columns and AUTOINCREMENT.
+#[derive(Debug, Default)]
+struct Names {
+    names: HashMap<String, i64>,
+    keys: HashMap<String, i64>,
+    last_id: i64,
+}
+
+impl Names {
+    /// A new row's id, its name and key taken; `Exists` if either was.
+    fn claim(&mut self, name: &str, key: &str) -> StoreResult<i64> {
+        if self.names.contains_key(name) || self.keys.contains_key(key) {
+            return Err(StoreError::Exists);
+        }
+        self.last_id += 1;
+        self.names.insert(name.to_owned(), self.last_id);
+        self.keys.insert(key.to_owned(), self.last_id);
+        Ok(self.last_id)
+    }
+
+    /// Frees a deleted row's name and key.
+    fn release(&mut self, name: &str, key: &str) {
+        self.names.remove(name);
+        self.keys.remove(key);
+    }
 }
 
 impl MemoryStore {
@@ -193,15 +216,8 @@ impl State {
 #[async_trait]
 impl UserStore for MemoryStore {
     async fn create_user(&self, name: &str, key: &str, password_hash: &str) -> StoreResult<UserId> {
-        let key = key_digest(key);
         let mut st = self.state();
-        if st.user_names.contains_key(name) || st.user_keys.contains_key(&key) {
-            return Err(StoreError::Exists);
-        }
-        st.last_user += 1;
-        let id = st.last_user;
-        st.user_names.insert(name.to_owned(), id);
-        st.user_keys.insert(key, id);
+        let id = st.user_names.claim(name, &key_digest(key))?;
         st.users.insert(
             id,
             UserRecord {
@@ -267,13 +283,7 @@ impl GroupStore for MemoryStore {
     ) -> StoreResult<GroupId> {
         let key = key_digest(key);
         let mut st = self.state();
-        if st.group_names.contains_key(name) || st.group_keys.contains_key(&key) {
-            return Err(StoreError::Exists);
-        }
-        st.last_group += 1;
-        let id = st.last_group;
-        st.group_names.insert(name.to_owned(), id);
-        st.group_keys.insert(key.clone(), id);
+        let id = st.group_names.claim(name, &key)?;
         st.groups.insert(
             id,
             Group {
@@ -315,8 +325,7 @@ impl GroupStore for MemoryStore {
         let Some(g) = st.groups.remove(&group) else {
             return Err(StoreError::NotFound);
         };
-        st.group_names.remove(&g.name);
-        st.group_keys.remove(&g.key);
+        st.group_names.release(&g.name, &g.key);
         Ok(g.members.into_keys().collect())
     }
 
