@@ -12,15 +12,60 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Store, StoreError, StoreResult, UserId, WriteOp, WriteOutcome};
+use crate::store::{
+    Appended, Fanout, NewMessage, Store, StoreError, StoreResult, TokenIssued, TokenRequest,
+    UserId, WriteOp, WriteOutcome,
+};
 
-/// Told about every committed outcome, in commit order.
+/// Told about every newly stored message, in commit order.
 pub trait Dispatch: Send + Sync {
-    /// Called once per op after its batch committed.
-    fn committed(&self, outcome: &WriteOutcome);
+    /// Called once per stored message after its batch committed.
+    fn committed(&self, fanout: &Fanout);
 }
 
-type Reply = Option<oneshot::Sender<StoreResult<WriteOutcome>>>;
+/// Where a write's outcome goes: typed by the op that was submitted, so each
+/// caller gets its own kind of answer.
+enum Reply {
+    /// An append's writer.
+    Append(oneshot::Sender<StoreResult<Appended>>),
+    /// A token op's writer.
+    Token(oneshot::Sender<StoreResult<TokenIssued>>),
+    /// A writer that only waits for durability (acks, revocations).
+    Done(oneshot::Sender<StoreResult<()>>),
+    /// Nobody waits.
+    Detached,
+}
+
+impl Reply {
+    /// Hands the op's outcome to its writer.
+    fn answer(self, outcome: WriteOutcome) {
+        match (self, outcome) {
+            (Reply::Append(r), WriteOutcome::Append(o)) => drop(r.send(o)),
+            (Reply::Token(r), WriteOutcome::Token(o)) => drop(r.send(o)),
+            (Reply::Done(r), WriteOutcome::Acked | WriteOutcome::Revoked) => drop(r.send(Ok(()))),
+            (Reply::Detached, _) => {}
+            // A store answers each op with the op's own kind (the
+            // conformance suite checks it); should one not, the writer hears
+            // a storage failure rather than the server panicking.
+            (reply, other) => {
+                tracing::error!(outcome = ?other, "store answered with another op's kind of outcome");
+                reply.fail(StoreError::unavailable(
+                    "store answered with the wrong kind of outcome",
+                ));
+            }
+        }
+    }
+
+    /// Tells the writer its batch failed.
+    fn fail(self, e: StoreError) {
+        match self {
+            Reply::Append(r) => drop(r.send(Err(e))),
+            Reply::Token(r) => drop(r.send(Err(e))),
+            Reply::Done(r) => drop(r.send(Err(e))),
+            Reply::Detached => {}
+        }
+    }
+}
 
 struct Job {
     op: WriteOp,
@@ -61,26 +106,62 @@ impl Committer {
         (Committer { tx }, CommitTask { stop, handle })
     }
 
-    /// Submits a write and waits until it is durable.
-    pub async fn submit(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
-        self.enqueue(op).await
-    }
-
-    /// Queues a write right away (so writes join the batch in request
+    /// Queues a chat message right away (so writes join the batch in request
     /// order, and a burst read in one go lands in one batch) and returns a
     /// future that resolves once it is durable. If the queue is full, the
     /// future waits for room first.
-    pub fn enqueue(
+    pub fn append(
+        &self,
+        message: NewMessage,
+    ) -> impl std::future::Future<Output = StoreResult<Appended>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(WriteOp::Append(message), Reply::Append(reply), rx)
+    }
+
+    /// Issues a login token and waits until it is durable.
+    pub async fn issue_token(&self, req: TokenRequest) -> StoreResult<TokenIssued> {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(WriteOp::Token(req), Reply::Token(reply), rx)
+            .await
+    }
+
+    /// Revokes every token of `user` and waits until that is durable.
+    pub async fn revoke_tokens(&self, user: UserId) -> StoreResult<()> {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(WriteOp::RevokeTokens { user }, Reply::Done(reply), rx)
+            .await
+    }
+
+    /// Records that `user` holds every message up to `seq`, and waits until
+    /// that is durable.
+    pub async fn ack(&self, user: UserId, seq: i64) -> StoreResult<()> {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(WriteOp::Ack { user, seq }, Reply::Done(reply), rx)
+            .await
+    }
+
+    /// Records a delivery confirmation without waiting for it.
+    pub async fn ack_detached(&self, user: UserId, seq: i64) -> StoreResult<()> {
+        self.tx
+            .send(Job {
+                op: WriteOp::Ack { user, seq },
+                reply: Reply::Detached,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Queues `op` now; the future waits for room if the queue is full, then
+    /// for the answer on `rx`.
+    fn enqueue<T: Send + 'static>(
         &self,
         op: WriteOp,
-    ) -> impl std::future::Future<Output = StoreResult<WriteOutcome>> + Send + 'static {
-        let (reply, rx) = oneshot::channel();
+        reply: Reply,
+        rx: oneshot::Receiver<StoreResult<T>>,
+    ) -> impl std::future::Future<Output = StoreResult<T>> + Send + 'static {
         let mut late = None;
         let mut closed = false;
-        match self.tx.try_send(Job {
-            op,
-            reply: Some(reply),
-        }) {
+        match self.tx.try_send(Job { op, reply }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(job)) => late = Some((self.tx.clone(), job)),
             Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
@@ -94,14 +175,6 @@ impl Committer {
             }
             rx.await.map_err(|_| StoreError::Closed)?
         }
-    }
-
-    /// Submits a write without waiting for it (delivery confirmations).
-    pub async fn submit_detached(&self, op: WriteOp) -> StoreResult<()> {
-        self.tx
-            .send(Job { op, reply: None })
-            .await
-            .map_err(|_| StoreError::Closed)
     }
 }
 
@@ -123,12 +196,12 @@ async fn run(
     let router = tokio::spawn(async move {
         while let Some((outcomes, replies)) = to_route.recv().await {
             for o in &outcomes {
-                dispatch.committed(o);
+                if let WriteOutcome::Append(Ok(Appended::New(fanout))) = o {
+                    dispatch.committed(fanout);
+                }
             }
             for (reply, o) in replies.into_iter().zip(outcomes) {
-                if let Some(r) = reply {
-                    let _ = r.send(Ok(o));
-                }
+                reply.answer(o);
             }
         }
     });
@@ -203,8 +276,8 @@ async fn run(
             }
             Err(e) => {
                 tracing::error!(error = %e, batch = n, "group commit failed; writers get errno 10");
-                for r in replies.into_iter().flatten() {
-                    let _ = r.send(Err(e.clone()));
+                for r in replies {
+                    r.fail(e.clone());
                 }
             }
         }

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use chat_protocol::Errno;
 
-use crate::store::{OpError, StoreError};
+use crate::store::StoreError;
 
 /// A request failed: the errno the client gets and a sentence for people.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -56,26 +56,19 @@ impl From<StoreError> for ServiceError {
             StoreError::NotFound => Self::new(Errno::NotFound, "no such user or group"),
             StoreError::Exists => Self::new(Errno::Exists, "already exists"),
             StoreError::Forbidden => Self::new(Errno::Forbidden, "not allowed"),
+            StoreError::NotMember => {
+                Self::new(Errno::Forbidden, "you are not a member of this group")
+            }
             StoreError::BadToken => Self::new(Errno::BadCredentials, "invalid or expired token"),
+            StoreError::CmidReused => Self::new(
+                Errno::Exists,
+                "this cmid was used for a different message; use a new cmid",
+            ),
             StoreError::Unavailable(e) => {
                 tracing::warn!(error = %e, "storage error");
                 Self::busy("storage unavailable, retry later")
             }
             StoreError::Closed => Self::busy("server is shutting down"),
-        }
-    }
-}
-
-impl From<OpError> for ServiceError {
-    fn from(e: OpError) -> Self {
-        match e {
-            OpError::NotFound => Self::new(Errno::NotFound, "no such user or group"),
-            OpError::Forbidden => Self::new(Errno::Forbidden, "you are not a member of this group"),
-            OpError::BadToken => Self::new(Errno::BadCredentials, "invalid or expired token"),
-            OpError::CmidReused => Self::new(
-                Errno::Exists,
-                "this cmid was used for a different message; use a new cmid",
-            ),
         }
     }
 }

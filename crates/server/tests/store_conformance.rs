@@ -1,10 +1,12 @@
 //! Store conformance: the behaviour every storage backend must share, written
-//! once and run against each backend, so SQLite and MySQL/MariaDB cannot drift.
+//! once and run against each backend, so SQLite, MySQL/MariaDB and the
+//! in-memory store cannot drift.
 //!
-//! Each test gets a fresh, empty store: a temporary SQLite file, or (when
+//! Each test gets a fresh, empty store: a new memory store, a temporary SQLite file, or (when
 //! `CLUSTERCHAT_MYSQL_URL` is set) a uniquely named database created through
 //! that URL's account and dropped afterwards. Without the variable the MySQL
-//! variants print "skipped: CLUSTERCHAT_MYSQL_URL not set" and pass; CI sets it
+//! variants print "skipped: CLUSTERCHAT_MYSQL_URL not set" and pass, unless
+//! `CI` is set (non-empty): then they fail, so CI cannot pass them silently
 //! (see `scripts/mariadb-test.sh`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clusterchat::store::{
-    self, Conversation, GroupInfo, Member, NewMessage, OpError, Person, Role, Store, StoreError,
-    StoreOptions, StoredMessage, Target, UserId, UserRecord, WriteOp, WriteOutcome,
+    self, Appended, Conversation, Fanout, GroupInfo, Member, NewMessage, Person, Role, Store,
+    StoreError, StoreOptions, StoredMessage, Target, TokenIssued, TokenRequest, UserId, UserRecord,
+    WriteOp, WriteOutcome,
 };
 use sqlx::Connection as _;
 
@@ -31,6 +34,8 @@ const ALL: i64 = 10_000;
 // Fixtures
 
 enum Backend {
+    /// The in-memory store: no database to reopen or query around it.
+    Memory,
     Sqlite {
         _dir: tempfile::TempDir,
         /// The database file's URL.
@@ -55,6 +60,14 @@ struct Fixture {
 }
 
 impl Fixture {
+    fn memory() -> Fixture {
+        Fixture {
+            store: Arc::new(store::memory::MemoryStore::new()),
+            backend: Backend::Memory,
+            nodes: Mutex::new(Vec::new()),
+        }
+    }
+
     async fn sqlite() -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("chat.db").display());
@@ -74,6 +87,9 @@ impl Fixture {
     async fn mysql(test: &str) -> Option<Fixture> {
         let admin_url = match std::env::var("CLUSTERCHAT_MYSQL_URL") {
             Ok(u) if !u.trim().is_empty() => u.trim().to_owned(),
+            _ if std::env::var("CI").is_ok_and(|v| !v.is_empty()) => {
+                panic!("mysql::{test}: CI is set but CLUSTERCHAT_MYSQL_URL is not (see scripts/mariadb-test.sh)")
+            }
             _ => {
                 // Straight to stderr: the test harness captures println!.
                 let _ = writeln!(
@@ -117,10 +133,11 @@ impl Fixture {
 
     /// A second store on the same database, as another server node of a
     /// cluster would open it. SQLite is an embedded, single-node store, so
-    /// its "other node" is the same store, used from other tasks.
+    /// its "other node" is the same store, used from other tasks; so is the
+    /// memory store's.
     async fn another_node(&self) -> Arc<dyn Store> {
         match &self.backend {
-            Backend::Sqlite { .. } => self.store.clone(),
+            Backend::Memory | Backend::Sqlite { .. } => self.store.clone(),
             Backend::Mysql { url, .. } => {
                 let s = store::open(url, &StoreOptions::default())
                     .await
@@ -135,6 +152,7 @@ impl Fixture {
     /// first column of the rows as integers (none for statements).
     async fn raw_ints(&self, sql: &str) -> Vec<i64> {
         match &self.backend {
+            Backend::Memory => panic!("the memory store runs no SQL: {sql}"),
             Backend::Sqlite { url, .. } => {
                 let mut c = sqlx::SqliteConnection::connect(url)
                     .await
@@ -155,6 +173,7 @@ impl Fixture {
     /// Opens the database again, as a restarted server would.
     async fn reopen(&self) -> Arc<dyn Store> {
         let url = match &self.backend {
+            Backend::Memory => panic!("the memory store cannot be reopened"),
             Backend::Sqlite { url, .. } | Backend::Mysql { url, .. } => url,
         };
         let s = store::open(url, &StoreOptions::default())
@@ -229,14 +248,22 @@ where
 }
 
 /// Generates one `#[tokio::test]` per backend for every listed test, so
-/// both backends always run the same list.
+/// every backend always runs the same list. Tests under `sql:` poke the
+/// database around the store (rows written before a migration), so they run
+/// on the SQL backends only.
 macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
+    (all: [$($name:ident),* $(,)?], sql: [$($sql:ident),* $(,)?]) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::run(super::Fixture::sqlite().await, super::$name).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $sql() {
+                    super::run(super::Fixture::sqlite().await, super::$sql).await;
                 }
             )*
         }
@@ -249,15 +276,30 @@ macro_rules! conformance {
                     }
                 }
             )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $sql() {
+                    if let Some(fx) = super::Fixture::mysql(stringify!($sql)).await {
+                        super::run(fx, super::$sql).await;
+                    }
+                }
+            )*
+        }
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::run(super::Fixture::memory(), super::$name).await;
+                }
+            )*
         }
     };
 }
 
-conformance!(
+conformance!(all: [
     create_user_ids_grow,
     create_user_name_taken,
     names_unique_by_key,
-    legacy_names_keyed_on_open,
     unicode_names_round_trip,
     add_friend_is_mutual,
     remove_friend_both_directions,
@@ -287,7 +329,9 @@ conformance!(
     revoke_tokens,
     dead_tokens_are_pruned,
     mixed_batch_keeps_order,
-);
+], sql: [
+    legacy_names_keyed_on_open,
+]);
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -353,18 +397,18 @@ async fn send(s: &dyn Store, op: WriteOp) -> WriteOutcome {
 #[track_caller]
 fn appended(o: &WriteOutcome) -> (Arc<StoredMessage>, Vec<(UserId, i64)>) {
     match o {
-        WriteOutcome::Appended {
+        WriteOutcome::Append(Ok(Appended::New(Fanout {
             message,
             deliveries,
-        } => (message.clone(), deliveries.clone()),
+        }))) => (message.clone(), deliveries.clone()),
         other => panic!("expected Appended, got {other:?}"),
     }
 }
 
 #[track_caller]
-fn failed(o: &WriteOutcome) -> OpError {
+fn failed(o: &WriteOutcome) -> StoreError {
     match o {
-        WriteOutcome::Failed(e) => *e,
+        WriteOutcome::Append(Err(e)) | WriteOutcome::Token(Err(e)) => e.clone(),
         other => panic!("expected Failed, got {other:?}"),
     }
 }
@@ -372,7 +416,7 @@ fn failed(o: &WriteOutcome) -> OpError {
 #[track_caller]
 fn duplicate(o: &WriteOutcome) -> i64 {
     match o {
-        WriteOutcome::Duplicate { mid } => *mid,
+        WriteOutcome::Append(Ok(Appended::Duplicate { mid })) => *mid,
         other => panic!("expected Duplicate, got {other:?}"),
     }
 }
@@ -380,7 +424,7 @@ fn duplicate(o: &WriteOutcome) -> i64 {
 #[track_caller]
 fn token_user(o: &WriteOutcome) -> UserId {
     match o {
-        WriteOutcome::TokenIssued { user } => *user,
+        WriteOutcome::Token(Ok(TokenIssued { user })) => *user,
         other => panic!("expected TokenIssued, got {other:?}"),
     }
 }
@@ -405,31 +449,31 @@ async fn history(s: &dyn Store, conv: Conversation, before: Option<i64>, limit: 
 
 /// A password login's token: expires at `expires_at`.
 fn issue(user: UserId, hash: &str, expires_at: i64) -> WriteOp {
-    WriteOp::Token {
+    WriteOp::Token(TokenRequest {
         consume: None,
         user,
         issue: hash.to_owned(),
         expires_at,
         now: NOW,
-    }
+    })
 }
 
 /// A token login by `user` presenting `old`; the new token lives an hour.
 fn consume(user: UserId, old: &str, new: &str, now: i64) -> WriteOp {
-    WriteOp::Token {
+    WriteOp::Token(TokenRequest {
         consume: Some(old.to_owned()),
         user,
         issue: new.to_owned(),
         expires_at: now + 3600,
         now,
-    }
+    })
 }
 
 /// Asserts that `user` can log in with token `old` at `now` (getting `new`).
 #[track_caller]
 fn assert_token_ok(o: WriteOutcome, user: UserId, what: &str) {
     match o {
-        WriteOutcome::TokenIssued { user: u } if u == user => {}
+        WriteOutcome::Token(Ok(TokenIssued { user: u })) if u == user => {}
         other => panic!("{what}: expected TokenIssued for {user}, got {other:?}"),
     }
 }
@@ -437,7 +481,7 @@ fn assert_token_ok(o: WriteOutcome, user: UserId, what: &str) {
 #[track_caller]
 fn assert_token_bad(o: WriteOutcome, what: &str) {
     match o {
-        WriteOutcome::Failed(OpError::BadToken) => {}
+        WriteOutcome::Token(Err(StoreError::BadToken)) => {}
         other => panic!("{what}: expected BadToken, got {other:?}"),
     }
 }
@@ -851,7 +895,7 @@ async fn disband_group_rules(fx: Arc<Fixture>) {
     assert_eq!(s.groups_of(a).await.unwrap(), vec![]);
     assert_eq!(s.groups_of(b).await.unwrap(), vec![]);
     let out = send(s, append(b, Target::Group(g), "anyone?")).await;
-    assert_eq!(failed(&out), OpError::NotFound);
+    assert_eq!(failed(&out), StoreError::NotFound);
     // The name is free again.
     let g2 = s
         .create_group(d, "book club", &key("book club"), "again")
@@ -1000,8 +1044,8 @@ async fn append_to_group(fx: Arc<Fixture>) {
     assert_eq!(d2, vec![(b, 1), (c, 2)]);
     assert_eq!(m1.target, Target::Group(g));
     assert_eq!(m2.sender, a);
-    assert_eq!(failed(&out[2]), OpError::Forbidden);
-    assert_eq!(failed(&out[3]), OpError::NotFound);
+    assert_eq!(failed(&out[2]), StoreError::NotMember);
+    assert_eq!(failed(&out[3]), StoreError::NotFound);
     assert_eq!(
         s.undelivered(c, 0, ALL).await.unwrap(),
         vec![(1, (*m1).clone()), (2, (*m2).clone())]
@@ -1031,7 +1075,7 @@ async fn append_to_group(fx: Arc<Fixture>) {
     )
     .await;
     assert_eq!(appended(&out[0]).1, vec![(b, 2)]);
-    assert_eq!(failed(&out[1]), OpError::Forbidden);
+    assert_eq!(failed(&out[1]), StoreError::NotMember);
 }
 
 async fn failed_ops_do_not_sink_the_batch(fx: Arc<Fixture>) {
@@ -1051,10 +1095,10 @@ async fn failed_ops_do_not_sink_the_batch(fx: Arc<Fixture>) {
     )
     .await;
     let (mx, dx) = appended(&out[0]);
-    assert_eq!(failed(&out[1]), OpError::NotFound);
-    assert_eq!(failed(&out[2]), OpError::NotFound);
+    assert_eq!(failed(&out[1]), StoreError::NotFound);
+    assert_eq!(failed(&out[2]), StoreError::NotFound);
     assert!(matches!(out[3], WriteOutcome::Acked));
-    assert_eq!(failed(&out[4]), OpError::BadToken);
+    assert_eq!(failed(&out[4]), StoreError::BadToken);
     let (my, dy) = appended(&out[5]);
     assert_eq!(dx, vec![(b, 1)]);
     assert_eq!(dy, vec![(b, 2)], "failed ops take no seq");
@@ -1226,11 +1270,11 @@ async fn cmid_dedupe_across_batches(fx: Arc<Fixture>) {
     // The cmid reused for another text or another target: refused, nothing
     // stored (PROTOCOL.md, "Sending exactly once").
     let reused = send(s, append_c(a, Target::User(b), "hi (edited)", "c-1")).await;
-    assert_eq!(failed(&reused), OpError::CmidReused);
+    assert_eq!(failed(&reused), StoreError::CmidReused);
     let reused = send(s, append_c(a, Target::User(c), "hi", "c-1")).await;
-    assert_eq!(failed(&reused), OpError::CmidReused);
+    assert_eq!(failed(&reused), StoreError::CmidReused);
     let reused = send(s, append_c(a, Target::Group(b), "hi", "c-1")).await;
-    assert_eq!(failed(&reused), OpError::CmidReused);
+    assert_eq!(failed(&reused), StoreError::CmidReused);
     // Another sender's cmid is another message.
     let (m2, d2) = appended(&send(s, append_c(c, Target::User(b), "hi", "c-1")).await);
     assert_eq!(d2, vec![(b, 2)]);
@@ -1256,7 +1300,11 @@ async fn cmid_dedupe_across_batches(fx: Arc<Fixture>) {
     .await;
     assert_eq!(duplicate(&out[0]), m3.mid);
     assert_eq!(appended(&out[1]).1, vec![(b, 4)]);
-    assert_eq!(failed(&out[2]), OpError::CmidReused, "within one batch too");
+    assert_eq!(
+        failed(&out[2]),
+        StoreError::CmidReused,
+        "within one batch too"
+    );
     assert_eq!(seqs(s, b).await, vec![1, 2, 3, 4]);
 }
 
@@ -1283,7 +1331,7 @@ async fn cmid_dedupe_within_batch(fx: Arc<Fixture>) {
     let (n2, _) = appended(&out[3]);
     assert_ne!(n1.mid, n2.mid, "without a cmid nothing is deduplicated");
     // A failed op stores nothing, so its cmid stays free.
-    assert_eq!(failed(&out[4]), OpError::NotFound);
+    assert_eq!(failed(&out[4]), StoreError::NotFound);
     let (z, dz) = appended(&out[5]);
     assert_eq!(dz, vec![(b, 4)]);
     assert_eq!(seqs(s, b).await, vec![1, 2, 3, 4]);
@@ -1599,7 +1647,11 @@ async fn tokens_rotate(fx: Arc<Fixture>) {
     assert_eq!(token_user(&out[0]), a);
     assert_eq!(token_user(&out[1]), a);
     assert_eq!(token_user(&out[2]), a);
-    assert_eq!(failed(&out[3]), OpError::BadToken, "h8 was used after h7");
+    assert_eq!(
+        failed(&out[3]),
+        StoreError::BadToken,
+        "h8 was used after h7"
+    );
     assert_token_ok(send(s, consume(a, "h9", "h10", NOW + 11)).await, a, "h9");
 }
 
@@ -1753,13 +1805,13 @@ async fn dead_tokens_are_pruned(fx: Arc<Fixture>) {
     // A token write prunes its user's dead rows: h2 expires unused, and the
     // next login (with h1, which h2 is newer than) deletes it.
     send(s, issue(a, "h1", NOW + 10_000)).await;
-    let short = WriteOp::Token {
+    let short = WriteOp::Token(TokenRequest {
         consume: Some("h1".into()),
         user: a,
         issue: "h2".into(),
         expires_at: NOW + 5,
         now: NOW,
-    };
+    });
     assert_token_ok(send(s, short).await, a, "h1");
     assert_token_ok(
         send(s, consume(a, "h1", "h3", NOW + 10)).await,

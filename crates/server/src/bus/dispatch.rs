@@ -7,29 +7,23 @@ use super::Bus;
 use crate::committer::Dispatch;
 use crate::frames::PushBody;
 use crate::sessions::Event;
-use crate::store::WriteOutcome;
+use crate::store::Fanout;
 
 /// Routes committed messages to their recipients through the bus. The push
 /// body is encoded once and shared by every recipient.
 pub struct BusDispatch(pub Arc<dyn Bus>);
 
 impl Dispatch for BusDispatch {
-    fn committed(&self, outcome: &WriteOutcome) {
-        if let WriteOutcome::Appended {
-            message,
-            deliveries,
-        } = outcome
-        {
-            let push = Arc::new(PushBody::new(message.clone()));
-            for &(user, seq) in deliveries {
-                self.0.send(
-                    user,
-                    Event::Chat {
-                        push: push.clone(),
-                        seq,
-                    },
-                );
-            }
+    fn committed(&self, fanout: &Fanout) {
+        let push = Arc::new(PushBody::new(fanout.message.clone()));
+        for &(user, seq) in &fanout.deliveries {
+            self.0.send(
+                user,
+                Event::Chat {
+                    push: push.clone(),
+                    seq,
+                },
+            );
         }
     }
 }

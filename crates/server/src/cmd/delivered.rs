@@ -7,7 +7,7 @@ use super::{Ran, ReplyTo};
 use crate::error::ServiceError;
 use crate::request::Request;
 use crate::service::{Session, Shared};
-use crate::store::{UserId, WriteOp};
+use crate::store::UserId;
 
 /// The session holds every message up to `seq`.
 #[derive(Debug)]
@@ -32,7 +32,7 @@ impl Delivered {
         let Delivered { user, seq } = self;
         let work = async move {
             committer
-                .submit_detached(WriteOp::Ack { user, seq })
+                .ack_detached(user, seq)
                 .await
                 .map_err(ServiceError::from)
         };

@@ -12,7 +12,7 @@ use crate::password::{new_token, token_hash};
 use crate::request::{check_bytes, Request};
 use crate::service::{replay, session, Session, Shared};
 use crate::sessions::{Event, SessionHandle};
-use crate::store::{UserId, WriteOp, WriteOutcome};
+use crate::store::{StoreError, TokenIssued, TokenRequest, UserId};
 
 /// A login request.
 #[derive(Debug)]
@@ -91,7 +91,7 @@ impl Login {
         let token = (level >= 2).then(new_token);
         let name = self.authenticate(sh, link, token.as_deref()).await?;
         if let Some(seq) = self.last_seq {
-            sh.committer.submit(WriteOp::Ack { user, seq }).await?;
+            sh.committer.ack(user, seq).await?;
         }
         let friends = sh.store.friends(user).await?;
         let groups = sh.store.groups_of(user).await?;
@@ -193,7 +193,7 @@ impl Login {
                 let user = user.ok_or_else(bad_credentials)?;
                 if let Some(t) = token {
                     sh.committer
-                        .submit(WriteOp::Token {
+                        .issue_token(TokenRequest {
                             consume: None,
                             user: user.id,
                             issue: token_hash(t),
@@ -207,22 +207,23 @@ impl Login {
             Secret::Token(old) => {
                 let issued = sh
                     .committer
-                    .submit(WriteOp::Token {
+                    .issue_token(TokenRequest {
                         consume: Some(token_hash(old)),
                         user: self.id,
                         issue: token_hash(token.unwrap_or_default()),
                         expires_at,
                         now,
                     })
-                    .await?;
+                    .await;
                 match issued {
-                    WriteOutcome::TokenIssued { user } if user == self.id => {}
-                    _ => {
+                    Ok(TokenIssued { user }) if user == self.id => {}
+                    Ok(_) | Err(StoreError::BadToken) => {
                         return Err(ServiceError::new(
                             Errno::BadCredentials,
                             "invalid or expired token",
                         ))
                     }
+                    Err(e) => return Err(e.into()),
                 }
                 Ok(sh
                     .store

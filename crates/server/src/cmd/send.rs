@@ -10,7 +10,7 @@ use crate::error::ServiceError;
 use crate::request::{check_bytes, Request};
 use crate::service::{delivery, Session, Shared};
 use crate::sessions::SessionHandle;
-use crate::store::{NewMessage, Target, WriteOp, WriteOutcome};
+use crate::store::{Appended, Fanout, NewMessage, Target};
 
 /// A chat message to a user or a group.
 #[derive(Debug)]
@@ -67,21 +67,21 @@ impl Send {
         }
         let target = message.target;
         let cmid = message.cmid.clone();
-        let stored = sh.committer.enqueue(WriteOp::Append(message));
+        let stored = sh.committer.append(message);
         let sh = sh.clone();
         let work = async move {
-            let mid = match stored.await? {
-                WriteOutcome::Appended {
+            let mid = match stored.await {
+                Ok(Appended::New(Fanout {
                     message,
                     deliveries,
-                } => {
+                })) => {
                     sh.guards.fanout.charge(sender, deliveries.len() as f64);
                     if let Some(c) = &cmid {
                         handle.note_stored(c);
                     }
                     message.mid
                 }
-                WriteOutcome::Duplicate { mid } => {
+                Ok(Appended::Duplicate { mid }) => {
                     // Stored by an earlier login, maybe on a node that died
                     // before routing it: make sure it reaches its
                     // recipients. Bounded per sender: a retry storm must not
@@ -94,7 +94,7 @@ impl Send {
                     }
                     mid
                 }
-                WriteOutcome::Failed(e) => {
+                Err(e) => {
                     return Err(ServiceError::from(e).say(
                         Errno::NotFound,
                         match target {
@@ -103,7 +103,6 @@ impl Send {
                         },
                     ))
                 }
-                other => unreachable!("append answered with {other:?}"),
             };
             Ok(mid)
         };

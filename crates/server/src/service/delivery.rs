@@ -8,7 +8,7 @@ use super::Shared;
 use crate::committer::Committer;
 use crate::outbox::Written;
 use crate::sessions::Event;
-use crate::store::{Target, UserId, WriteOp};
+use crate::store::{Target, UserId};
 
 /// Turns "written" reports of connection writers into confirmations, queued
 /// for the next group commit.
@@ -17,11 +17,10 @@ pub struct Confirmations(pub Committer);
 #[async_trait]
 impl Written for Confirmations {
     async fn written(&self, user: UserId, seq: i64, wait: bool) {
-        let op = WriteOp::Ack { user, seq };
         if wait {
-            let _ = self.0.submit(op).await;
+            let _ = self.0.ack(user, seq).await;
         } else {
-            let _ = self.0.submit_detached(op).await;
+            let _ = self.0.ack_detached(user, seq).await;
         }
     }
 }

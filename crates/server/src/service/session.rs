@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::Shared;
 use crate::sessions::{Event, SessionHandle};
-use crate::store::{UserId, WriteOp};
+use crate::store::UserId;
 
 /// A logged-in session, as its connection holds it.
 #[derive(Debug, Clone)]
@@ -24,11 +24,7 @@ pub struct Session {
 /// the user's tokens.
 pub async fn end(sh: &Shared, s: &Session, revoke: bool) {
     if revoke {
-        if let Err(e) = sh
-            .committer
-            .submit(WriteOp::RevokeTokens { user: s.user })
-            .await
-        {
+        if let Err(e) = sh.committer.revoke_tokens(s.user).await {
             tracing::warn!(user = s.user, error = %e, "could not revoke tokens");
         }
     }

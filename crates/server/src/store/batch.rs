@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::{
-    GroupId, OpError, StoredMessage, Target, UserId, WriteOp, WriteOutcome, MAX_LIVE_TOKENS,
-    TOKEN_GRACE_SECS,
+    Appended, Fanout, GroupId, StoreError, StoredMessage, Target, TokenIssued, TokenRequest,
+    UserId, WriteOp, WriteOutcome, MAX_LIVE_TOKENS, TOKEN_GRACE_SECS,
 };
 
 /// What a batch must read before it can be planned.
@@ -101,10 +101,22 @@ pub struct MessageRow {
     pub cmid: Option<String>,
 }
 
-/// The rows a batch writes and the outcome of each op. Token ops are left as
-/// `None` in `outcomes` for the backend to run itself.
+/// What a backend does for one op once the planned rows are written: the
+/// outcome is known, or it runs a token op itself (token ops read their
+/// user's rows, and for MySQL lock them, inside the transaction).
+#[derive(Debug)]
+pub enum Step<'a> {
+    /// Planned already.
+    Done(WriteOutcome),
+    /// Run [`plan_token`] on the user's rows, then write what it says.
+    Token(&'a TokenRequest),
+    /// Delete every token of this user.
+    Revoke(UserId),
+}
+
+/// The rows a batch writes and, per op, the [`Step`] that finishes it.
 #[derive(Debug, Default)]
-pub struct Plan {
+pub struct Plan<'a> {
     /// New messages, in mid order.
     pub messages: Vec<MessageRow>,
     /// (user, seq, mid) inbox rows.
@@ -113,13 +125,18 @@ pub struct Plan {
     pub seq_updates: Vec<(UserId, i64)>,
     /// Highest confirmed seq per user.
     pub acks: Vec<(UserId, i64)>,
-    /// One per op; `None` for the ops the backend runs itself.
-    pub outcomes: Vec<Option<WriteOutcome>>,
+    /// One per op, in order.
+    pub steps: Vec<Step<'a>>,
 }
 
 /// Plans a batch. `max_mid` is the highest mid stored; `last_seq` holds the
 /// current counter of every user [`recipients`] returned (missing means 0).
-pub fn plan(ops: &[WriteOp], lk: &Lookups, max_mid: i64, last_seq: &HashMap<UserId, i64>) -> Plan {
+pub fn plan<'a>(
+    ops: &'a [WriteOp],
+    lk: &Lookups,
+    max_mid: i64,
+    last_seq: &HashMap<UserId, i64>,
+) -> Plan<'a> {
     let mut plan = Plan::default();
     let mut next_mid = max_mid;
     let mut seqs: BTreeMap<UserId, i64> = BTreeMap::new();
@@ -128,29 +145,29 @@ pub fn plan(ops: &[WriteOp], lk: &Lookups, max_mid: i64, last_seq: &HashMap<User
     let mut batch_cmids: HashMap<(UserId, String), Earlier> = HashMap::new();
 
     for op in ops {
-        let outcome = match op {
+        let step = match op {
             WriteOp::Append(m) => {
                 let key = m.cmid.as_ref().map(|c| (m.sender, c.clone()));
                 let earlier = key
                     .as_ref()
                     .and_then(|k| lk.cmid_hits.get(k).or_else(|| batch_cmids.get(k)));
-                let to: Result<Vec<UserId>, OpError> = match m.target {
+                let to: Result<Vec<UserId>, StoreError> = match m.target {
                     Target::User(u) if lk.existing_users.contains(&u) => Ok(vec![u]),
-                    Target::User(_) => Err(OpError::NotFound),
+                    Target::User(_) => Err(StoreError::NotFound),
                     Target::Group(g) => match lk.members.get(&g) {
-                        None => Err(OpError::NotFound),
-                        Some(ms) if !ms.contains(&m.sender) => Err(OpError::Forbidden),
+                        None => Err(StoreError::NotFound),
+                        Some(ms) if !ms.contains(&m.sender) => Err(StoreError::NotMember),
                         Some(ms) => Ok(ms.iter().copied().filter(|&u| u != m.sender).collect()),
                     },
                 };
-                match (earlier, to) {
+                let appended = match (earlier, to) {
                     // A retry: the same message again. Anything else under
                     // that cmid is a client bug that must not pass silently.
                     (Some(e), _) if e.target == m.target && e.body == m.body => {
-                        Some(WriteOutcome::Duplicate { mid: e.mid })
+                        Ok(Appended::Duplicate { mid: e.mid })
                     }
-                    (Some(_), _) => Some(WriteOutcome::Failed(OpError::CmidReused)),
-                    (None, Err(e)) => Some(WriteOutcome::Failed(e)),
+                    (Some(_), _) => Err(StoreError::CmidReused),
+                    (None, Err(e)) => Err(e),
                     (None, Ok(mut to)) => {
                         to.sort_unstable();
                         next_mid += 1;
@@ -185,21 +202,23 @@ pub fn plan(ops: &[WriteOp], lk: &Lookups, max_mid: i64, last_seq: &HashMap<User
                             cmid: m.cmid.clone(),
                             message: message.clone(),
                         });
-                        Some(WriteOutcome::Appended {
+                        Ok(Appended::New(Fanout {
                             message,
                             deliveries,
-                        })
+                        }))
                     }
-                }
+                };
+                Step::Done(WriteOutcome::Append(appended))
             }
             WriteOp::Ack { user, seq } => {
                 let e = acks.entry(*user).or_insert(*seq);
                 *e = (*e).max(*seq);
-                Some(WriteOutcome::Acked)
+                Step::Done(WriteOutcome::Acked)
             }
-            WriteOp::Token { .. } | WriteOp::RevokeTokens { .. } => None,
+            WriteOp::Token(t) => Step::Token(t),
+            WriteOp::RevokeTokens { user } => Step::Revoke(*user),
         };
-        plan.outcomes.push(outcome);
+        plan.steps.push(step);
     }
     plan.seq_updates = seqs.into_iter().collect();
     plan.acks = acks.into_iter().collect();
@@ -233,21 +252,15 @@ pub struct TokenPlan {
 
 /// Plans a [`WriteOp::Token`], given every token row of the op's `user`
 /// (read, and for MySQL locked, in the same transaction). The rules are on
-/// [`WriteOp::Token`].
-///
-/// # Panics
-/// On any other op.
-pub fn plan_token(op: &WriteOp, rows: &[TokenRow]) -> TokenPlan {
-    let WriteOp::Token {
+/// [`TokenRequest`].
+pub fn plan_token(op: &TokenRequest, rows: &[TokenRow]) -> TokenPlan {
+    let TokenRequest {
         consume,
         user,
         issue,
         expires_at,
         now,
-    } = op
-    else {
-        panic!("plan_token takes WriteOp::Token only");
-    };
+    } = op;
     let now = *now;
     // Dead rows go whatever the outcome: nothing can use them any more.
     let mut delete: Vec<String> = rows
@@ -275,7 +288,7 @@ pub fn plan_token(op: &WriteOp, rows: &[TokenRow]) -> TokenPlan {
                 .find(|r| &r.hash == presented && r.expires_at > now)
             else {
                 return TokenPlan {
-                    outcome: WriteOutcome::Failed(OpError::BadToken),
+                    outcome: WriteOutcome::Token(Err(StoreError::BadToken)),
                     delete,
                     shorten: None,
                     insert: None,
@@ -299,7 +312,7 @@ pub fn plan_token(op: &WriteOp, rows: &[TokenRow]) -> TokenPlan {
         }
     };
     TokenPlan {
-        outcome: WriteOutcome::TokenIssued { user: *user },
+        outcome: WriteOutcome::Token(Ok(TokenIssued { user: *user })),
         delete,
         shorten,
         insert: Some(new),
@@ -343,16 +356,16 @@ mod tests {
         );
         assert_eq!(p.seq_updates, vec![(2, 13), (3, 1)]);
         assert!(matches!(
-            p.outcomes[3],
-            Some(WriteOutcome::Duplicate { mid: 103 })
+            p.steps[3],
+            Step::Done(WriteOutcome::Append(Ok(Appended::Duplicate { mid: 103 })))
         ));
         assert!(matches!(
-            p.outcomes[4],
-            Some(WriteOutcome::Failed(OpError::Forbidden))
+            p.steps[4],
+            Step::Done(WriteOutcome::Append(Err(StoreError::NotMember)))
         ));
         assert!(matches!(
-            p.outcomes[5],
-            Some(WriteOutcome::Failed(OpError::NotFound))
+            p.steps[5],
+            Step::Done(WriteOutcome::Append(Err(StoreError::NotFound)))
         ));
         assert_eq!(recipients(&ops, &lk), vec![2, 3]);
     }
@@ -365,8 +378,8 @@ mod tests {
         }
     }
 
-    fn token(consume: Option<&str>, issue: &str, now: i64) -> WriteOp {
-        WriteOp::Token {
+    fn token(consume: Option<&str>, issue: &str, now: i64) -> TokenRequest {
+        TokenRequest {
             consume: consume.map(str::to_owned),
             user: 1,
             issue: issue.into(),
@@ -389,7 +402,10 @@ mod tests {
             row("newer", 4, 900),
         ];
         let p = plan_token(&token(Some("p"), "new", 100), &rows);
-        assert!(matches!(p.outcome, WriteOutcome::TokenIssued { user: 1 }));
+        assert!(matches!(
+            p.outcome,
+            WriteOutcome::Token(Ok(TokenIssued { user: 1 }))
+        ));
         assert_eq!(sorted(p.delete), ["dead", "old"]);
         assert_eq!(p.shorten, Some(("p".into(), 100 + TOKEN_GRACE_SECS)));
         assert_eq!(p.insert, Some(row("new", 5, 1100)));
@@ -397,13 +413,16 @@ mod tests {
         // Within its grace the token works again; the grace is not extended.
         let rows = [row("p", 3, 220), row("new", 5, 1100)];
         let p = plan_token(&token(Some("p"), "new2", 200), &rows);
-        assert!(matches!(p.outcome, WriteOutcome::TokenIssued { .. }));
+        assert!(matches!(p.outcome, WriteOutcome::Token(Ok(_))));
         assert!(p.delete.is_empty());
         assert_eq!(p.shorten, None);
         assert_eq!(p.insert, Some(row("new2", 6, 1200)));
         // After it, the token is dead and pruned.
         let p = plan_token(&token(Some("p"), "new3", 220), &rows);
-        assert!(matches!(p.outcome, WriteOutcome::Failed(OpError::BadToken)));
+        assert!(matches!(
+            p.outcome,
+            WriteOutcome::Token(Err(StoreError::BadToken))
+        ));
         assert_eq!(p.delete, ["p"]);
         assert_eq!(p.insert, None);
     }
@@ -418,12 +437,18 @@ mod tests {
     fn unknown_token_writes_nothing_live_and_password_login_kills_all() {
         let rows = [row("a", 1, 900), row("b", 2, 900), row("gone", 3, 10)];
         let p = plan_token(&token(Some("someone-elses"), "n", 100), &rows);
-        assert!(matches!(p.outcome, WriteOutcome::Failed(OpError::BadToken)));
+        assert!(matches!(
+            p.outcome,
+            WriteOutcome::Token(Err(StoreError::BadToken))
+        ));
         assert_eq!(p.delete, ["gone"], "only dead rows are pruned");
         assert_eq!((p.shorten, p.insert), (None, None));
 
         let p = plan_token(&token(None, "n", 100), &rows);
-        assert!(matches!(p.outcome, WriteOutcome::TokenIssued { user: 1 }));
+        assert!(matches!(
+            p.outcome,
+            WriteOutcome::Token(Ok(TokenIssued { user: 1 }))
+        ));
         assert_eq!(sorted(p.delete), ["a", "b", "gone"]);
         assert_eq!(p.insert, Some(row("n", 4, 1100)));
         let p = plan_token(&token(None, "n", 100), &[]);

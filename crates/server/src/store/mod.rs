@@ -8,7 +8,9 @@
 //! so durability costs a transaction per batch rather than per message.
 
 pub mod batch;
+pub mod memory;
 pub mod mysql;
+mod sql;
 pub mod sqlite;
 mod sqlite_writer;
 
@@ -24,11 +26,13 @@ pub type UserId = i64;
 /// A group's id.
 pub type GroupId = i64;
 
-/// Why a storage call failed. The service maps these to errno in one place.
-/// Cloneable, so one failed group commit can answer every writer in it.
+/// Why a storage call, or one op of a group commit, failed: the one error
+/// vocabulary of storage, which the service maps to errno in one place
+/// (`error.rs`). Cloneable, so one failed group commit can answer every
+/// writer in it. Names no database driver.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// No such user or group.
+    /// No such user or group (also: a message's recipient).
     #[error("not found")]
     NotFound,
     /// The thing being created exists already (name, friendship, membership).
@@ -37,16 +41,34 @@ pub enum StoreError {
     /// The caller may not do this (not a member, not the creator, creator quitting).
     #[error("not allowed")]
     Forbidden,
+    /// A message's sender is not a member of the group it was sent to.
+    #[error("sender is not a member of the group")]
+    NotMember,
     /// A login token that is unknown, someone else's, superseded or expired.
     #[error("invalid token")]
     BadToken,
+    /// The (sender, cmid) names a stored message with another target or
+    /// text: the client reused a cmid, and this message is not stored.
+    #[error("cmid reused for another message")]
+    CmidReused,
     /// The database failed or could not be reached. Holds the driver's
-    /// error (sqlx or rusqlite); [`StoreError::sqlx`] looks for the former.
+    /// error (sqlx or rusqlite) without naming it.
     #[error("storage unavailable: {0}")]
     Unavailable(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// The store is shutting down.
     #[error("storage is shutting down")]
     Closed,
+}
+
+/// Equal when the same kind; two `Unavailable` only when they hold the very
+/// same failure (one failed commit answering several writers).
+impl PartialEq for StoreError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (StoreError::Unavailable(a), StoreError::Unavailable(b)) => Arc::ptr_eq(a, b),
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
 }
 
 impl StoreError {
@@ -57,7 +79,7 @@ impl StoreError {
     }
 
     /// The sqlx error behind an `Unavailable`, if sqlx reported it.
-    pub fn sqlx(&self) -> Option<&sqlx::Error> {
+    pub(crate) fn sqlx(&self) -> Option<&sqlx::Error> {
         match self {
             StoreError::Unavailable(e) => e.downcast_ref::<sqlx::Error>(),
             _ => None,
@@ -270,30 +292,8 @@ pub enum WriteOp {
         /// Highest confirmed seq; clamped to the user's last seq.
         seq: i64,
     },
-    /// Issue a login token to `user`, after a password login or in exchange
-    /// for one of `user`'s tokens. The rules (PROTOCOL.md, "Tokens, more
-    /// precisely"; planned in [`batch::plan_token`]):
-    ///
-    /// - Presenting a token kills every token `user` was given before it. The
-    ///   presented token itself keeps working until a newer one is presented,
-    ///   or for [`TOKEN_GRACE_SECS`] after its first use, whichever is first,
-    ///   so a client whose login ack was lost can log in with it again.
-    /// - A token that is not `user`'s fails with [`OpError::BadToken`] and is
-    ///   left as it was: it still works for its owner.
-    /// - A password login (`consume: None`) kills every earlier token of `user`.
-    /// - Dead rows of `user` (expired, or past their grace) are deleted.
-    Token {
-        /// SHA-256 (hex) of the token presented; `None` after a password login.
-        consume: Option<String>,
-        /// The user logging in: the presented token must be theirs.
-        user: UserId,
-        /// SHA-256 (hex) of the new token.
-        issue: String,
-        /// Unix seconds from which the new token is refused.
-        expires_at: i64,
-        /// Now, in Unix seconds: for expiry and the grace period.
-        now: i64,
-    },
+    /// Issue a login token.
+    Token(TokenRequest),
     /// Revoke every token a user holds (LOGINOUT).
     RevokeTokens {
         /// Whose tokens.
@@ -301,46 +301,73 @@ pub enum WriteOp {
     },
 }
 
-/// The result of one [`WriteOp`].
+/// Issue a login token to `user`, after a password login or in exchange for
+/// one of `user`'s tokens. The rules (PROTOCOL.md, "Tokens, more precisely";
+/// planned in [`batch::plan_token`]):
+///
+/// - Presenting a token kills every token `user` was given before it. The
+///   presented token itself keeps working until a newer one is presented,
+///   or for [`TOKEN_GRACE_SECS`] after its first use, whichever is first,
+///   so a client whose login ack was lost can log in with it again.
+/// - A token that is not `user`'s fails with [`StoreError::BadToken`] and is
+///   left as it was: it still works for its owner.
+/// - A password login (`consume: None`) kills every earlier token of `user`.
+/// - Dead rows of `user` (expired, or past their grace) are deleted.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    /// SHA-256 (hex) of the token presented; `None` after a password login.
+    pub consume: Option<String>,
+    /// The user logging in: the presented token must be theirs.
+    pub user: UserId,
+    /// SHA-256 (hex) of the new token.
+    pub issue: String,
+    /// Unix seconds from which the new token is refused.
+    pub expires_at: i64,
+    /// Now, in Unix seconds: for expiry and the grace period.
+    pub now: i64,
+}
+
+/// The result of one [`WriteOp`], of the op's own kind. An op that fails on
+/// its own carries its error; the rest of the batch stands.
 #[derive(Debug, Clone)]
 pub enum WriteOutcome {
-    /// The message is durable. `deliveries` lists each recipient's seq.
-    Appended {
-        /// The stored message.
-        message: Arc<StoredMessage>,
-        /// (recipient, seq) pairs, in ascending recipient id.
-        deliveries: Vec<(UserId, i64)>,
-    },
+    /// For [`WriteOp::Append`].
+    Append(StoreResult<Appended>),
+    /// For [`WriteOp::Ack`]: confirmation recorded.
+    Acked,
+    /// For [`WriteOp::Token`].
+    Token(StoreResult<TokenIssued>),
+    /// For [`WriteOp::RevokeTokens`]: tokens revoked.
+    Revoked,
+}
+
+/// What an append did.
+#[derive(Debug, Clone)]
+pub enum Appended {
+    /// The message is durable and has these recipients.
+    New(Fanout),
     /// A retry of a (sender, cmid) that was stored before: nothing new stored.
     Duplicate {
         /// The first attempt's mid.
         mid: i64,
     },
-    /// Confirmation recorded.
-    Acked,
-    /// A token was issued for this user.
-    TokenIssued {
-        /// The user the token belongs to.
-        user: UserId,
-    },
-    /// Tokens revoked.
-    Revoked,
-    /// This op failed on its own; the rest of the batch stands.
-    Failed(OpError),
 }
 
-/// Per-op failures inside a batch (the batch itself committed).
+/// A newly stored message and the seq each recipient got for it: what
+/// routing needs.
+#[derive(Debug, Clone)]
+pub struct Fanout {
+    /// The stored message.
+    pub message: Arc<StoredMessage>,
+    /// (recipient, seq) pairs, in ascending recipient id.
+    pub deliveries: Vec<(UserId, i64)>,
+}
+
+/// A login token was issued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpError {
-    /// Recipient user or group does not exist.
-    NotFound,
-    /// Sender is not a member of the group.
-    Forbidden,
-    /// Token unknown, someone else's, superseded or expired.
-    BadToken,
-    /// The (sender, cmid) names a stored message with another target or
-    /// text: the client reused a cmid, and this message is not stored.
-    CmidReused,
+pub struct TokenIssued {
+    /// The user the token belongs to.
+    pub user: UserId,
 }
 
 /// What each migration does, in order; every backend has one SQL file per

@@ -12,20 +12,20 @@
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
-use sqlx::mysql::{
-    MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPoolOptions, MySqlRow,
-};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::{Connection, MySql, MySqlPool, QueryBuilder, Row, Transaction};
 
-use super::batch::{self, Earlier, Lookups, TokenRow};
+use super::batch::{self, Earlier, Lookups, Step, TokenRow};
+use super::sql::{self, text, Dialect, SqlReads};
 use super::{
     backfill_name_keys, key_digest, Conversation, FriendStore, GroupId, GroupInfo, GroupStore,
-    Member, MessageStore, Person, Role, StoreError, StoreOptions, StoreResult, StoredMessage,
-    Target, UserId, UserRecord, UserStore, WriteOp, WriteOutcome,
+    MessageStore, Person, Role, StoreError, StoreOptions, StoreResult, StoredMessage, Target,
+    TokenRequest, UserId, UserRecord, UserStore, WriteOp, WriteOutcome,
 };
 
 /// Rows per multi-row statement: far below MySQL's 65,535 placeholders and
@@ -38,7 +38,7 @@ const COMMIT_ATTEMPTS: u32 = 5;
 /// The MySQL / MariaDB store.
 #[derive(Clone)]
 pub struct MysqlStore {
-    pool: MySqlPool,
+    reads: Arc<SqlReads<MySql>>,
 }
 
 type Tx = Transaction<'static, MySql>;
@@ -68,27 +68,6 @@ fn retryable(e: &StoreError) -> bool {
             .is_some_and(|m| matches!(m.number(), 1205 | 1213)),
         _ => false,
     }
-}
-
-/// Reads a text column. Columns with a `_bin` collation carry MySQL's BINARY
-/// flag, which sqlx's type check takes for VARBINARY; the bytes are UTF-8
-/// all the same (the connection and every table are utf8mb4), and decoding
-/// still checks that.
-fn text(row: &MySqlRow, idx: usize) -> StoreResult<String> {
-    Ok(row.try_get_unchecked::<String, _>(idx)?)
-}
-
-/// Columns `mid, sender, sender_name, kind, target, body, created_at`,
-/// starting at `at`.
-fn message_from_row(row: &MySqlRow, at: usize) -> StoreResult<StoredMessage> {
-    Ok(StoredMessage {
-        mid: row.try_get(at)?,
-        sender: row.try_get(at + 1)?,
-        sender_name: text(row, at + 2)?,
-        target: Target::from_parts(row.try_get(at + 3)?, row.try_get(at + 4)?),
-        body: text(row, at + 5)?,
-        time: row.try_get(at + 6)?,
-    })
 }
 
 /// Appends `(?, ?, ...)` for `items` to a query that ends in `IN `.
@@ -133,7 +112,13 @@ impl MysqlStore {
             .await
             .map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
         backfill_name_keys(&pool, |r| Ok((r.try_get(0)?, text(r, 1)?))).await?;
-        Ok(MysqlStore { pool })
+        Ok(MysqlStore {
+            reads: Arc::new(SqlReads::new(pool)),
+        })
+    }
+
+    fn pool(&self) -> &MySqlPool {
+        self.reads.pool()
     }
 
     async fn lookups(tx: &mut Tx, need: &batch::Needs) -> StoreResult<Lookups> {
@@ -206,71 +191,55 @@ impl MysqlStore {
         Ok(out)
     }
 
-    async fn token_op(tx: &mut Tx, op: &WriteOp) -> StoreResult<WriteOutcome> {
-        match op {
-            WriteOp::Token { user, .. } => {
-                // Locks every token row of the user, and the index gap where
-                // a new one would go: token logins of one user on several
-                // nodes take turns, so each sees the rows the last one wrote.
-                let rows = sqlx::query(
-                    "SELECT hash, seq, expires_at FROM tokens WHERE userid = ? FOR UPDATE",
-                )
-                .bind(user)
-                .fetch_all(&mut **tx)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok(TokenRow {
-                        hash: text(r, 0)?,
-                        seq: r.try_get(1)?,
-                        expires_at: r.try_get(2)?,
-                    })
+    async fn token_op(tx: &mut Tx, op: &TokenRequest) -> StoreResult<WriteOutcome> {
+        // Locks every token row of the user, and the index gap where a new
+        // one would go: token logins of one user on several nodes take
+        // turns, so each sees the rows the last one wrote.
+        let rows = sqlx::query(MySql::TOKENS_OF)
+            .bind(op.user)
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(TokenRow {
+                    hash: text(r, 0)?,
+                    seq: r.try_get(1)?,
+                    expires_at: r.try_get(2)?,
                 })
-                .collect::<StoreResult<Vec<_>>>()?;
-                let plan = batch::plan_token(op, &rows);
-                for chunk in plan.delete.chunks(CHUNK) {
-                    let mut qb = QueryBuilder::<MySql>::new("DELETE FROM tokens WHERE hash IN (");
-                    let mut sep = qb.separated(", ");
-                    for h in chunk {
-                        sep.push_bind(h.clone());
-                    }
-                    qb.push(")");
-                    qb.build().execute(&mut **tx).await?;
-                }
-                if let Some((hash, expires_at)) = &plan.shorten {
-                    sqlx::query("UPDATE tokens SET expires_at = ? WHERE hash = ?")
-                        .bind(expires_at)
-                        .bind(hash)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                if let Some(t) = &plan.insert {
-                    sqlx::query(
-                        "INSERT INTO tokens (hash, userid, seq, expires_at) VALUES (?, ?, ?, ?)",
-                    )
-                    .bind(&t.hash)
-                    .bind(user)
-                    .bind(t.seq)
-                    .bind(t.expires_at)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                Ok(plan.outcome)
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let plan = batch::plan_token(op, &rows);
+        for chunk in plan.delete.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<MySql>::new("DELETE FROM tokens WHERE hash IN (");
+            let mut sep = qb.separated(", ");
+            for h in chunk {
+                sep.push_bind(h.clone());
             }
-            WriteOp::RevokeTokens { user } => {
-                sqlx::query("DELETE FROM tokens WHERE userid = ?")
-                    .bind(user)
-                    .execute(&mut **tx)
-                    .await?;
-                Ok(WriteOutcome::Revoked)
-            }
-            _ => unreachable!("only token ops reach token_op"),
+            qb.push(")");
+            qb.build().execute(&mut **tx).await?;
         }
+        if let Some((hash, expires_at)) = &plan.shorten {
+            sqlx::query(sql::SHORTEN_TOKEN)
+                .bind(expires_at)
+                .bind(hash)
+                .execute(&mut **tx)
+                .await?;
+        }
+        if let Some(t) = &plan.insert {
+            sqlx::query(sql::INSERT_TOKEN)
+                .bind(&t.hash)
+                .bind(op.user)
+                .bind(t.seq)
+                .bind(t.expires_at)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(plan.outcome)
     }
 
     /// One attempt at a group commit, in one transaction.
     async fn commit_once(&self, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let appends = ops.iter().any(|o| matches!(o, WriteOp::Append(_)));
         // First statement of the transaction: every node's message-storing
         // commits queue here, one at a time.
@@ -295,9 +264,7 @@ impl MysqlStore {
         let plan = batch::plan(ops, &lk, max_mid, &last);
 
         for chunk in plan.messages.chunks(CHUNK) {
-            let mut qb = QueryBuilder::<MySql>::new(
-                "INSERT INTO messages (mid, sender, sender_name, kind, target, conv, body, cmid, created_at) ",
-            );
+            let mut qb = QueryBuilder::<MySql>::new(sql::INSERT_MESSAGE_INTO);
             qb.push_values(chunk, |mut b, row| {
                 let m = &row.message;
                 b.push_bind(m.mid)
@@ -346,10 +313,17 @@ impl MysqlStore {
             qb.build().execute(&mut *tx).await?;
         }
         let mut outcomes = Vec::with_capacity(ops.len());
-        for (op, planned) in ops.iter().zip(plan.outcomes) {
-            outcomes.push(match planned {
-                Some(o) => o,
-                None => Self::token_op(&mut tx, op).await?,
+        for step in plan.steps {
+            outcomes.push(match step {
+                Step::Done(o) => o,
+                Step::Token(t) => Self::token_op(&mut tx, t).await?,
+                Step::Revoke(user) => {
+                    sqlx::query(sql::REVOKE_TOKENS)
+                        .bind(user)
+                        .execute(&mut *tx)
+                        .await?;
+                    WriteOutcome::Revoked
+                }
             });
         }
         tx.commit().await?;
@@ -360,22 +334,20 @@ impl MysqlStore {
 #[async_trait]
 impl UserStore for MysqlStore {
     async fn create_user(&self, name: &str, key: &str, password_hash: &str) -> StoreResult<UserId> {
-        let mut tx = self.pool.begin().await?;
-        let res = sqlx::query(
-            "INSERT INTO users (name, name_key, password, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(name)
-        .bind(key_digest(key))
-        .bind(password_hash)
-        .bind(now())
-        .execute(&mut *tx)
-        .await;
+        let mut tx = self.pool().begin().await?;
+        let res = sqlx::query(sql::INSERT_USER)
+            .bind(name)
+            .bind(key_digest(key))
+            .bind(password_hash)
+            .bind(now())
+            .execute(&mut *tx)
+            .await;
         let id = match res {
             Ok(r) => r.last_insert_id() as i64,
             Err(e) if unique_violation(&e) => return Err(StoreError::Exists),
             Err(e) => return Err(e.into()),
         };
-        sqlx::query("INSERT INTO user_seq (userid) VALUES (?)")
+        sqlx::query(sql::INSERT_USER_SEQ)
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -384,25 +356,14 @@ impl UserStore for MysqlStore {
     }
 
     async fn find_user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query("SELECT id, name, password FROM users WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(UserRecord {
-                id: r.try_get(0)?,
-                name: text(&r, 1)?,
-                password_hash: text(&r, 2)?,
-            })
-        })
-        .transpose()
+        self.reads.find_user(id).await
     }
 }
 
 #[async_trait]
 impl FriendStore for MysqlStore {
     async fn add_friend(&self, user: UserId, friend: UserId) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let exists: Option<i64> =
             sqlx::query_scalar("SELECT id FROM users WHERE id = ? LOCK IN SHARE MODE")
                 .bind(friend)
@@ -430,16 +391,14 @@ impl FriendStore for MysqlStore {
     }
 
     async fn remove_friend(&self, user: UserId, friend: UserId) -> StoreResult<()> {
-        let removed = sqlx::query(
-            "DELETE FROM friends WHERE (userid = ? AND friendid = ?) OR (userid = ? AND friendid = ?)",
-        )
-        .bind(user)
-        .bind(friend)
-        .bind(friend)
-        .bind(user)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let removed = sqlx::query(sql::DELETE_FRIENDS)
+            .bind(user)
+            .bind(friend)
+            .bind(friend)
+            .bind(user)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
         if removed == 0 {
             return Err(StoreError::NotFound);
         }
@@ -447,20 +406,7 @@ impl FriendStore for MysqlStore {
     }
 
     async fn friends(&self, user: UserId) -> StoreResult<Vec<Person>> {
-        let rows = sqlx::query(
-            "SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friendid WHERE f.userid = ? ORDER BY u.id",
-        )
-        .bind(user)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Person {
-                    id: r.try_get(0)?,
-                    name: text(r, 1)?,
-                })
-            })
-            .collect()
+        self.reads.friends(user).await
     }
 }
 
@@ -473,24 +419,21 @@ impl GroupStore for MysqlStore {
         key: &str,
         desc: &str,
     ) -> StoreResult<GroupId> {
-        let mut tx = self.pool.begin().await?;
-        let res = sqlx::query(
-            "INSERT INTO allgroup (groupname, name_key, groupdesc, creator, created_at) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(name)
-        .bind(key_digest(key))
-        .bind(desc)
-        .bind(creator)
-        .bind(now())
-        .execute(&mut *tx)
-        .await;
+        let mut tx = self.pool().begin().await?;
+        let res = sqlx::query(sql::INSERT_GROUP)
+            .bind(name)
+            .bind(key_digest(key))
+            .bind(desc)
+            .bind(creator)
+            .bind(now())
+            .execute(&mut *tx)
+            .await;
         let id = match res {
             Ok(r) => r.last_insert_id() as i64,
             Err(e) if unique_violation(&e) => return Err(StoreError::Exists),
             Err(e) => return Err(e.into()),
         };
-        sqlx::query("INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'creator')")
+        sqlx::query(sql::INSERT_CREATOR)
             .bind(id)
             .bind(creator)
             .execute(&mut *tx)
@@ -500,7 +443,7 @@ impl GroupStore for MysqlStore {
     }
 
     async fn join_group(&self, group: GroupId, user: UserId) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         // A shared lock on the group row: a disband on another node either
         // finishes first (and this sees no group) or waits for this join.
         let exists: Option<i64> =
@@ -511,14 +454,12 @@ impl GroupStore for MysqlStore {
         if exists.is_none() {
             return Err(StoreError::NotFound);
         }
-        let added = sqlx::query(
-            "INSERT IGNORE INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'normal')",
-        )
-        .bind(group)
-        .bind(user)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let added = sqlx::query(MySql::INSERT_MEMBER)
+            .bind(group)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if added == 0 {
             return Err(StoreError::Exists);
         }
@@ -527,12 +468,12 @@ impl GroupStore for MysqlStore {
     }
 
     async fn quit_group(&self, group: GroupId, user: UserId) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         match role_in(&mut tx, group, user, false).await? {
             Some(Role::Normal) => {}
             _ => return Err(StoreError::Forbidden),
         }
-        sqlx::query("DELETE FROM groupuser WHERE groupid = ? AND userid = ?")
+        sqlx::query(sql::DELETE_MEMBER)
             .bind(group)
             .bind(user)
             .execute(&mut *tx)
@@ -542,21 +483,19 @@ impl GroupStore for MysqlStore {
     }
 
     async fn disband_group(&self, group: GroupId, user: UserId) -> StoreResult<Vec<UserId>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         if role_in(&mut tx, group, user, true).await? != Some(Role::Creator) {
             return Err(StoreError::Forbidden);
         }
-        let members: Vec<i64> = sqlx::query_scalar(
-            "SELECT userid FROM groupuser WHERE groupid = ? ORDER BY userid FOR UPDATE",
-        )
-        .bind(group)
-        .fetch_all(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM groupuser WHERE groupid = ?")
+        let members: Vec<i64> = sqlx::query_scalar(MySql::MEMBERS_OF)
+            .bind(group)
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query(sql::DELETE_MEMBERS)
             .bind(group)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM allgroup WHERE id = ?")
+        sqlx::query(sql::DELETE_GROUP)
             .bind(group)
             .execute(&mut *tx)
             .await?;
@@ -565,85 +504,19 @@ impl GroupStore for MysqlStore {
     }
 
     async fn created_count(&self, user: UserId) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM groupuser WHERE userid = ? AND grouprole = 'creator'",
-        )
-        .bind(user)
-        .fetch_one(&self.pool)
-        .await?)
+        self.reads.created_count(user).await
     }
 
     async fn member_count(&self, group: GroupId) -> StoreResult<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM groupuser WHERE groupid = ?")
-                .bind(group)
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        self.reads.member_count(group).await
     }
 
     async fn membership(&self, group: GroupId, user: UserId) -> StoreResult<Option<Role>> {
-        // One statement, so existence and role come from one snapshot.
-        let row = sqlx::query(
-            "SELECT g.id, gu.grouprole FROM allgroup g \
-             LEFT JOIN groupuser gu ON gu.groupid = g.id AND gu.userid = ? WHERE g.id = ?",
-        )
-        .bind(user)
-        .bind(group)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
-            return Err(StoreError::NotFound);
-        };
-        let role: Option<String> = row.try_get_unchecked(1)?;
-        Ok(role.map(|r| Role::parse(&r)))
+        self.reads.membership(group, user).await
     }
 
     async fn groups_of(&self, user: UserId) -> StoreResult<Vec<GroupInfo>> {
-        // One transaction: both reads see the same snapshot.
-        let mut tx = self.pool.begin().await?;
-        let groups = sqlx::query(
-            "SELECT g.id, g.groupname, g.groupdesc FROM groupuser gu JOIN allgroup g ON g.id = gu.groupid \
-             WHERE gu.userid = ? ORDER BY g.id",
-        )
-        .bind(user)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut out = groups
-            .iter()
-            .map(|r| {
-                Ok(GroupInfo {
-                    id: r.try_get(0)?,
-                    name: text(r, 1)?,
-                    desc: text(r, 2)?,
-                    members: Vec::new(),
-                })
-            })
-            .collect::<StoreResult<Vec<GroupInfo>>>()?;
-        if out.is_empty() {
-            tx.commit().await?;
-            return Ok(out);
-        }
-        let members = sqlx::query(
-            "SELECT gu.groupid, u.id, u.name, gu.grouprole FROM groupuser gu JOIN users u ON u.id = gu.userid \
-             WHERE gu.groupid IN (SELECT groupid FROM groupuser WHERE userid = ?) ORDER BY gu.groupid, u.id",
-        )
-        .bind(user)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let index: HashMap<GroupId, usize> =
-            out.iter().enumerate().map(|(i, g)| (g.id, i)).collect();
-        for r in &members {
-            if let Some(&i) = index.get(&r.try_get::<i64, _>(0)?) {
-                out[i].members.push(Member {
-                    id: r.try_get(1)?,
-                    name: text(r, 2)?,
-                    role: Role::parse(&text(r, 3)?),
-                });
-            }
-        }
-        Ok(out)
+        self.reads.groups_of(user).await
     }
 }
 
@@ -692,11 +565,7 @@ impl MessageStore for MysqlStore {
     }
 
     async fn acked_seq(&self, user: UserId) -> StoreResult<i64> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT acked_seq FROM user_seq WHERE userid = ?")
-            .bind(user)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(v.unwrap_or(0))
+        self.reads.acked_seq(user).await
     }
 
     async fn undelivered(
@@ -705,22 +574,7 @@ impl MessageStore for MysqlStore {
         after: i64,
         limit: i64,
     ) -> StoreResult<Vec<(i64, StoredMessage)>> {
-        let rows = sqlx::query(
-            "SELECT i.seq, m.mid, m.sender, m.sender_name, m.kind, m.target, m.body, m.created_at \
-             FROM inbox i JOIN messages m ON m.mid = i.mid \
-             WHERE i.userid = ? \
-               AND i.seq > GREATEST(?, COALESCE((SELECT acked_seq FROM user_seq WHERE userid = ?), 0)) \
-             ORDER BY i.seq LIMIT ?",
-        )
-        .bind(user)
-        .bind(after)
-        .bind(user)
-        .bind(limit.max(0))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, message_from_row(r, 1)?)))
-            .collect()
+        self.reads.undelivered(user, after, limit).await
     }
 
     async fn history(
@@ -729,16 +583,7 @@ impl MessageStore for MysqlStore {
         before: Option<i64>,
         limit: i64,
     ) -> StoreResult<Vec<StoredMessage>> {
-        let rows = sqlx::query(
-            "SELECT mid, sender, sender_name, kind, target, body, created_at FROM messages \
-             WHERE conv = ? AND mid < ? ORDER BY mid DESC LIMIT ?",
-        )
-        .bind(conv.key())
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(limit.max(0))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|r| message_from_row(r, 0)).collect()
+        self.reads.history(conv, before, limit).await
     }
 
     async fn prune_tokens(&self, now: i64, limit: i64) -> StoreResult<u64> {
@@ -749,12 +594,12 @@ impl MessageStore for MysqlStore {
         )
         .bind(now)
         .bind(limit.max(0))
-        .execute(&self.pool)
+        .execute(self.pool())
         .await?
         .rows_affected())
     }
 
     async fn close(&self) {
-        self.pool.close().await;
+        self.pool().close().await;
     }
 }

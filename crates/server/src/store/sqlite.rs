@@ -15,24 +15,22 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, Sqlite, SqlitePool};
 
-use super::batch::{self, Earlier, Lookups, TokenRow};
+use super::batch::{self, Earlier, Lookups, Step, TokenRow};
+use super::sql::{self, role_from, Dialect, SqlReads, ROLE_IN};
 use super::sqlite_writer::{Writer, WriterOptions};
 use super::{
-    backfill_name_keys, key_digest, Conversation, GroupId, GroupInfo, Member, MessageStore, Person,
-    Role, StoreError, StoreOptions, StoreResult, StoredMessage, Target, UserId, UserRecord,
-    UserStore, WriteOp, WriteOutcome,
+    backfill_name_keys, key_digest, Conversation, FriendStore, GroupId, GroupInfo, GroupStore,
+    MessageStore, Person, Role, StoreError, StoreOptions, StoreResult, StoredMessage, Target,
+    TokenRequest, UserId, UserRecord, UserStore, WriteOp, WriteOutcome,
 };
-use super::{FriendStore, GroupStore};
 
 /// The SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
-    read: SqlitePool,
+    read: Arc<SqlReads<Sqlite>>,
     writer: Arc<Writer>,
     counters: Arc<Mutex<Counters>>,
 }
@@ -115,31 +113,6 @@ fn in_memory(url: &str) -> bool {
     db == ":memory:" || query.split('&').any(|p| p == "mode=memory")
 }
 
-pub(crate) fn message_from_row(row: &SqliteRow) -> StoredMessage {
-    StoredMessage {
-        mid: row.get("mid"),
-        sender: row.get("sender"),
-        sender_name: row.get("sender_name"),
-        target: Target::from_parts(row.get("kind"), row.get("target")),
-        body: row.get("body"),
-        time: row.get("created_at"),
-    }
-}
-
-/// The group's existence and the user's role in it, in one statement for
-/// both the read pool and the writer: no row means no group; a NULL role,
-/// not a member. Binds group, user, group.
-const ROLE_IN: &str = "SELECT (SELECT grouprole FROM groupuser WHERE groupid = ? AND userid = ?) \
-                       FROM allgroup WHERE id = ?";
-
-/// `NotFound` if the group does not exist; otherwise the user's role, if any.
-fn role_from(row: Option<Option<String>>) -> StoreResult<Option<Role>> {
-    match row {
-        None => Err(StoreError::NotFound),
-        Some(role) => Ok(role.map(|r| Role::parse(&r))),
-    }
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `url`.
     pub async fn open(url: &str, opts: &StoreOptions) -> StoreResult<Self> {
@@ -198,7 +171,7 @@ impl SqliteStore {
         };
         tokio::spawn(checkpointer(read.clone()));
         Ok(SqliteStore {
-            read,
+            read: Arc::new(SqlReads::new(read)),
             writer: Arc::new(writer),
             counters: Arc::default(),
         })
@@ -217,8 +190,7 @@ fn lookups(tx: &Transaction<'_>, need: &batch::Needs) -> StoreResult<Lookups> {
             lk.existing_users.insert(u);
         }
     }
-    let mut members =
-        tx.prepare_cached("SELECT userid FROM groupuser WHERE groupid = ? ORDER BY userid")?;
+    let mut members = tx.prepare_cached(Sqlite::MEMBERS_OF)?;
     for &g in &need.groups {
         let ms = members
             .query_map([g], |r| r.get(0))?
@@ -288,10 +260,7 @@ fn commit_batch(
     };
     let mut plan = batch::plan(ops, &lk, max_mid, &last);
 
-    let mut st = tx.prepare_cached(
-        "INSERT INTO messages (mid, sender, sender_name, kind, target, conv, body, cmid, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )?;
+    let mut st = tx.prepare_cached(sql::INSERT_MESSAGE)?;
     for row in &plan.messages {
         let m = &row.message;
         st.execute(params![
@@ -342,53 +311,49 @@ fn commit_batch(
         }
     }
     let mut outcomes = Vec::with_capacity(ops.len());
-    for (op, planned) in ops.iter().zip(plan.outcomes) {
-        outcomes.push(match planned {
-            Some(o) => o,
-            None => token_op(tx, op)?,
+    for step in plan.steps {
+        outcomes.push(match step {
+            Step::Done(o) => o,
+            Step::Token(t) => token_op(tx, t)?,
+            Step::Revoke(user) => {
+                tx.prepare_cached(sql::REVOKE_TOKENS)?.execute([user])?;
+                WriteOutcome::Revoked
+            }
         });
     }
     Ok(outcomes)
 }
 
 /// Runs a token op (planned by [`batch::plan_token`]) in the batch's transaction.
-fn token_op(tx: &Transaction<'_>, op: &WriteOp) -> StoreResult<WriteOutcome> {
-    match op {
-        WriteOp::Token { user, .. } => {
-            let rows = tx
-                .prepare_cached("SELECT hash, seq, expires_at FROM tokens WHERE userid = ?")?
-                .query_map([user], |r| {
-                    Ok(TokenRow {
-                        hash: r.get(0)?,
-                        seq: r.get(1)?,
-                        expires_at: r.get(2)?,
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            let plan = batch::plan_token(op, &rows);
-            let mut delete = tx.prepare_cached("DELETE FROM tokens WHERE hash = ?")?;
-            for h in &plan.delete {
-                delete.execute([h])?;
-            }
-            if let Some((hash, expires_at)) = &plan.shorten {
-                tx.prepare_cached("UPDATE tokens SET expires_at = ? WHERE hash = ?")?
-                    .execute(params![expires_at, hash])?;
-            }
-            if let Some(t) = &plan.insert {
-                tx.prepare_cached(
-                    "INSERT INTO tokens (hash, userid, seq, expires_at) VALUES (?, ?, ?, ?)",
-                )?
-                .execute(params![t.hash, user, t.seq, t.expires_at])?;
-            }
-            Ok(plan.outcome)
-        }
-        WriteOp::RevokeTokens { user } => {
-            tx.prepare_cached("DELETE FROM tokens WHERE userid = ?")?
-                .execute([user])?;
-            Ok(WriteOutcome::Revoked)
-        }
-        _ => unreachable!("only token ops reach token_op"),
+fn token_op(tx: &Transaction<'_>, op: &TokenRequest) -> StoreResult<WriteOutcome> {
+    let rows = tx
+        .prepare_cached(Sqlite::TOKENS_OF)?
+        .query_map([op.user], |r| {
+            Ok(TokenRow {
+                hash: r.get(0)?,
+                seq: r.get(1)?,
+                expires_at: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let plan = batch::plan_token(op, &rows);
+    let mut delete = tx.prepare_cached("DELETE FROM tokens WHERE hash = ?")?;
+    for h in &plan.delete {
+        delete.execute([h])?;
     }
+    if let Some((hash, expires_at)) = &plan.shorten {
+        tx.prepare_cached(sql::SHORTEN_TOKEN)?
+            .execute(params![expires_at, hash])?;
+    }
+    if let Some(t) = &plan.insert {
+        tx.prepare_cached(sql::INSERT_TOKEN)?.execute(params![
+            t.hash,
+            op.user,
+            t.seq,
+            t.expires_at
+        ])?;
+    }
+    Ok(plan.outcome)
 }
 
 /// The user's role in a group, from the writer's transaction.
@@ -407,28 +372,17 @@ impl UserStore for SqliteStore {
         self.writer
             .transact(move |tx| {
                 let id = tx
-                    .prepare_cached(
-                        "INSERT INTO users (name, name_key, password, created_at) VALUES (?, ?, ?, ?)",
-                    )?
+                    .prepare_cached(sql::INSERT_USER)?
                     .insert(params![name, key, hash, now()])
                     .map_err(exists_or_unavailable)?;
-                tx.prepare_cached("INSERT INTO user_seq (userid) VALUES (?)")?
-                    .execute([id])?;
+                tx.prepare_cached(sql::INSERT_USER_SEQ)?.execute([id])?;
                 Ok(id)
             })
             .await
     }
 
     async fn find_user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query("SELECT id, name, password FROM users WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.read)
-            .await?;
-        Ok(row.map(|r| UserRecord {
-            id: r.get(0),
-            name: r.get(1),
-            password_hash: r.get(2),
-        }))
+        self.read.find_user(id).await
     }
 }
 
@@ -459,11 +413,8 @@ impl FriendStore for SqliteStore {
         self.writer
             .transact(move |tx| {
                 let removed = tx
-                    .prepare_cached(
-                        "DELETE FROM friends \
-                         WHERE (userid = ?1 AND friendid = ?2) OR (userid = ?2 AND friendid = ?1)",
-                    )?
-                    .execute([user, friend])?;
+                    .prepare_cached(sql::DELETE_FRIENDS)?
+                    .execute([user, friend, friend, user])?;
                 if removed == 0 {
                     return Err(StoreError::NotFound);
                 }
@@ -473,19 +424,7 @@ impl FriendStore for SqliteStore {
     }
 
     async fn friends(&self, user: UserId) -> StoreResult<Vec<Person>> {
-        let rows = sqlx::query(
-            "SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friendid WHERE f.userid = ? ORDER BY u.id",
-        )
-        .bind(user)
-        .fetch_all(&self.read)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Person {
-                id: r.get(0),
-                name: r.get(1),
-            })
-            .collect())
+        self.read.friends(user).await
     }
 }
 
@@ -502,16 +441,11 @@ impl GroupStore for SqliteStore {
         self.writer
             .transact(move |tx| {
                 let id = tx
-                    .prepare_cached(
-                        "INSERT INTO allgroup (groupname, name_key, groupdesc, creator, created_at) \
-                         VALUES (?, ?, ?, ?, ?)",
-                    )?
+                    .prepare_cached(sql::INSERT_GROUP)?
                     .insert(params![name, key, desc, creator, now()])
                     .map_err(exists_or_unavailable)?;
-                tx.prepare_cached(
-                    "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'creator')",
-                )?
-                .execute([id, creator])?;
+                tx.prepare_cached(sql::INSERT_CREATOR)?
+                    .execute([id, creator])?;
                 Ok(id)
             })
             .await
@@ -527,10 +461,7 @@ impl GroupStore for SqliteStore {
                     return Err(StoreError::NotFound);
                 }
                 let added = tx
-                    .prepare_cached(
-                        "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'normal') \
-                         ON CONFLICT DO NOTHING",
-                    )?
+                    .prepare_cached(Sqlite::INSERT_MEMBER)?
                     .execute([group, user])?;
                 if added == 0 {
                     return Err(StoreError::Exists);
@@ -546,7 +477,7 @@ impl GroupStore for SqliteStore {
                 if role_in(tx, group, user)? != Some(Role::Normal) {
                     return Err(StoreError::Forbidden);
                 }
-                tx.prepare_cached("DELETE FROM groupuser WHERE groupid = ? AND userid = ?")?
+                tx.prepare_cached(sql::DELETE_MEMBER)?
                     .execute([group, user])?;
                 Ok(())
             })
@@ -560,88 +491,30 @@ impl GroupStore for SqliteStore {
                     return Err(StoreError::Forbidden);
                 }
                 let members = tx
-                    .prepare_cached(
-                        "SELECT userid FROM groupuser WHERE groupid = ? ORDER BY userid",
-                    )?
+                    .prepare_cached(Sqlite::MEMBERS_OF)?
                     .query_map([group], |r| r.get(0))?
                     .collect::<Result<Vec<UserId>, _>>()?;
-                tx.prepare_cached("DELETE FROM groupuser WHERE groupid = ?")?
-                    .execute([group])?;
-                tx.prepare_cached("DELETE FROM allgroup WHERE id = ?")?
-                    .execute([group])?;
+                tx.prepare_cached(sql::DELETE_MEMBERS)?.execute([group])?;
+                tx.prepare_cached(sql::DELETE_GROUP)?.execute([group])?;
                 Ok(members)
             })
             .await
     }
 
     async fn created_count(&self, user: UserId) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM groupuser WHERE userid = ? AND grouprole = 'creator'",
-        )
-        .bind(user)
-        .fetch_one(&self.read)
-        .await?)
+        self.read.created_count(user).await
     }
 
     async fn member_count(&self, group: GroupId) -> StoreResult<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM groupuser WHERE groupid = ?")
-                .bind(group)
-                .fetch_one(&self.read)
-                .await?,
-        )
+        self.read.member_count(group).await
     }
 
     async fn membership(&self, group: GroupId, user: UserId) -> StoreResult<Option<Role>> {
-        let row: Option<Option<String>> = sqlx::query_scalar(ROLE_IN)
-            .bind(group)
-            .bind(user)
-            .bind(group)
-            .fetch_optional(&self.read)
-            .await?;
-        role_from(row)
+        self.read.membership(group, user).await
     }
 
     async fn groups_of(&self, user: UserId) -> StoreResult<Vec<GroupInfo>> {
-        let mut conn = self.read.acquire().await?;
-        let groups = sqlx::query(
-            "SELECT g.id, g.groupname, g.groupdesc FROM groupuser gu JOIN allgroup g ON g.id = gu.groupid \
-             WHERE gu.userid = ? ORDER BY g.id",
-        )
-        .bind(user)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut out: Vec<GroupInfo> = groups
-            .iter()
-            .map(|r| GroupInfo {
-                id: r.get(0),
-                name: r.get(1),
-                desc: r.get(2),
-                members: Vec::new(),
-            })
-            .collect();
-        if out.is_empty() {
-            return Ok(out);
-        }
-        let members = sqlx::query(
-            "SELECT gu.groupid, u.id, u.name, gu.grouprole FROM groupuser gu JOIN users u ON u.id = gu.userid \
-             WHERE gu.groupid IN (SELECT groupid FROM groupuser WHERE userid = ?) ORDER BY gu.groupid, u.id",
-        )
-        .bind(user)
-        .fetch_all(&mut *conn)
-        .await?;
-        let index: HashMap<GroupId, usize> =
-            out.iter().enumerate().map(|(i, g)| (g.id, i)).collect();
-        for r in &members {
-            if let Some(&i) = index.get(&r.get::<i64, _>(0)) {
-                out[i].members.push(Member {
-                    id: r.get(1),
-                    name: r.get(2),
-                    role: Role::parse(r.get::<&str, _>(3)),
-                });
-            }
-        }
-        Ok(out)
+        self.read.groups_of(user).await
     }
 }
 
@@ -702,11 +575,7 @@ impl MessageStore for SqliteStore {
     }
 
     async fn acked_seq(&self, user: UserId) -> StoreResult<i64> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT acked_seq FROM user_seq WHERE userid = ?")
-            .bind(user)
-            .fetch_optional(&self.read)
-            .await?;
-        Ok(v.unwrap_or(0))
+        self.read.acked_seq(user).await
     }
 
     async fn undelivered(
@@ -715,22 +584,7 @@ impl MessageStore for SqliteStore {
         after: i64,
         limit: i64,
     ) -> StoreResult<Vec<(i64, StoredMessage)>> {
-        let rows = sqlx::query(
-            "SELECT i.seq, m.mid, m.sender, m.sender_name, m.kind, m.target, m.body, m.created_at \
-             FROM inbox i JOIN messages m ON m.mid = i.mid \
-             WHERE i.userid = ? AND i.seq > MAX(?, (SELECT acked_seq FROM user_seq WHERE userid = ?)) \
-             ORDER BY i.seq LIMIT ?",
-        )
-        .bind(user)
-        .bind(after)
-        .bind(user)
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get("seq"), message_from_row(r)))
-            .collect())
+        self.read.undelivered(user, after, limit).await
     }
 
     async fn history(
@@ -739,16 +593,7 @@ impl MessageStore for SqliteStore {
         before: Option<i64>,
         limit: i64,
     ) -> StoreResult<Vec<StoredMessage>> {
-        let rows = sqlx::query(
-            "SELECT mid, sender, sender_name, kind, target, body, created_at FROM messages \
-             WHERE conv = ? AND mid < ? ORDER BY mid DESC LIMIT ?",
-        )
-        .bind(conv.key())
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?;
-        Ok(rows.iter().map(message_from_row).collect())
+        self.read.history(conv, before, limit).await
     }
 
     async fn prune_tokens(&self, now: i64, limit: i64) -> StoreResult<u64> {
@@ -767,7 +612,7 @@ impl MessageStore for SqliteStore {
 
     async fn close(&self) {
         self.writer.stop().await;
-        self.read.close().await;
+        self.read.pool().close().await;
     }
 }
 
@@ -807,10 +652,9 @@ mod tests {
 
     fn delivered(o: &WriteOutcome) -> (i64, Vec<(UserId, i64)>) {
         match o {
-            WriteOutcome::Appended {
-                message,
-                deliveries,
-            } => (message.mid, deliveries.clone()),
+            WriteOutcome::Append(Ok(crate::store::Appended::New(f))) => {
+                (f.message.mid, f.deliveries.clone())
+            }
             other => panic!("not stored: {other:?}"),
         }
     }

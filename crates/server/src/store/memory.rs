@@ -1,0 +1,440 @@
+//! A store in process memory: the same behaviour as the SQL backends (the
+//! conformance suite runs on it too), nothing durable. For fast service
+//! unit tests that need no database file.
+//!
+//! One mutex guards all state, so every call, and every group commit, is
+//! atomic. Group commits plan with [`batch`] exactly as the SQL backends do.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+
+use super::batch::{self, Lookups, Step, TokenRow};
+use super::{
+    key_digest, Conversation, FriendStore, GroupId, GroupInfo, GroupStore, Member, MessageStore,
+    Person, Role, StoreError, StoreResult, StoredMessage, TokenRequest, UserId, UserRecord,
+    UserStore, WriteOp, WriteOutcome,
+};
+
+/// The in-memory store.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+/// A group's row.
+#[derive(Debug)]
+struct Group {
+    name: String,
+    key: String,
+    desc: String,
+    /// Member ids and roles, ascending.
+    members: BTreeMap<UserId, Role>,
+}
+
+/// A user's delivery counters.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    last_seq: i64,
+    acked_seq: i64,
+}
+
+/// Every table, as maps.
+#[derive(Debug, Default)]
+struct State {
+    users: BTreeMap<UserId, UserRecord>,
+    user_names: Names,
+    /// Friendships, one entry per direction.
+    friends: BTreeSet<(UserId, UserId)>,
+    groups: BTreeMap<GroupId, Group>,
+    group_names: Names,
+    messages: BTreeMap<i64, StoredMessage>,
+    /// Mids per conversation key, ascending.
+    convs: HashMap<String, BTreeSet<i64>>,
+    /// (sender, cmid) to mid.
+    cmids: HashMap<(UserId, String), i64>,
+    /// Per user: seq to mid.
+    inbox: HashMap<UserId, BTreeMap<i64, i64>>,
+    counters: HashMap<UserId, Counters>,
+    /// Token hash to (owner, row).
+    tokens: HashMap<String, (UserId, TokenRow)>,
+}
+
+/// The unique names and name keys (digests) of one table, and its last id:
+/// SQL's UNIQUE columns and AUTOINCREMENT.
+#[derive(Debug, Default)]
+struct Names {
+    names: HashMap<String, i64>,
+    keys: HashMap<String, i64>,
+    last_id: i64,
+}
+
+impl Names {
+    /// A new row's id, its name and key taken; `Exists` if either was.
+    fn claim(&mut self, name: &str, key: &str) -> StoreResult<i64> {
+        if self.names.contains_key(name) || self.keys.contains_key(key) {
+            return Err(StoreError::Exists);
+        }
+        self.last_id += 1;
+        self.names.insert(name.to_owned(), self.last_id);
+        self.keys.insert(key.to_owned(), self.last_id);
+        Ok(self.last_id)
+    }
+
+    /// Frees a deleted row's name and key.
+    fn release(&mut self, name: &str, key: &str) {
+        self.names.remove(name);
+        self.keys.remove(key);
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The state; a panic elsewhere leaves it usable (each call changes it
+    /// only after its checks passed).
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl State {
+    /// `NotFound` without the group; else the user's role, if a member.
+    fn role_in(&self, group: GroupId, user: UserId) -> StoreResult<Option<Role>> {
+        let g = self.groups.get(&group).ok_or(StoreError::NotFound)?;
+        Ok(g.members.get(&user).copied())
+    }
+
+    /// What a batch reads, as the SQL backends read it.
+    fn lookups(&self, need: &batch::Needs) -> Lookups {
+        let mut lk = Lookups::default();
+        for &u in &need.users {
+            if self.users.contains_key(&u) {
+                lk.existing_users.insert(u);
+            }
+        }
+        for &g in &need.groups {
+            // No members means no group, as in SQL.
+            if let Some(grp) = self.groups.get(&g).filter(|g| !g.members.is_empty()) {
+                lk.members.insert(g, grp.members.keys().copied().collect());
+            }
+        }
+        for key in &need.cmids {
+            if let Some(row) = self.cmids.get(key).and_then(|m| self.messages.get(m)) {
+                let e = batch::Earlier {
+                    mid: row.mid,
+                    target: row.target,
+                    body: row.body.clone(),
+                };
+                lk.cmid_hits.insert(key.clone(), e);
+            }
+        }
+        lk
+    }
+
+    /// The group commit, applied in place. Nothing here can fail halfway:
+    /// every check happened in the plan.
+    fn commit(&mut self, ops: &[WriteOp]) -> Vec<WriteOutcome> {
+        let need = batch::needs(ops);
+        let lk = self.lookups(&need);
+        let last: HashMap<UserId, i64> = batch::recipients(ops, &lk)
+            .into_iter()
+            .filter_map(|u| self.counters.get(&u).map(|c| (u, c.last_seq)))
+            .collect();
+        let max_mid = self.messages.keys().next_back().copied().unwrap_or(0);
+        let plan = batch::plan(ops, &lk, max_mid, &last);
+        for row in plan.messages {
+            let m = (*row.message).clone();
+            self.convs.entry(row.conv).or_default().insert(m.mid);
+            if let Some(c) = &row.cmid {
+                self.cmids.insert((m.sender, c.clone()), m.mid);
+            }
+            self.messages.insert(m.mid, m);
+        }
+        for (u, seq, mid) in plan.inbox {
+            self.inbox.entry(u).or_default().insert(seq, mid);
+        }
+        for (u, s) in plan.seq_updates {
+            self.counters.entry(u).or_default().last_seq = s;
+        }
+        for (u, s) in plan.acks {
+            match self.counters.get_mut(&u) {
+                Some(c) => c.acked_seq = c.acked_seq.max(s.min(c.last_seq)),
+                // As the SQL upserts: a new row takes the seq as it is.
+                None => {
+                    self.counters.insert(
+                        u,
+                        Counters {
+                            last_seq: 0,
+                            acked_seq: s,
+                        },
+                    );
+                }
+            }
+        }
+        plan.steps
+            .into_iter()
+            .map(|step| match step {
+                Step::Done(o) => o,
+                Step::Token(t) => self.token(t),
+                Step::Revoke(user) => {
+                    self.tokens.retain(|_, (owner, _)| *owner != user);
+                    WriteOutcome::Revoked
+                }
+            })
+            .collect()
+    }
+
+    /// A token op, planned by [`batch::plan_token`].
+    fn token(&mut self, op: &TokenRequest) -> WriteOutcome {
+        let rows: Vec<TokenRow> = self
+            .tokens
+            .values()
+            .filter(|(owner, _)| *owner == op.user)
+            .map(|(_, row)| row.clone())
+            .collect();
+        let plan = batch::plan_token(op, &rows);
+        for h in &plan.delete {
+            self.tokens.remove(h);
+        }
+        if let Some((hash, expires_at)) = &plan.shorten {
+            if let Some((_, row)) = self.tokens.get_mut(hash) {
+                row.expires_at = *expires_at;
+            }
+        }
+        if let Some(t) = plan.insert {
+            self.tokens.insert(t.hash.clone(), (op.user, t));
+        }
+        plan.outcome
+    }
+}
+
+#[async_trait]
+impl UserStore for MemoryStore {
+    async fn create_user(&self, name: &str, key: &str, password_hash: &str) -> StoreResult<UserId> {
+        let mut st = self.state();
+        let id = st.user_names.claim(name, &key_digest(key))?;
+        st.users.insert(
+            id,
+            UserRecord {
+                id,
+                name: name.to_owned(),
+                password_hash: password_hash.to_owned(),
+            },
+        );
+        st.counters.insert(id, Counters::default());
+        Ok(id)
+    }
+
+    async fn find_user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        Ok(self.state().users.get(&id).cloned())
+    }
+}
+
+#[async_trait]
+impl FriendStore for MemoryStore {
+    async fn add_friend(&self, user: UserId, friend: UserId) -> StoreResult<()> {
+        let mut st = self.state();
+        if !st.users.contains_key(&friend) {
+            return Err(StoreError::NotFound);
+        }
+        let added = st.friends.insert((user, friend)) | st.friends.insert((friend, user));
+        if !added {
+            return Err(StoreError::Exists);
+        }
+        Ok(())
+    }
+
+    async fn remove_friend(&self, user: UserId, friend: UserId) -> StoreResult<()> {
+        let mut st = self.state();
+        let removed = st.friends.remove(&(user, friend)) | st.friends.remove(&(friend, user));
+        if !removed {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn friends(&self, user: UserId) -> StoreResult<Vec<Person>> {
+        let st = self.state();
+        Ok(st
+            .friends
+            .range((user, UserId::MIN)..=(user, UserId::MAX))
+            .filter_map(|&(_, f)| st.users.get(&f))
+            .map(|u| Person {
+                id: u.id,
+                name: u.name.clone(),
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl GroupStore for MemoryStore {
+    async fn create_group(
+        &self,
+        creator: UserId,
+        name: &str,
+        key: &str,
+        desc: &str,
+    ) -> StoreResult<GroupId> {
+        let key = key_digest(key);
+        let mut st = self.state();
+        let id = st.group_names.claim(name, &key)?;
+        st.groups.insert(
+            id,
+            Group {
+                name: name.to_owned(),
+                key,
+                desc: desc.to_owned(),
+                members: BTreeMap::from([(creator, Role::Creator)]),
+            },
+        );
+        Ok(id)
+    }
+
+    async fn join_group(&self, group: GroupId, user: UserId) -> StoreResult<()> {
+        let mut st = self.state();
+        let g = st.groups.get_mut(&group).ok_or(StoreError::NotFound)?;
+        if g.members.contains_key(&user) {
+            return Err(StoreError::Exists);
+        }
+        g.members.insert(user, Role::Normal);
+        Ok(())
+    }
+
+    async fn quit_group(&self, group: GroupId, user: UserId) -> StoreResult<()> {
+        let mut st = self.state();
+        if st.role_in(group, user)? != Some(Role::Normal) {
+            return Err(StoreError::Forbidden);
+        }
+        if let Some(g) = st.groups.get_mut(&group) {
+            g.members.remove(&user);
+        }
+        Ok(())
+    }
+
+    async fn disband_group(&self, group: GroupId, user: UserId) -> StoreResult<Vec<UserId>> {
+        let mut st = self.state();
+        if st.role_in(group, user)? != Some(Role::Creator) {
+            return Err(StoreError::Forbidden);
+        }
+        let Some(g) = st.groups.remove(&group) else {
+            return Err(StoreError::NotFound);
+        };
+        st.group_names.release(&g.name, &g.key);
+        Ok(g.members.into_keys().collect())
+    }
+
+    async fn membership(&self, group: GroupId, user: UserId) -> StoreResult<Option<Role>> {
+        self.state().role_in(group, user)
+    }
+
+    async fn groups_of(&self, user: UserId) -> StoreResult<Vec<GroupInfo>> {
+        let st = self.state();
+        Ok(st
+            .groups
+            .iter()
+            .filter(|(_, g)| g.members.contains_key(&user))
+            .map(|(&id, g)| GroupInfo {
+                id,
+                name: g.name.clone(),
+                desc: g.desc.clone(),
+                // As the SQL join with `users`: members without an account
+                // are left out.
+                members: g
+                    .members
+                    .iter()
+                    .filter_map(|(m, &role)| {
+                        st.users.get(m).map(|u| Member {
+                            id: u.id,
+                            name: u.name.clone(),
+                            role,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+
+    async fn created_count(&self, user: UserId) -> StoreResult<i64> {
+        let st = self.state();
+        let n = st
+            .groups
+            .values()
+            .filter(|g| g.members.get(&user) == Some(&Role::Creator))
+            .count();
+        Ok(n as i64)
+    }
+
+    async fn member_count(&self, group: GroupId) -> StoreResult<i64> {
+        let st = self.state();
+        Ok(st.groups.get(&group).map_or(0, |g| g.members.len() as i64))
+    }
+}
+
+#[async_trait]
+impl MessageStore for MemoryStore {
+    async fn commit(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
+        Ok(self.state().commit(&ops))
+    }
+
+    async fn acked_seq(&self, user: UserId) -> StoreResult<i64> {
+        Ok(self.state().counters.get(&user).map_or(0, |c| c.acked_seq))
+    }
+
+    async fn undelivered(
+        &self,
+        user: UserId,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, StoredMessage)>> {
+        let st = self.state();
+        let acked = st.counters.get(&user).map_or(0, |c| c.acked_seq);
+        let Some(inbox) = st.inbox.get(&user) else {
+            return Ok(Vec::new());
+        };
+        Ok(inbox
+            .range(after.max(acked).saturating_add(1)..)
+            .filter_map(|(&seq, mid)| st.messages.get(mid).map(|m| (seq, m.clone())))
+            .take(usize::try_from(limit).unwrap_or(0))
+            .collect())
+    }
+
+    async fn history(
+        &self,
+        conv: Conversation,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        let st = self.state();
+        let Some(mids) = st.convs.get(&conv.key()) else {
+            return Ok(Vec::new());
+        };
+        Ok(mids
+            .range(..before.unwrap_or(i64::MAX))
+            .rev()
+            .filter_map(|mid| st.messages.get(mid).cloned())
+            .take(usize::try_from(limit).unwrap_or(0))
+            .collect())
+    }
+
+    async fn prune_tokens(&self, now: i64, limit: i64) -> StoreResult<u64> {
+        let mut st = self.state();
+        let mut dead: Vec<(i64, String)> = st
+            .tokens
+            .values()
+            .filter(|(_, r)| r.expires_at <= now)
+            .map(|(_, r)| (r.expires_at, r.hash.clone()))
+            .collect();
+        dead.sort_unstable();
+        dead.truncate(usize::try_from(limit).unwrap_or(0));
+        for (_, h) in &dead {
+            st.tokens.remove(h);
+        }
+        Ok(dead.len() as u64)
+    }
+}

@@ -1,0 +1,370 @@
+//! The SQL both database backends share: the statement texts, a small
+//! [`Dialect`] for what really differs, and the read queries, written once
+//! over sqlx for SQLite's read pool and for MySQL alike. Rows are read with
+//! `try_get`, so a surprising column is an error, never a panic.
+//!
+//! Writes stay in the backend files: SQLite writes through rusqlite on its
+//! writer thread, MySQL through sqlx with its locking reads. Both plan with
+//! [`super::batch`] and take their statement texts from here.
+
+use std::collections::HashMap;
+
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
+
+use super::{
+    Conversation, GroupId, GroupInfo, Member, Person, Role, StoreError, StoreResult, StoredMessage,
+    Target, UserId, UserRecord,
+};
+
+/// What differs between SQLite and MySQL in the statements both run. The
+/// counter upserts differ too, but each backend runs them its own way
+/// (SQLite one row at a time from its statement cache, MySQL many rows a
+/// statement), so they stay in the backend files, as does reading the new
+/// row's id (rusqlite's `insert`, MySQL's `last_insert_id`).
+pub(crate) trait Dialect: Database {
+    /// [`undelivered`](SqlReads::undelivered)'s query, with the larger of
+    /// two values spelled `MAX` (SQLite) or `GREATEST` (MySQL).
+    const UNDELIVERED: &'static str;
+    /// A user's token rows; MySQL locks them (`FOR UPDATE`) until the
+    /// transaction ends. Binds the user.
+    const TOKENS_OF: &'static str;
+    /// A group's member ids, ascending; MySQL locks them. Binds the group.
+    const MEMBERS_OF: &'static str;
+    /// Adds a normal member, or nothing if already a member (insert-ignore:
+    /// `ON CONFLICT DO NOTHING` or `INSERT IGNORE`). Binds group, user.
+    const INSERT_MEMBER: &'static str;
+}
+
+/// The undelivered page, with the dialect's name for the larger of two values.
+macro_rules! undelivered_sql {
+    ($greatest:literal) => {
+        concat!(
+            "SELECT i.seq, m.mid, m.sender, m.sender_name, m.kind, m.target, m.body, m.created_at \
+             FROM inbox i JOIN messages m ON m.mid = i.mid \
+             WHERE i.userid = ? \
+               AND i.seq > ",
+            $greatest,
+            "(?, COALESCE((SELECT acked_seq FROM user_seq WHERE userid = ?), 0)) \
+             ORDER BY i.seq LIMIT ?"
+        )
+    };
+}
+
+/// A user's token rows, as [`super::batch::plan_token`] reads them, with
+/// the dialect's lock hint. Binds the user.
+macro_rules! tokens_of_sql {
+    ($lock:literal) => {
+        concat!(
+            "SELECT hash, seq, expires_at FROM tokens WHERE userid = ?",
+            $lock
+        )
+    };
+}
+
+/// A group's member ids, ascending, with the dialect's lock hint. Binds the
+/// group.
+macro_rules! members_of_sql {
+    ($lock:literal) => {
+        concat!(
+            "SELECT userid FROM groupuser WHERE groupid = ? ORDER BY userid",
+            $lock
+        )
+    };
+}
+
+impl Dialect for sqlx::Sqlite {
+    const UNDELIVERED: &'static str = undelivered_sql!("MAX");
+    // No lock hints: the one writer thread holds SQLite's write lock.
+    const TOKENS_OF: &'static str = tokens_of_sql!("");
+    const MEMBERS_OF: &'static str = members_of_sql!("");
+    const INSERT_MEMBER: &'static str =
+        "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'normal') \
+         ON CONFLICT DO NOTHING";
+}
+
+impl Dialect for sqlx::MySql {
+    const UNDELIVERED: &'static str = undelivered_sql!("GREATEST");
+    const TOKENS_OF: &'static str = tokens_of_sql!(" FOR UPDATE");
+    const MEMBERS_OF: &'static str = members_of_sql!(" FOR UPDATE");
+    // IGNORE skips only the duplicate row: two plain BIGINTs and a valid
+    // role cannot trip any other error it would hide.
+    const INSERT_MEMBER: &'static str =
+        "INSERT IGNORE INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'normal')";
+}
+
+// Statements both backends run as they are.
+
+/// Binds name, name key digest, password hash, now.
+pub(crate) const INSERT_USER: &str =
+    "INSERT INTO users (name, name_key, password, created_at) VALUES (?, ?, ?, ?)";
+/// Every user gets a counter row at registration. Binds the user.
+pub(crate) const INSERT_USER_SEQ: &str = "INSERT INTO user_seq (userid) VALUES (?)";
+/// Binds name, name key digest, description, creator, now.
+pub(crate) const INSERT_GROUP: &str =
+    "INSERT INTO allgroup (groupname, name_key, groupdesc, creator, created_at) \
+     VALUES (?, ?, ?, ?, ?)";
+/// Binds group, creator.
+pub(crate) const INSERT_CREATOR: &str =
+    "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'creator')";
+/// Binds group, user.
+pub(crate) const DELETE_MEMBER: &str = "DELETE FROM groupuser WHERE groupid = ? AND userid = ?";
+/// Binds group.
+pub(crate) const DELETE_MEMBERS: &str = "DELETE FROM groupuser WHERE groupid = ?";
+/// Binds group.
+pub(crate) const DELETE_GROUP: &str = "DELETE FROM allgroup WHERE id = ?";
+/// Both directions of a friendship. Binds user, friend, friend, user.
+pub(crate) const DELETE_FRIENDS: &str =
+    "DELETE FROM friends WHERE (userid = ? AND friendid = ?) OR (userid = ? AND friendid = ?)";
+/// The start of an insert into `messages`, the columns in the order the
+/// backends bind them.
+macro_rules! insert_message_into {
+    () => {
+        "INSERT INTO messages (mid, sender, sender_name, kind, target, conv, body, cmid, created_at) "
+    };
+}
+/// For a multi-row insert: the backend appends the rows.
+pub(crate) const INSERT_MESSAGE_INTO: &str = insert_message_into!();
+/// One row.
+pub(crate) const INSERT_MESSAGE: &str =
+    concat!(insert_message_into!(), "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+/// Binds expires_at, hash.
+pub(crate) const SHORTEN_TOKEN: &str = "UPDATE tokens SET expires_at = ? WHERE hash = ?";
+/// Binds hash, user, seq, expires_at.
+pub(crate) const INSERT_TOKEN: &str =
+    "INSERT INTO tokens (hash, userid, seq, expires_at) VALUES (?, ?, ?, ?)";
+/// Binds the user.
+pub(crate) const REVOKE_TOKENS: &str = "DELETE FROM tokens WHERE userid = ?";
+/// The group's existence and the user's role in it, in one statement (one
+/// snapshot): no row means no group; a NULL role, not a member. Binds group,
+/// user, group.
+pub(crate) const ROLE_IN: &str =
+    "SELECT (SELECT grouprole FROM groupuser WHERE groupid = ? AND userid = ?) \
+     FROM allgroup WHERE id = ?";
+
+/// `NotFound` if the group does not exist; otherwise the user's role, if any.
+pub(crate) fn role_from(row: Option<Option<String>>) -> StoreResult<Option<Role>> {
+    match row {
+        None => Err(StoreError::NotFound),
+        Some(role) => Ok(role.map(|r| Role::parse(&r))),
+    }
+}
+
+/// Reads a text column. MySQL columns with a `_bin` collation carry the
+/// BINARY flag, which sqlx's type check takes for VARBINARY; the bytes are
+/// UTF-8 all the same (the connection and every table are utf8mb4), and
+/// decoding still checks that. On SQLite the columns are TEXT.
+pub(crate) fn text<R: Row>(row: &R, idx: usize) -> StoreResult<String>
+where
+    usize: ColumnIndex<R>,
+    String: for<'r> Decode<'r, R::Database>,
+{
+    Ok(row.try_get_unchecked::<String, _>(idx)?)
+}
+
+/// The read queries, over one backend's sqlx pool.
+pub(crate) struct SqlReads<DB: Database> {
+    pool: Pool<DB>,
+}
+
+impl<DB: Database> SqlReads<DB> {
+    /// Reads through `pool`.
+    pub(crate) fn new(pool: Pool<DB>) -> Self {
+        SqlReads { pool }
+    }
+
+    /// The pool the reads use.
+    pub(crate) fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+}
+
+impl<DB> SqlReads<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    /// Columns `mid, sender, sender_name, kind, target, body, created_at`,
+    /// starting at `at`.
+    fn message(row: &DB::Row, at: usize) -> StoreResult<StoredMessage> {
+        Ok(StoredMessage {
+            mid: row.try_get(at)?,
+            sender: row.try_get(at + 1)?,
+            sender_name: text(row, at + 2)?,
+            target: Target::from_parts(row.try_get(at + 3)?, row.try_get(at + 4)?),
+            body: text(row, at + 5)?,
+            time: row.try_get(at + 6)?,
+        })
+    }
+
+    /// [`super::UserStore::find_user`].
+    pub(crate) async fn find_user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query::<DB>("SELECT id, name, password FROM users WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(UserRecord {
+                id: r.try_get(0)?,
+                name: text(&r, 1)?,
+                password_hash: text(&r, 2)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// [`super::FriendStore::friends`].
+    pub(crate) async fn friends(&self, user: UserId) -> StoreResult<Vec<Person>> {
+        let rows = sqlx::query::<DB>(
+            "SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friendid WHERE f.userid = ? ORDER BY u.id",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Person {
+                    id: r.try_get(0)?,
+                    name: text(r, 1)?,
+                })
+            })
+            .collect()
+    }
+
+    /// [`super::GroupStore::created_count`].
+    pub(crate) async fn created_count(&self, user: UserId) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar::<DB, i64>(
+            "SELECT COUNT(*) FROM groupuser WHERE userid = ? AND grouprole = 'creator'",
+        )
+        .bind(user)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// [`super::GroupStore::member_count`].
+    pub(crate) async fn member_count(&self, group: GroupId) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar::<DB, i64>("SELECT COUNT(*) FROM groupuser WHERE groupid = ?")
+                .bind(group)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// [`super::GroupStore::membership`].
+    pub(crate) async fn membership(
+        &self,
+        group: GroupId,
+        user: UserId,
+    ) -> StoreResult<Option<Role>> {
+        let row = sqlx::query::<DB>(ROLE_IN)
+            .bind(group)
+            .bind(user)
+            .bind(group)
+            .fetch_optional(&self.pool)
+            .await?;
+        let role = match row {
+            Some(r) => Some(r.try_get_unchecked::<Option<String>, _>(0)?),
+            None => None,
+        };
+        role_from(role)
+    }
+
+    /// [`super::GroupStore::groups_of`], both reads in one transaction so
+    /// they see one snapshot.
+    pub(crate) async fn groups_of(&self, user: UserId) -> StoreResult<Vec<GroupInfo>> {
+        let mut tx = self.pool.begin().await?;
+        let groups = sqlx::query::<DB>(
+            "SELECT g.id, g.groupname, g.groupdesc FROM groupuser gu JOIN allgroup g ON g.id = gu.groupid \
+             WHERE gu.userid = ? ORDER BY g.id",
+        )
+        .bind(user)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = groups
+            .iter()
+            .map(|r| {
+                Ok(GroupInfo {
+                    id: r.try_get(0)?,
+                    name: text(r, 1)?,
+                    desc: text(r, 2)?,
+                    members: Vec::new(),
+                })
+            })
+            .collect::<StoreResult<Vec<GroupInfo>>>()?;
+        if out.is_empty() {
+            tx.commit().await?;
+            return Ok(out);
+        }
+        let members = sqlx::query::<DB>(
+            "SELECT gu.groupid, u.id, u.name, gu.grouprole FROM groupuser gu JOIN users u ON u.id = gu.userid \
+             WHERE gu.groupid IN (SELECT groupid FROM groupuser WHERE userid = ?) ORDER BY gu.groupid, u.id",
+        )
+        .bind(user)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let index: HashMap<GroupId, usize> =
+            out.iter().enumerate().map(|(i, g)| (g.id, i)).collect();
+        for r in &members {
+            if let Some(&i) = index.get(&r.try_get::<i64, _>(0)?) {
+                out[i].members.push(Member {
+                    id: r.try_get(1)?,
+                    name: text(r, 2)?,
+                    role: Role::parse(&text(r, 3)?),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`super::MessageStore::acked_seq`].
+    pub(crate) async fn acked_seq(&self, user: UserId) -> StoreResult<i64> {
+        let v = sqlx::query_scalar::<DB, i64>("SELECT acked_seq FROM user_seq WHERE userid = ?")
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// [`super::MessageStore::undelivered`].
+    pub(crate) async fn undelivered(
+        &self,
+        user: UserId,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, StoredMessage)>> {
+        let rows = sqlx::query::<DB>(DB::UNDELIVERED)
+            .bind(user)
+            .bind(after)
+            .bind(user)
+            .bind(limit.max(0))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, Self::message(r, 1)?)))
+            .collect()
+    }
+
+    /// [`super::MessageStore::history`].
+    pub(crate) async fn history(
+        &self,
+        conv: Conversation,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        let rows = sqlx::query::<DB>(
+            "SELECT mid, sender, sender_name, kind, target, body, created_at FROM messages \
+             WHERE conv = ? AND mid < ? ORDER BY mid DESC LIMIT ?",
+        )
+        .bind(conv.key())
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Self::message(r, 0)).collect()
+    }
+}
