@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 
 use anyhow::bail;
 
+use chat_protocol::ChatTarget;
+
+use crate::context::{Ctx, Endpoint};
 use crate::load::{self, Confirm, LoadArgs, Mode, Plan, SenderSpec};
+use crate::logins::{login_all, obtain_users, UserSource};
 use crate::report::{self, Column, Report};
 use crate::users::User;
-use crate::wire::Target;
-use crate::{login_all, obtain_users, Ctx, Endpoint, UserSource};
 
 /// `direct` arguments.
 #[derive(Debug, clap::Args)]
@@ -41,7 +43,7 @@ pub async fn main(ctx: &Ctx, args: &Args) -> anyhow::Result<Vec<Report>> {
     if args.pairs == 0 {
         bail!("--pairs must be at least 1");
     }
-    let mut reports = crate::each_target(ctx, None, |ep| run(ctx, args, ep)).await?;
+    let mut reports = crate::context::each_target(ctx, None, |ep| run(ctx, args, ep)).await?;
     report::emit(ctx, &mut reports, COLUMNS, RATIOS);
     Ok(reports)
 }
@@ -63,7 +65,7 @@ async fn run(ctx: &Ctx, args: &Args, ep: Endpoint) -> anyhow::Result<Report> {
         if let (Some(s), Some(r)) = (s, r) {
             senders.push(SenderSpec {
                 conn: plan_conns.len(),
-                target: Target::User(users[p + i].id),
+                target: ChatTarget::User(users[p + i].id),
             });
             plan_conns.push(s.conn);
             plan_conns.push(r.conn);

@@ -1,0 +1,173 @@
+//! The session in words: chat lines, the login summary, the friends and
+//! groups lists, and HISTORY pages. Every string from the server goes
+//! through `clean` before it reaches the terminal.
+
+use chat_protocol::msgid;
+use serde_json::{Map, Value};
+
+use super::Session;
+use crate::net::{int, text};
+use crate::ui::clean;
+
+/// Formats a pushed (or history) chat frame for people:
+/// `[time] alice(1): hi`, or `[group 3] [time] alice(1): hi`.
+pub(super) fn format_chat(f: &Map<String, Value>) -> String {
+    let sender = int(f, "id").unwrap_or(0);
+    let name = clean(text(f, "name"));
+    let who = if name.is_empty() {
+        format!("user {sender}")
+    } else {
+        format!("{name}({sender})")
+    };
+    let body = format!(
+        "[{}] {who}: {}",
+        clean(text(f, "time")),
+        clean(text(f, "msg"))
+    );
+    match (int(f, "msgid"), int(f, "groupid")) {
+        (Some(msgid::GROUP_CHAT), Some(g)) => format!("[group {g}] {body}"),
+        _ => body,
+    }
+}
+
+impl Session {
+    /// `name(id)` when the name is known, else `user id`.
+    pub(super) fn who(&self, id: i64) -> String {
+        match self.names.get(&id) {
+            Some(n) => format!("{}({id})", clean(n)),
+            None => format!("user {id}"),
+        }
+    }
+
+    pub(super) fn state_word(&self, id: i64) -> &'static str {
+        match self.online.get(&id) {
+            Some(true) => "online",
+            Some(false) => "offline",
+            None => "state unknown",
+        }
+    }
+
+    pub(super) fn group_title(&self, gid: i64) -> String {
+        match self.groups.get(&gid).and_then(|g| g.name.as_deref()) {
+            Some(n) => format!("group {gid} \"{}\"", clean(n)),
+            None => format!("group {gid}"),
+        }
+    }
+
+    /// One line about the friends, for the login summary.
+    pub fn friends_summary(&self) -> String {
+        if self.friends.is_empty() {
+            return "friends: none yet (addfriend:ID adds one)".into();
+        }
+        let list: Vec<String> = self
+            .friends
+            .iter()
+            .map(|&f| format!("{} {}", self.who(f), self.state_word(f)))
+            .collect();
+        format!("friends: {}", list.join(", "))
+    }
+
+    /// One line about the groups, for the login summary.
+    pub fn groups_summary(&self) -> String {
+        if self.groups.is_empty() {
+            return "groups: none yet (creategroup:NAME:DESC or addgroup:ID)".into();
+        }
+        let list: Vec<String> = self
+            .groups
+            .iter()
+            .map(|(&g, grp)| format!("{} ({} members)", self.group_title(g), grp.members.len()))
+            .collect();
+        format!("groups: {}", list.join(", "))
+    }
+
+    pub(super) fn print_friends(&self) {
+        if self.friends.is_empty() {
+            self.out
+                .line("no friends yet; addfriend:ID makes user ID your friend");
+            return;
+        }
+        let mut s = format!("friends ({}):", self.friends.len());
+        for &f in &self.friends {
+            s.push_str(&format!("\n  {} {}", self.who(f), self.state_word(f)));
+        }
+        self.out.line(s);
+    }
+
+    pub(super) fn print_groups(&self) {
+        if self.groups.is_empty() {
+            self.out
+                .line("no groups yet; creategroup:NAME:DESC creates one, addgroup:ID joins one");
+            return;
+        }
+        let mut s = format!("groups ({}):", self.groups.len());
+        for (&gid, g) in &self.groups {
+            s.push_str(&format!("\n  {}", self.group_title(gid)));
+            if !g.desc.is_empty() {
+                s.push_str(&format!(": {}", clean(&g.desc)));
+            }
+            if g.members.is_empty() {
+                s.push_str("\n    (members are listed after the next login)");
+            }
+            for (id, role) in &g.members {
+                s.push_str(&format!(
+                    "\n    {} {} {}",
+                    self.who(*id),
+                    clean(role),
+                    self.state_word(*id)
+                ));
+            }
+        }
+        self.out.line(s);
+    }
+
+    /// Prints a HISTORY page, oldest first.
+    pub(super) fn print_history(&mut self, title: &str, f: &Map<String, Value>) {
+        let msgs: Vec<&Map<String, Value>> = f
+            .get("messages")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object)
+            .collect();
+        let mut s = format!(
+            "--- {title}: {} message{} ---",
+            msgs.len(),
+            if msgs.len() == 1 { "" } else { "s" }
+        );
+        // The server sends newest first; people read oldest first.
+        for m in msgs.iter().rev() {
+            s.push('\n');
+            s.push_str(&format_chat(m));
+        }
+        s.push_str("\n--- end of history ---");
+        self.out.line(s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn chat_lines_are_easy_to_read() {
+        let one = obj(json!({"msgid": 6, "id": 1, "name": "alice", "toid": 2,
+            "msg": "hi: there", "time": "2026-11-23 10:00:00", "mid": 5, "seq": 1}));
+        assert_eq!(
+            format_chat(&one),
+            "[2026-11-23 10:00:00] alice(1): hi: there"
+        );
+        let grp = obj(json!({"msgid": 10, "id": 1, "userid": 1, "name": "alice",
+            "groupid": 3, "msg": "hi", "time": "2026-11-23 10:00:00"}));
+        assert_eq!(
+            format_chat(&grp),
+            "[group 3] [2026-11-23 10:00:00] alice(1): hi"
+        );
+        let evil = obj(json!({"msgid": 6, "id": 1, "name": "a", "msg": "\u{1b}[2J", "time": "t"}));
+        assert_eq!(format_chat(&evil), "[t] a(1): \\u{1b}[2J");
+    }
+}
