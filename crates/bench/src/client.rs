@@ -96,7 +96,7 @@ impl std::error::Error for Refused {}
 
 /// What a successful login returns.
 #[derive(Debug, Default)]
-pub struct LoginAck {
+pub struct LoginReply {
     /// Level-2 token for the next login.
     pub token: Option<String>,
 }
@@ -173,7 +173,7 @@ impl Conn {
         secret: Secret<'_>,
         level: u8,
         timeout: Duration,
-    ) -> anyhow::Result<LoginAck> {
+    ) -> anyhow::Result<LoginReply> {
         let req = Request::Login {
             id,
             secret,
@@ -184,7 +184,7 @@ impl Conn {
         if r["msgid"].as_i64() != Some(msgid::LOGIN_ACK) {
             bail!("expected LOGIN_ACK, got {r}");
         }
-        Ok(LoginAck {
+        Ok(LoginReply {
             token: r["token"].as_str().map(str::to_owned),
         })
     }

@@ -97,12 +97,7 @@ async fn run(ctx: &Ctx, args: &Args, ep: Endpoint) -> anyhow::Result<Report> {
         drain,
     };
     let o = load::run(ctx, plan, &format!("direct/{}", ep.name)).await;
-    // Open loop delivers what is offered; there latency is the figure.
-    let headline = if args.load.rate.is_some() {
-        "p99_ms"
-    } else {
-        "msgs_per_s"
-    };
+    let headline = args.load.headline("msgs_per_s");
     let mut r = Report::new(ctx, "direct", ep.name, headline);
     r.set("pairs", pairs);
     r.set("servers", ep.addrs.len());

@@ -182,11 +182,7 @@ async fn run(ctx: &Ctx, args: &Args, ep: Endpoint) -> anyhow::Result<Report> {
         first_error.get_or_insert(format!("disband failed: {e:#}"));
     }
 
-    let headline = if args.load.rate.is_some() {
-        "p99_ms"
-    } else {
-        "deliveries_per_s"
-    };
+    let headline = args.load.headline("deliveries_per_s");
     let mut r = Report::new(ctx, "group", ep.name, headline);
     r.set("members", m);
     r.set("online", online);

@@ -560,6 +560,16 @@ pub struct LoadArgs {
 }
 
 impl LoadArgs {
+    /// The report's headline figure: latency in an open loop (it delivers
+    /// what is offered), else the scenario's `throughput` figure.
+    pub fn headline(&self, throughput: &'static str) -> &'static str {
+        if self.rate.is_some() {
+            "p99_ms"
+        } else {
+            throughput
+        }
+    }
+
     /// Puts the pacing parameters into a report.
     pub fn describe(&self, r: &mut crate::report::Report) {
         match self.rate {

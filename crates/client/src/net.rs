@@ -109,6 +109,18 @@ pub fn int(m: &Map<String, Value>, key: &str) -> Option<i64> {
     m.get(key).and_then(Value::as_i64)
 }
 
+/// The objects in an array field of a server frame (none when absent).
+pub fn objects<'a>(
+    m: &'a Map<String, Value>,
+    key: &str,
+) -> impl Iterator<Item = &'a Map<String, Value>> {
+    m.get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object)
+}
+
 /// A string field of a server frame, or "" when absent.
 pub fn text<'a>(m: &'a Map<String, Value>, key: &str) -> &'a str {
     m.get(key).and_then(Value::as_str).unwrap_or("")

@@ -6,8 +6,9 @@
 //!
 //! It answers LOGIN (password or level-2 token), REG, ONE_CHAT, GROUP_CHAT,
 //! CREATE_GROUP, ADD_GROUP, DISBAND_GROUP, DELIVERED, PING and LOGINOUT with
-//! replies and pushes in the real server's shapes (with `mid` and `seq` at
-//! level 2), so the bench's clients run unchanged against it. What the real
+//! replies and pushes built by the real server's encoders (`chat_protocol`,
+//! with `mid` and `seq` at level 2), so the bench's clients run unchanged
+//! against it. What the real
 //! server costs above this is the price of durability and bookkeeping.
 //!
 //! Files: this one holds the shared state; [`conn`] runs a connection (read

@@ -21,7 +21,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::commands;
 use crate::delivery::Delivery;
-use crate::net::{int, text, Conn, Event};
+use crate::net::{int, objects, text, Conn, Event};
 use crate::state::{StateStore, UserState};
 use crate::ui::{Input, Printer, Ui};
 use requests::Pending;
@@ -127,38 +127,20 @@ impl Session {
             ping_outstanding: false,
             warned_store: false,
         };
-        for f in ack
-            .get("friends")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_object)
-        {
+        for f in objects(ack, "friends") {
             if let Some(id) = int(f, "id") {
                 s.friends.insert(id);
                 s.learn(id, f);
             }
         }
-        for g in ack
-            .get("groups")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_object)
-        {
+        for g in objects(ack, "groups") {
             let Some(gid) = int(g, "id") else { continue };
             let mut group = Group {
                 name: Some(text(g, "groupname").to_owned()),
                 desc: text(g, "groupdesc").to_owned(),
                 members: Vec::new(),
             };
-            for m in g
-                .get("users")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_object)
-            {
+            for m in objects(g, "users") {
                 if let Some(id) = int(m, "id") {
                     group.members.push((id, text(m, "role").to_owned()));
                     s.learn(id, m);

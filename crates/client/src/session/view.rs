@@ -6,7 +6,7 @@ use chat_protocol::msgid;
 use serde_json::{Map, Value};
 
 use super::Session;
-use crate::net::{int, text};
+use crate::net::{int, objects, text};
 use crate::ui::clean;
 
 /// Formats a pushed (or history) chat frame for people:
@@ -122,13 +122,7 @@ impl Session {
 
     /// Prints a HISTORY page, oldest first.
     pub(super) fn print_history(&mut self, title: &str, f: &Map<String, Value>) {
-        let msgs: Vec<&Map<String, Value>> = f
-            .get("messages")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_object)
-            .collect();
+        let msgs: Vec<&Map<String, Value>> = objects(f, "messages").collect();
         let mut s = format!(
             "--- {title}: {} message{} ---",
             msgs.len(),
