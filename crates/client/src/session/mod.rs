@@ -361,12 +361,12 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
     }
 
-    #[test]
     #[test]
     fn login_ack_fills_friends_and_groups() {
         let ack = obj(json!({
