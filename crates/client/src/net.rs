@@ -1,6 +1,7 @@
 //! The connection to a clusterchat server: one TCP stream (direct, or through
-//! an nginx stream proxy: all it needs is an address), requests written as
-//! JSON + "\n", server frames read with the protocol's frame codec.
+//! an nginx stream proxy: all it needs is an address), requests encoded by
+//! `chat_protocol::Request` (JSON + "\n"), server frames read with the
+//! protocol's frame codec.
 
 use std::time::Duration;
 

@@ -185,7 +185,7 @@ pub fn presence(id: i64, online: bool) -> Bytes {
 }
 
 /// What KICKED says to a session replaced by a newer login.
-pub const KICKED_MSG: &str = "you logged in somewhere else; this session is closed";
+const KICKED_MSG: &str = "you logged in somewhere else; this session is closed";
 
 /// KICKED, just before the server closes a replaced session.
 pub fn kicked() -> Bytes {
