@@ -357,38 +357,3 @@ impl Session {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn obj(v: Value) -> Map<String, Value> {
-        v.as_object().unwrap().clone()
-    }
-
-    #[test]
-    fn login_ack_fills_friends_and_groups() {
-        let ack = obj(json!({
-            "msgid": 2, "errno": 0, "id": 1, "name": "alice", "token": "t1",
-            "friends": [{"id": 2, "name": "bob", "state": "online"}],
-            "groups": [{"id": 3, "groupname": "team", "groupdesc": "d", "users": [
-                {"id": 1, "name": "alice", "state": "online", "role": "creator"},
-                {"id": 4, "name": "carol", "state": "offline", "role": "normal"}]}]
-        }));
-        let s = Session::from_ack(
-            &ack,
-            Delivery::new(0),
-            None,
-            Printer::plain_for_tests(),
-            Duration::from_secs(30),
-        );
-        assert_eq!(s.me(), 1);
-        assert_eq!(s.token(), Some("t1"));
-        assert_eq!(s.friends_summary(), "friends: bob(2) online");
-        assert_eq!(s.groups_summary(), "groups: group 3 \"team\" (2 members)");
-        assert_eq!(s.who(4), "carol(4)");
-        assert_eq!(s.state_word(4), "offline");
-        assert_eq!(s.who(9), "user 9");
-    }
-}

@@ -39,7 +39,7 @@ impl Session {
         }
     }
 
-    pub(super) fn state_word(&self, id: i64) -> &'static str {
+    fn state_word(&self, id: i64) -> &'static str {
         match self.online.get(&id) {
             Some(true) => "online",
             Some(false) => "offline",
@@ -141,7 +141,10 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::Delivery;
+    use crate::ui::Printer;
     use serde_json::json;
+    use std::time::Duration;
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
@@ -163,5 +166,30 @@ mod tests {
         );
         let evil = obj(json!({"msgid": 6, "id": 1, "name": "a", "msg": "\u{1b}[2J", "time": "t"}));
         assert_eq!(format_chat(&evil), "[t] a(1): \\u{1b}[2J");
+    }
+
+    #[test]
+    fn login_ack_fills_friends_and_groups() {
+        let ack = obj(json!({
+            "msgid": 2, "errno": 0, "id": 1, "name": "alice", "token": "t1",
+            "friends": [{"id": 2, "name": "bob", "state": "online"}],
+            "groups": [{"id": 3, "groupname": "team", "groupdesc": "d", "users": [
+                {"id": 1, "name": "alice", "state": "online", "role": "creator"},
+                {"id": 4, "name": "carol", "state": "offline", "role": "normal"}]}]
+        }));
+        let s = Session::from_ack(
+            &ack,
+            Delivery::new(0),
+            None,
+            Printer::plain_for_tests(),
+            Duration::from_secs(30),
+        );
+        assert_eq!(s.me(), 1);
+        assert_eq!(s.token(), Some("t1"));
+        assert_eq!(s.friends_summary(), "friends: bob(2) online");
+        assert_eq!(s.groups_summary(), "groups: group 3 \"team\" (2 members)");
+        assert_eq!(s.who(4), "carol(4)");
+        assert_eq!(s.state_word(4), "offline");
+        assert_eq!(s.who(9), "user 9");
     }
 }
