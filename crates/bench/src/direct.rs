@@ -8,7 +8,7 @@ use anyhow::bail;
 use chat_protocol::ChatTarget;
 
 use crate::context::{Ctx, Endpoint};
-use crate::load::{self, Confirm, LoadArgs, Mode, Plan, SenderSpec};
+use crate::load::{self, Confirm, LoadArgs, Mode, SenderSpec};
 use crate::logins::{login_all, obtain_users, UserSource};
 use crate::report::{self, Column, Report};
 use crate::users::User;
@@ -83,19 +83,9 @@ async fn run(ctx: &Ctx, args: &Args, ep: Endpoint) -> anyhow::Result<Report> {
         None if ctx.level >= 2 => (Mode::Window(args.load.window), Confirm::Ack),
         None => (Mode::Window(args.load.window), Confirm::Arrival(1)),
     };
-    let (warmup, duration, drain) = args.load.timing();
     let pairs = senders.len();
-    let plan = Plan {
-        conns: plan_conns,
-        senders,
-        fanout: 1,
-        confirm,
-        mode,
-        size: args.load.size,
-        warmup,
-        duration,
-        drain,
-    };
+    let plan = args.load.plan(plan_conns, senders, 1, confirm, mode);
+
     let o = load::run(ctx, plan, &format!("direct/{}", ep.name)).await;
     let headline = args.load.headline("msgs_per_s");
     let mut r = Report::new(ctx, "direct", ep.name, headline);

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 
 use crate::client::Conn;
 use crate::context::{Ctx, Endpoint};
-use crate::load::{self, Confirm, LoadArgs, Mode, Plan, SenderSpec};
+use crate::load::{self, Confirm, LoadArgs, Mode, SenderSpec};
 use crate::logins::{login_all, obtain_users, UserSource};
 use crate::report::{self, Column, Report};
 use crate::users::User;
@@ -164,18 +164,9 @@ async fn run(ctx: &Ctx, args: &Args, ep: Endpoint) -> anyhow::Result<Report> {
             Confirm::Arrival(fanout as u32),
         ),
     };
-    let (warmup, duration, drain) = args.load.timing();
-    let plan = Plan {
-        conns: plan_conns,
-        senders,
-        fanout,
-        confirm,
-        mode,
-        size: args.load.size,
-        warmup,
-        duration,
-        drain,
-    };
+    let plan = args.load.plan(plan_conns, senders, fanout, confirm, mode);
+    let duration = plan.duration;
+
     let o = load::run(ctx, plan, &format!("group/{}", ep.name)).await;
 
     if let Err(e) = as_creator(ctx, ep.addrs[0], &users[0], Request::DisbandGroup(gid)).await {

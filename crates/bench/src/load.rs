@@ -587,10 +587,28 @@ impl LoadArgs {
         r.set("warmup_s", self.warmup);
     }
 
-    /// Timing part of a plan.
-    pub fn timing(&self) -> (Duration, Duration, Duration) {
+    /// A run of these pacing and timing settings over `conns`: `senders`
+    /// send, each message makes `fanout` deliveries.
+    pub fn plan(
+        &self,
+        conns: Vec<Conn>,
+        senders: Vec<SenderSpec>,
+        fanout: u64,
+        confirm: Confirm,
+        mode: Mode,
+    ) -> Plan {
         let d = |s: f64| Duration::from_secs_f64(s.max(0.0));
-        (d(self.warmup), d(self.duration.max(0.01)), d(self.drain))
+        Plan {
+            conns,
+            senders,
+            fanout,
+            confirm,
+            mode,
+            size: self.size,
+            warmup: d(self.warmup),
+            duration: d(self.duration.max(0.01)),
+            drain: d(self.drain),
+        }
     }
 }
 
