@@ -7,14 +7,12 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::{Bytes, BytesMut};
-use chat_protocol::{msgid, FrameCodec};
-use serde_json::{json, Value};
+use chat_protocol::{msgid, scan, FrameCodec, Request, Secret};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
-
-use crate::wire;
 
 /// Largest server frame the bench accepts (login acks of big groups are long).
 const MAX_SERVER_FRAME: usize = 64 * 1024 * 1024;
@@ -63,11 +61,6 @@ impl Reader {
             }
         }
     }
-
-    /// Frees the read buffer (for connections that will only be held).
-    pub fn shrink(&mut self) {
-        self.buf = BytesMut::new();
-    }
 }
 
 /// One client connection.
@@ -103,17 +96,9 @@ impl std::error::Error for Refused {}
 
 /// What a successful login returns.
 #[derive(Debug, Default)]
-pub struct LoginAck {
+pub struct LoginReply {
     /// Level-2 token for the next login.
     pub token: Option<String>,
-}
-
-/// How to prove who we are.
-pub enum Secret<'a> {
-    /// A password.
-    Password(&'a str),
-    /// A level-2 login token.
-    Token(&'a str),
 }
 
 impl Conn {
@@ -131,11 +116,9 @@ impl Conn {
         })
     }
 
-    /// Sends one JSON request (an LF is appended).
-    pub async fn send_json(&mut self, v: &Value) -> anyhow::Result<()> {
-        let mut b = serde_json::to_vec(v)?;
-        b.push(b'\n');
-        self.wr.write_all(&b).await?;
+    /// Sends one request.
+    pub async fn send(&mut self, req: &Request<'_>) -> anyhow::Result<()> {
+        self.wr.write_all(&req.encode(None)).await?;
         Ok(())
     }
 
@@ -149,7 +132,7 @@ impl Conn {
                     .frame()
                     .await?
                     .ok_or_else(|| anyhow!("server closed the connection"))?;
-                match wire::msgid(&f) {
+                match scan::msgid(&f) {
                     Some(msgid::ONE_CHAT | msgid::GROUP_CHAT | msgid::PRESENCE) => continue,
                     _ => return Ok(serde_json::from_slice::<Value>(&f)?),
                 }
@@ -161,8 +144,8 @@ impl Conn {
     }
 
     /// Sends `req` and returns its reply, failing on a non-zero errno.
-    pub async fn call(&mut self, req: &Value, timeout: Duration) -> anyhow::Result<Value> {
-        self.send_json(req).await?;
+    pub async fn call(&mut self, req: &Request<'_>, timeout: Duration) -> anyhow::Result<Value> {
+        self.send(req).await?;
         let r = self.reply(timeout).await?;
         check(&r)?;
         Ok(r)
@@ -176,10 +159,7 @@ impl Conn {
         timeout: Duration,
     ) -> anyhow::Result<i64> {
         let r = self
-            .call(
-                &json!({"msgid": msgid::REG, "name": name, "password": password}),
-                timeout,
-            )
+            .call(&Request::Register { name, password }, timeout)
             .await?;
         r["id"]
             .as_i64()
@@ -193,20 +173,18 @@ impl Conn {
         secret: Secret<'_>,
         level: u8,
         timeout: Duration,
-    ) -> anyhow::Result<LoginAck> {
-        let mut req = json!({"msgid": msgid::LOGIN, "id": id});
-        match secret {
-            Secret::Password(p) => req["password"] = p.into(),
-            Secret::Token(t) => req["token"] = t.into(),
-        }
-        if level >= 2 {
-            req["v"] = 2.into();
-        }
+    ) -> anyhow::Result<LoginReply> {
+        let req = Request::Login {
+            id,
+            secret,
+            level,
+            last_seq: None,
+        };
         let r = self.call(&req, timeout).await?;
         if r["msgid"].as_i64() != Some(msgid::LOGIN_ACK) {
             bail!("expected LOGIN_ACK, got {r}");
         }
-        Ok(LoginAck {
+        Ok(LoginReply {
             token: r["token"].as_str().map(str::to_owned),
         })
     }
@@ -214,7 +192,7 @@ impl Conn {
     /// Sends PING and waits for PONG, collecting any failures that came
     /// before it (level-1 requests answer only on failure).
     pub async fn sync(&mut self, timeout: Duration) -> anyhow::Result<Vec<Value>> {
-        self.send_json(&json!({"msgid": msgid::PING})).await?;
+        self.send(&Request::Ping).await?;
         let mut failures = Vec::new();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {

@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 
 use anyhow::bail;
 
-use crate::load::{self, Confirm, LoadArgs, Mode, Plan, SenderSpec};
+use chat_protocol::ChatTarget;
+
+use crate::context::{Ctx, Endpoint};
+use crate::load::{self, Confirm, LoadArgs, Mode, SenderSpec};
+use crate::logins::{login_all, obtain_users, UserSource};
 use crate::report::{self, Column, Report};
 use crate::users::User;
-use crate::wire::Target;
-use crate::{login_all, obtain_users, Ctx, Endpoint, UserSource};
 
 /// `direct` arguments.
 #[derive(Debug, clap::Args)]
@@ -41,7 +43,7 @@ pub async fn main(ctx: &Ctx, args: &Args) -> anyhow::Result<Vec<Report>> {
     if args.pairs == 0 {
         bail!("--pairs must be at least 1");
     }
-    let mut reports = crate::each_target(ctx, None, |ep| run(ctx, args, ep)).await?;
+    let mut reports = crate::context::each_target(ctx, None, |ep| run(ctx, args, ep)).await?;
     report::emit(ctx, &mut reports, COLUMNS, RATIOS);
     Ok(reports)
 }
@@ -63,7 +65,7 @@ async fn run(ctx: &Ctx, args: &Args, ep: Endpoint) -> anyhow::Result<Report> {
         if let (Some(s), Some(r)) = (s, r) {
             senders.push(SenderSpec {
                 conn: plan_conns.len(),
-                target: Target::User(users[p + i].id),
+                target: ChatTarget::User(users[p + i].id),
             });
             plan_conns.push(s.conn);
             plan_conns.push(r.conn);
@@ -81,26 +83,11 @@ async fn run(ctx: &Ctx, args: &Args, ep: Endpoint) -> anyhow::Result<Report> {
         None if ctx.level >= 2 => (Mode::Window(args.load.window), Confirm::Ack),
         None => (Mode::Window(args.load.window), Confirm::Arrival(1)),
     };
-    let (warmup, duration, drain) = args.load.timing();
     let pairs = senders.len();
-    let plan = Plan {
-        conns: plan_conns,
-        senders,
-        fanout: 1,
-        confirm,
-        mode,
-        size: args.load.size,
-        warmup,
-        duration,
-        drain,
-    };
+    let plan = args.load.plan(plan_conns, senders, 1, confirm, mode);
+
     let o = load::run(ctx, plan, &format!("direct/{}", ep.name)).await;
-    // Open loop delivers what is offered; there latency is the figure.
-    let headline = if args.load.rate.is_some() {
-        "p99_ms"
-    } else {
-        "msgs_per_s"
-    };
+    let headline = args.load.headline("msgs_per_s");
     let mut r = Report::new(ctx, "direct", ep.name, headline);
     r.set("pairs", pairs);
     r.set("servers", ep.addrs.len());

@@ -10,16 +10,15 @@
 use std::net::SocketAddr;
 
 use anyhow::{anyhow, bail};
-use chat_protocol::msgid;
+use chat_protocol::{ChatTarget, Request, Secret};
 use futures_util::StreamExt;
-use serde_json::json;
 
-use crate::client::{Conn, Secret};
-use crate::load::{self, Confirm, LoadArgs, Mode, Plan, SenderSpec};
+use crate::client::Conn;
+use crate::context::{Ctx, Endpoint};
+use crate::load::{self, Confirm, LoadArgs, Mode, SenderSpec};
+use crate::logins::{login_all, obtain_users, UserSource};
 use crate::report::{self, Column, Report};
 use crate::users::User;
-use crate::wire::Target;
-use crate::{login_all, obtain_users, Ctx, Endpoint, UserSource};
 
 /// `group` arguments.
 #[derive(Debug, clap::Args)]
@@ -54,7 +53,7 @@ pub async fn main(ctx: &Ctx, args: &Args) -> anyhow::Result<Vec<Report>> {
     if args.members < 2 || args.senders == 0 || args.senders > args.members {
         bail!("need --members >= 2 and 1 <= --senders <= --members");
     }
-    let mut reports = crate::each_target(ctx, None, |ep| run(ctx, args, ep)).await?;
+    let mut reports = crate::context::each_target(ctx, None, |ep| run(ctx, args, ep)).await?;
     report::emit(ctx, &mut reports, COLUMNS, RATIOS);
     Ok(reports)
 }
@@ -65,7 +64,7 @@ async fn as_creator(
     ctx: &Ctx,
     addr: SocketAddr,
     u: &User,
-    req: serde_json::Value,
+    req: Request<'_>,
 ) -> anyhow::Result<serde_json::Value> {
     let mut c = Conn::connect(addr, ctx.timeout).await?;
     c.login(u.id, Secret::Password(&u.password), 2, ctx.timeout)
@@ -81,7 +80,10 @@ async fn run(ctx: &Ctx, args: &Args, ep: Endpoint) -> anyhow::Result<Report> {
         ctx,
         ep.addrs[0],
         &users[0],
-        json!({"msgid": msgid::CREATE_GROUP, "groupname": gname, "groupdesc": "chat-bench"}),
+        Request::CreateGroup {
+            name: &gname,
+            desc: "chat-bench",
+        },
     )
     .await?;
     let gid = created["groupid"]
@@ -108,9 +110,7 @@ async fn run(ctx: &Ctx, args: &Args, ep: Endpoint) -> anyhow::Result<Report> {
                 return Ok(());
             }
             let r = async {
-                c.conn
-                    .send_json(&json!({"msgid": msgid::ADD_GROUP, "groupid": gid}))
-                    .await?;
+                c.conn.send(&Request::AddGroup(gid)).await?;
                 let failures = c.conn.sync(timeout).await?;
                 match failures.first() {
                     None => Ok(()),
@@ -152,7 +152,7 @@ async fn run(ctx: &Ctx, args: &Args, ep: Endpoint) -> anyhow::Result<Report> {
     let senders: Vec<SenderSpec> = (0..args.senders.min(online))
         .map(|i| SenderSpec {
             conn: i,
-            target: Target::Group(gid),
+            target: ChatTarget::Group(gid),
         })
         .collect();
     let nsenders = senders.len();
@@ -164,36 +164,16 @@ async fn run(ctx: &Ctx, args: &Args, ep: Endpoint) -> anyhow::Result<Report> {
             Confirm::Arrival(fanout as u32),
         ),
     };
-    let (warmup, duration, drain) = args.load.timing();
-    let plan = Plan {
-        conns: plan_conns,
-        senders,
-        fanout,
-        confirm,
-        mode,
-        size: args.load.size,
-        warmup,
-        duration,
-        drain,
-    };
+    let plan = args.load.plan(plan_conns, senders, fanout, confirm, mode);
+    let duration = plan.duration;
+
     let o = load::run(ctx, plan, &format!("group/{}", ep.name)).await;
 
-    if let Err(e) = as_creator(
-        ctx,
-        ep.addrs[0],
-        &users[0],
-        json!({"msgid": msgid::DISBAND_GROUP, "groupid": gid}),
-    )
-    .await
-    {
+    if let Err(e) = as_creator(ctx, ep.addrs[0], &users[0], Request::DisbandGroup(gid)).await {
         first_error.get_or_insert(format!("disband failed: {e:#}"));
     }
 
-    let headline = if args.load.rate.is_some() {
-        "p99_ms"
-    } else {
-        "deliveries_per_s"
-    };
+    let headline = args.load.headline("deliveries_per_s");
     let mut r = Report::new(ctx, "group", ep.name, headline);
     r.set("members", m);
     r.set("online", online);

@@ -23,10 +23,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinHandle;
 
 use crate::client::Conn;
+use crate::context::{rss_kib, Ctx, Endpoint};
+use crate::logins::{login_all, obtain_users, UserSource};
 use crate::progress::{Kind, Progress};
 use crate::report::{self, Column, Hist, Report};
 use crate::users::{self, User};
-use crate::{login_all, obtain_users, rss_kib, Ctx, Endpoint, UserSource};
 
 /// `idle` arguments.
 #[derive(Debug, clap::Args)]
@@ -95,7 +96,7 @@ pub async fn main(ctx: &Ctx, args: &Args) -> anyhow::Result<Vec<Report>> {
         (Some(p), false) => Some(p.clone()),
         _ => None,
     };
-    let mut reports = crate::each_target(ctx, seed, |ep| run(ctx, args, ep)).await?;
+    let mut reports = crate::context::each_target(ctx, seed, |ep| run(ctx, args, ep)).await?;
     report::emit(
         ctx,
         &mut reports,

@@ -11,17 +11,17 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chat_protocol::msgid;
+use chat_protocol::{msgid, scan, ChatTarget, Request};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Conn, Reader};
+use crate::context::Ctx;
 use crate::progress::{Kind, Progress};
 use crate::report::Hist;
-use crate::wire::{self, Stamp, Target};
-use crate::Ctx;
+use crate::stamp::{self, Stamp};
 
 /// How a sender paces itself.
 #[derive(Debug, Clone, Copy)]
@@ -47,7 +47,7 @@ pub struct SenderSpec {
     /// Index into [`Plan::conns`].
     pub conn: usize,
     /// Where its messages go.
-    pub target: Target,
+    pub target: ChatTarget,
 }
 
 /// A load run, ready to go: every connection is logged in.
@@ -110,6 +110,7 @@ impl Outcome {
     }
 }
 
+/// One sender's counters and its window of unacknowledged messages.
 struct SenderState {
     sent: AtomicU64,
     acked: AtomicU64,
@@ -118,7 +119,9 @@ struct SenderState {
     ring: Vec<AtomicU32>,
 }
 
-struct Shared {
+/// What every task of one load run shares: the plan's timing, the
+/// senders' counters and the delivery tallies.
+struct RunState {
     run: u64,
     start: Instant,
     level: u8,
@@ -134,7 +137,7 @@ struct Shared {
     first_error: Mutex<Option<String>>,
 }
 
-impl Shared {
+impl RunState {
     fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
@@ -163,7 +166,7 @@ pub async fn run(ctx: &Ctx, plan: Plan, label: &str) -> Outcome {
     let warm_at = t0 + plan.warmup;
     let end_at = warm_at + plan.duration;
     let ns = |t: Instant| t.duration_since(ctx.start).as_nanos() as u64;
-    let sh = Arc::new(Shared {
+    let sh = Arc::new(RunState {
         run: ctx.run_id,
         start: ctx.start,
         level: ctx.level,
@@ -243,7 +246,7 @@ pub async fn run(ctx: &Ctx, plan: Plan, label: &str) -> Outcome {
     // Drain: wait for every answer and every expected delivery.
     let drain_start = Instant::now();
     let drain_end = drain_start + plan.drain;
-    let expected = |sh: &Shared| -> (u64, bool) {
+    let expected = |sh: &RunState| -> (u64, bool) {
         let mut exp = 0;
         let mut answered = true;
         for st in &sh.senders {
@@ -309,9 +312,9 @@ pub async fn run(ctx: &Ctx, plan: Plan, label: &str) -> Outcome {
 
 #[allow(clippy::too_many_arguments)]
 async fn send_loop(
-    sh: Arc<Shared>,
+    sh: Arc<RunState>,
     s: usize,
-    target: Target,
+    target: ChatTarget,
     wr: Arc<AsyncMutex<OwnedWriteHalf>>,
     pace: Option<(Duration, Duration)>,
     size: usize,
@@ -368,7 +371,7 @@ async fn send_loop(
                 k,
                 t_ns,
             };
-            wire::write_chat(&mut buf, target, stamp, size);
+            stamp::write_chat(&mut buf, target, stamp, size);
             k += 1;
         }
         st.sent.fetch_add(n as u64, Ordering::Release);
@@ -391,7 +394,7 @@ async fn send_loop(
 }
 
 async fn read_loop(
-    sh: Arc<Shared>,
+    sh: Arc<RunState>,
     mut rd: Reader,
     wr: Arc<AsyncMutex<OwnedWriteHalf>>,
     me: Option<usize>,
@@ -401,7 +404,6 @@ async fn read_loop(
     let mut max_seq = 0i64;
     let mut confirmed = 0i64;
     let mut flush_at: Option<tokio::time::Instant> = None;
-    let mut deliver_buf = String::new();
     'outer: loop {
         let mut flush = false;
         tokio::select! {
@@ -437,17 +439,17 @@ async fn read_loop(
                         break 'outer;
                     }
                 };
-                match wire::msgid(&f) {
+                match scan::msgid(&f) {
                     Some(msgid::ONE_CHAT | msgid::GROUP_CHAT) => {
                         if sh.level >= 2 {
-                            if let Some(seq) = wire::int_field(&f, "seq") {
+                            if let Some(seq) = scan::int_field(&f, "seq") {
                                 max_seq = max_seq.max(seq);
                             }
                         }
                         on_push(&sh, &f, now_ns, &mut hist);
                     }
                     Some(msgid::ACK) => {
-                        let re = wire::int_field(&f, "re");
+                        let re = scan::int_field(&f, "re");
                         if let (Some(msgid::ONE_CHAT | msgid::GROUP_CHAT), Some(s)) = (re, me) {
                             let st = &sh.senders[s];
                             st.acked.fetch_add(1, Ordering::Release);
@@ -457,7 +459,7 @@ async fn read_loop(
                         }
                     }
                     Some(msgid::ERROR) => {
-                        let re = wire::int_field(&f, "re");
+                        let re = scan::int_field(&f, "re");
                         match (re, me) {
                             (Some(msgid::ONE_CHAT | msgid::GROUP_CHAT), Some(s)) => {
                                 let st = &sh.senders[s];
@@ -479,11 +481,10 @@ async fn read_loop(
         if sh.level >= 2 && max_seq > confirmed {
             let due = flush || max_seq - confirmed >= 32;
             if due {
-                deliver_buf.clear();
-                deliver_buf.push_str(&format!("{{\"msgid\":16,\"seq\":{max_seq}}}\n"));
+                let delivered = Request::Delivered { seq: max_seq }.encode(None);
                 let r = {
                     let mut w = wr.lock().await;
-                    tokio::time::timeout(sh.io_timeout, w.write_all(deliver_buf.as_bytes())).await
+                    tokio::time::timeout(sh.io_timeout, w.write_all(&delivered)).await
                 };
                 if !matches!(r, Ok(Ok(()))) {
                     if !stop.is_cancelled() {
@@ -503,8 +504,8 @@ async fn read_loop(
     hist
 }
 
-fn on_push(sh: &Shared, f: &[u8], now_ns: u64, hist: &mut Hist) {
-    let Some(stamp) = wire::str_field(f, "msg").and_then(wire::parse_stamp) else {
+fn on_push(sh: &RunState, f: &[u8], now_ns: u64, hist: &mut Hist) {
+    let Some(stamp) = scan::str_field(f, "msg").and_then(stamp::parse_stamp) else {
         sh.stale.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -559,6 +560,16 @@ pub struct LoadArgs {
 }
 
 impl LoadArgs {
+    /// The report's headline figure: latency in an open loop (it delivers
+    /// what is offered), else the scenario's `throughput` figure.
+    pub fn headline(&self, throughput: &'static str) -> &'static str {
+        if self.rate.is_some() {
+            "p99_ms"
+        } else {
+            throughput
+        }
+    }
+
     /// Puts the pacing parameters into a report.
     pub fn describe(&self, r: &mut crate::report::Report) {
         match self.rate {
@@ -576,10 +587,28 @@ impl LoadArgs {
         r.set("warmup_s", self.warmup);
     }
 
-    /// Timing part of a plan.
-    pub fn timing(&self) -> (Duration, Duration, Duration) {
+    /// A run of these pacing and timing settings over `conns`: `senders`
+    /// send, each message makes `fanout` deliveries.
+    pub fn plan(
+        &self,
+        conns: Vec<Conn>,
+        senders: Vec<SenderSpec>,
+        fanout: u64,
+        confirm: Confirm,
+        mode: Mode,
+    ) -> Plan {
         let d = |s: f64| Duration::from_secs_f64(s.max(0.0));
-        (d(self.warmup), d(self.duration.max(0.01)), d(self.drain))
+        Plan {
+            conns,
+            senders,
+            fanout,
+            confirm,
+            mode,
+            size: self.size,
+            warmup: d(self.warmup),
+            duration: d(self.duration.max(0.01)),
+            drain: d(self.drain),
+        }
     }
 }
 

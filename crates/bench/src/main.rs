@@ -10,34 +10,34 @@
 //! group fan-out), `ceiling` (run the forward-only server), `report`
 //! (markdown medians over JSON-line results), `fsync-probe` (the disk's
 //! durability floor).
+//!
+//! This file holds the command line and the dispatch; what every scenario
+//! shares is in [`context`] (settings, targets) and [`logins`] (users and
+//! logging them in).
 
 mod ceiling;
 mod client;
+mod context;
 mod direct;
 mod fsync;
 mod group;
 mod idle;
 mod load;
+mod logins;
 mod progress;
 mod report;
 mod setup;
+mod stamp;
 mod users;
-mod wire;
 
-use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use futures_util::StreamExt;
 
-use crate::client::{Conn, Secret};
-use crate::report::Report;
-use crate::users::User;
+use crate::context::Ctx;
 
 /// The clusterchat load generator.
 #[derive(Debug, Parser)]
@@ -137,222 +137,6 @@ fn parse_note(s: &str) -> Result<(String, String), String> {
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .filter(|(k, _)| !k.is_empty())
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
-}
-
-/// Settings every scenario shares.
-pub struct Ctx {
-    /// The real server(s).
-    pub servers: Vec<SocketAddr>,
-    /// Protocol level of the clients.
-    pub level: u8,
-    /// JSON-line output.
-    pub json: bool,
-    /// No progress bar, no table on stderr.
-    pub quiet: bool,
-    /// Also measure the ceiling.
-    pub ceiling: bool,
-    /// Bound on every single wait.
-    pub timeout: Duration,
-    /// Extra report fields.
-    pub notes: Vec<(String, String)>,
-    /// Origin of the send stamps.
-    pub start: Instant,
-    /// Tells this run's messages and names from older ones.
-    pub run_id: u64,
-}
-
-/// Where a scenario runs: the real server(s) or the ceiling.
-pub struct Endpoint {
-    /// "server" or "ceiling".
-    pub name: &'static str,
-    /// Addresses to spread clients over.
-    pub addrs: Vec<SocketAddr>,
-    /// The process to read RSS from, when known.
-    pub pid: Option<u32>,
-}
-
-impl Endpoint {
-    /// Whether this is the forward-only ceiling.
-    pub fn is_ceiling(&self) -> bool {
-        self.name == "ceiling"
-    }
-}
-
-/// Runs `f` against the real server, then (with `--ceiling`) against a
-/// ceiling child process started for it, seeded with the accounts of the
-/// users file `seed` when given (read after the server run).
-pub async fn each_target<F, Fut>(
-    ctx: &Ctx,
-    seed: Option<PathBuf>,
-    f: F,
-) -> anyhow::Result<Vec<Report>>
-where
-    F: Fn(Endpoint) -> Fut,
-    Fut: Future<Output = anyhow::Result<Report>>,
-{
-    let mut out = vec![
-        f(Endpoint {
-            name: "server",
-            addrs: ctx.servers.clone(),
-            pid: None,
-        })
-        .await?,
-    ];
-    if ctx.ceiling {
-        let opts = ceiling::Options {
-            seed,
-            ..ceiling::Options::default()
-        };
-        let child = ceiling::Child::spawn(&opts).await?;
-        let r = f(Endpoint {
-            name: "ceiling",
-            addrs: vec![child.addr],
-            pid: Some(child.pid),
-        })
-        .await;
-        child.stop().await;
-        out.push(r?);
-    }
-    Ok(out)
-}
-
-/// Where users come from for a scenario.
-#[derive(Debug, Clone, clap::Args)]
-pub struct UserSource {
-    /// Users file written by `setup` (first N lines are used).
-    #[arg(long)]
-    pub users: Option<PathBuf>,
-    /// Register fresh users on the server instead of reading a file.
-    #[arg(long)]
-    pub register: bool,
-}
-
-/// `n` users for `ep`: from the file for the real server, or registered
-/// (always so on the ceiling, which starts empty).
-pub async fn obtain_users(
-    ctx: &Ctx,
-    ep: &Endpoint,
-    n: usize,
-    src: &UserSource,
-    tag: &str,
-) -> anyhow::Result<Vec<User>> {
-    if !ep.is_ceiling() && !src.register {
-        let Some(path) = &src.users else {
-            bail!("give --users FILE (from `chat-bench setup`) or --register");
-        };
-        return users::take(path, n);
-    }
-    let done = Arc::new(AtomicU64::new(0));
-    let bar = progress::Progress::start(
-        ctx,
-        "register",
-        progress::Kind::Count(n as u64),
-        done.clone(),
-    );
-    let prefix = format!("b{:x}{}{tag}", ctx.run_id, &ep.name[..1]);
-    let reg = users::register_many(&ep.addrs, n, &prefix, 16, ctx.timeout, done).await;
-    bar.finish();
-    if reg.users.len() < n {
-        bail!(
-            "registered only {} of {n} users on the {}: {}",
-            reg.users.len(),
-            ep.name,
-            reg.first_error.unwrap_or_default()
-        );
-    }
-    Ok(reg.users)
-}
-
-/// A successful login.
-pub struct LoggedIn {
-    /// The connection, logged in.
-    pub conn: Conn,
-    /// The level-2 token the ack carried.
-    pub token: Option<String>,
-    /// Connect plus login time.
-    pub took: Duration,
-}
-
-/// Outcome of [`login_all`].
-pub struct Logins {
-    /// One slot per request, `None` where it failed.
-    pub conns: Vec<Option<LoggedIn>>,
-    /// Failures.
-    pub errors: u64,
-    /// The first failure.
-    pub first_error: Option<String>,
-}
-
-/// Connects and logs each `(address, user)` in, `concurrency` at a time.
-/// With `by_token`, users log in with their saved token.
-pub async fn login_all(
-    ctx: &Ctx,
-    items: Vec<(SocketAddr, User)>,
-    by_token: bool,
-    concurrency: usize,
-    done: Option<Arc<AtomicU64>>,
-) -> Logins {
-    let n = items.len();
-    let timeout = ctx.timeout;
-    let level = ctx.level;
-    let results: Vec<(usize, anyhow::Result<LoggedIn>)> =
-        futures_util::stream::iter(items.into_iter().enumerate())
-            .map(|(i, (addr, u))| {
-                let done = done.clone();
-                async move {
-                    let t0 = Instant::now();
-                    let r = async {
-                        let mut conn = Conn::connect(addr, timeout).await?;
-                        let secret = match (&u.token, by_token) {
-                            (Some(t), true) => Secret::Token(t),
-                            (None, true) => bail!("user {} has no saved token", u.id),
-                            _ => Secret::Password(&u.password),
-                        };
-                        let ack = conn
-                            .login(u.id, secret, level, timeout)
-                            .await
-                            .with_context(|| format!("login of user {}", u.id))?;
-                        Ok(LoggedIn {
-                            conn,
-                            token: ack.token,
-                            took: t0.elapsed(),
-                        })
-                    }
-                    .await;
-                    if let Some(d) = &done {
-                        d.fetch_add(1, Ordering::Relaxed);
-                    }
-                    (i, r)
-                }
-            })
-            .buffer_unordered(concurrency.max(1))
-            .collect()
-            .await;
-    let mut out = Logins {
-        conns: (0..n).map(|_| None).collect(),
-        errors: 0,
-        first_error: None,
-    };
-    for (i, r) in results {
-        match r {
-            Ok(l) => out.conns[i] = Some(l),
-            Err(e) => {
-                out.errors += 1;
-                out.first_error.get_or_insert_with(|| format!("{e:#}"));
-            }
-        }
-    }
-    out
-}
-
-/// Resident set size of a process in KiB, from /proc/PID/status.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let s =
-        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
 }
 
 fn resolve(servers: &[String]) -> anyhow::Result<Vec<SocketAddr>> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::Ctx;
+use crate::context::Ctx;
 
 /// What the bar counts.
 pub enum Kind {

@@ -11,7 +11,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value};
 
-use crate::Ctx;
+use crate::context::Ctx;
 
 /// Latency histogram in microseconds, 1 µs to 60 s, 3 significant figures.
 #[derive(Clone)]

@@ -7,9 +7,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::context::{Ctx, Endpoint};
 use crate::progress::{Kind, Progress};
 use crate::report::{self, Column, Report};
-use crate::{users, Ctx, Endpoint};
+use crate::users;
 
 /// `setup` arguments.
 #[derive(Debug, clap::Args)]
@@ -36,7 +37,7 @@ const COLUMNS: &[Column] = &[
 
 /// Runs `setup` against the server and, with `--ceiling`, the ceiling.
 pub async fn main(ctx: &Ctx, args: &Args) -> anyhow::Result<Vec<Report>> {
-    let mut reports = crate::each_target(ctx, None, |ep| run(ctx, args, ep)).await?;
+    let mut reports = crate::context::each_target(ctx, None, |ep| run(ctx, args, ep)).await?;
     report::emit(ctx, &mut reports, COLUMNS, &["users_per_s"]);
     Ok(reports)
 }

@@ -8,7 +8,7 @@ use std::future::pending;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chat_protocol::msgid;
+use chat_protocol::{msgid, Request, Secret};
 use serde_json::{Map, Value};
 
 use crate::commands::parse_id;
@@ -55,11 +55,6 @@ enum Attempt<T> {
 }
 
 /// What LOGIN proves identity with.
-enum Secret {
-    Password(String),
-    Token(String),
-}
-
 async fn recv_opt(conn: &mut Option<Conn>) -> Event {
     match conn {
         Some(c) => c.recv().await,
@@ -189,12 +184,11 @@ impl App {
     async fn call(
         &mut self,
         what: &str,
-        msg: i64,
-        fields: Vec<(&str, Value)>,
+        req: &Request<'_>,
         want: i64,
     ) -> Option<Map<String, Value>> {
         let conn = self.connection().await?;
-        let reqid = match conn.request(msg, fields).await {
+        let reqid = match conn.request(req).await {
             Ok(r) => r,
             Err(e) => {
                 self.conn = None;
@@ -285,8 +279,9 @@ impl App {
             Attempt::Failed => return Attempt::Failed,
             Attempt::Quit => return Attempt::Quit,
         };
-        let secret = match (password.is_empty(), saved.token.clone()) {
-            (false, _) => Secret::Password(password),
+        let token = saved.token.clone();
+        let secret = match (password.is_empty(), &token) {
+            (false, _) => Secret::Password(&password),
             (true, Some(t)) => Secret::Token(t),
             (true, None) => {
                 self.out.line("the password must not be empty");
@@ -312,7 +307,7 @@ impl App {
                 _ => return Attempt::Failed,
             };
             let Some(ack) = self
-                .send_login(id, Secret::Password(password), saved.last_seq)
+                .send_login(id, Secret::Password(&password), saved.last_seq)
                 .await
             else {
                 return Attempt::Failed;
@@ -363,20 +358,16 @@ impl App {
     async fn send_login(
         &mut self,
         id: i64,
-        secret: Secret,
+        secret: Secret<'_>,
         last_seq: i64,
     ) -> Option<Map<String, Value>> {
-        let mut fields = vec![
-            ("id", id.into()),
-            ("v", 2.into()),
-            ("last_seq", last_seq.into()),
-        ];
-        match secret {
-            Secret::Password(p) => fields.push(("password", p.into())),
-            Secret::Token(t) => fields.push(("token", t.into())),
-        }
-        self.call("login", msgid::LOGIN, fields, msgid::LOGIN_ACK)
-            .await
+        let login = Request::Login {
+            id,
+            secret,
+            level: 2,
+            last_seq: Some(last_seq),
+        };
+        self.call("login", &login, msgid::LOGIN_ACK).await
     }
 
     async fn register(&mut self) -> Attempt<()> {
@@ -398,11 +389,11 @@ impl App {
             self.out.line("the password must not be empty");
             return Attempt::Failed;
         }
-        let fields = vec![("name", name.clone().into()), ("password", password.into())];
-        let Some(ack) = self
-            .call("register", msgid::REG, fields, msgid::REG_ACK)
-            .await
-        else {
+        let reg = Request::Register {
+            name: &name,
+            password: &password,
+        };
+        let Some(ack) = self.call("register", &reg, msgid::REG_ACK).await else {
             return Attempt::Failed;
         };
         match (int(&ack, "errno"), int(&ack, "id")) {

@@ -1,11 +1,12 @@
 //! The connection to a clusterchat server: one TCP stream (direct, or through
-//! an nginx stream proxy: all it needs is an address), requests written as
-//! JSON + "\n", server frames read with the protocol's frame codec.
+//! an nginx stream proxy: all it needs is an address), requests encoded by
+//! `chat_protocol::Request` (JSON + "\n"), server frames read with the
+//! protocol's frame codec.
 
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use chat_protocol::FrameCodec;
+use chat_protocol::{FrameCodec, Request};
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt;
@@ -54,30 +55,26 @@ impl Conn {
         })
     }
 
-    /// Sends one request: `msgid`, a fresh `reqid`, and `fields`. Returns the
-    /// reqid, which the server echoes in the reply.
-    pub async fn request(&mut self, msgid: i64, fields: Vec<(&str, Value)>) -> anyhow::Result<u64> {
+    /// Sends one request with a fresh `reqid`, and returns the reqid, which
+    /// the server echoes in the reply.
+    pub async fn request(&mut self, req: &Request<'_>) -> anyhow::Result<u64> {
         let reqid = self.next_reqid;
         self.next_reqid += 1;
-        let mut m = Map::new();
-        m.insert("msgid".into(), msgid.into());
-        m.insert("reqid".into(), reqid.into());
-        for (k, v) in fields {
-            m.insert(k.into(), v);
-        }
-        self.send(&Value::Object(m)).await?;
+        self.write(&req.encode(Some(reqid))).await?;
         Ok(reqid)
     }
 
-    /// Writes one frame: the JSON text and a line feed.
-    pub async fn send(&mut self, frame: &Value) -> anyhow::Result<()> {
+    /// Sends one request that gets no reply (DELIVERED), without a reqid.
+    pub async fn send(&mut self, req: &Request<'_>) -> anyhow::Result<()> {
+        self.write(&req.encode(None)).await
+    }
+
+    async fn write(&mut self, frame: &[u8]) -> anyhow::Result<()> {
         if self.closed {
             return Err(anyhow!("the connection to the server is closed"));
         }
-        let mut bytes = serde_json::to_vec(frame).context("cannot encode request")?;
-        bytes.push(b'\n');
         self.wr
-            .write_all(&bytes)
+            .write_all(frame)
             .await
             .context("cannot send to the server")
     }
@@ -113,6 +110,18 @@ pub fn int(m: &Map<String, Value>, key: &str) -> Option<i64> {
     m.get(key).and_then(Value::as_i64)
 }
 
+/// The objects in an array field of a server frame (none when absent).
+pub fn objects<'a>(
+    m: &'a Map<String, Value>,
+    key: &str,
+) -> impl Iterator<Item = &'a Map<String, Value>> {
+    m.get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object)
+}
+
 /// A string field of a server frame, or "" when absent.
 pub fn text<'a>(m: &'a Map<String, Value>, key: &str) -> &'a str {
     m.get(key).and_then(Value::as_str).unwrap_or("")
@@ -142,7 +151,7 @@ mod tests {
             first
         });
         let mut c = Conn::connect(&addr).await.unwrap();
-        let reqid = c.request(18, vec![]).await.unwrap();
+        let reqid = c.request(&Request::Ping).await.unwrap();
         assert_eq!(reqid, 1);
         let Event::Frame(pong) = c.recv().await else {
             panic!("expected a frame")

@@ -2,13 +2,24 @@
 //! and the benchmark tool.
 //!
 //! The contract lives in `docs/protocol.md`; this crate holds the pieces of it
-//! that code needs: message ids, errno codes, default limits, the frame codec
-//! and the UTC timestamp format that every pushed chat frame carries.
+//! that code needs: message ids, errno codes, default limits, the frame codec,
+//! the UTC timestamp format that every pushed chat frame carries, and the
+//! wire model: typed requests ([`request`]), the server's replies
+//! ([`reply`]) and pushes ([`push`]), and a field scanner for hot paths
+//! ([`scan`]). Every program that speaks the protocol builds its frames here,
+//! so they cannot drift apart.
 
 pub mod codec;
+pub mod push;
+pub mod reply;
+pub mod request;
+pub mod scan;
 pub mod time;
 
 pub use codec::{FrameCodec, FrameError};
+pub use push::{ChatMessage, ChatPush, ChatTarget};
+pub use reply::LoginAck;
+pub use request::{Request, Secret};
 
 /// Message ids (`msgid`), level 1 and level 2.
 pub mod msgid {
