@@ -13,7 +13,7 @@ use crate::error::ServiceError;
 use crate::outbox::Out;
 use crate::store::{StoredMessage, Target};
 
-pub use chat_protocol::push::{kicked, presence, state};
+pub use chat_protocol::push::{kicked, presence};
 pub use chat_protocol::reply::{pong, reg_ack, with_reqid};
 
 /// A failed request: LOGIN and REG failures come back in their own ack type,
@@ -35,11 +35,6 @@ pub fn server_full() -> Bytes {
         Errno::Unavailable,
         "server is full, retry later",
     )
-}
-
-/// Encodes a finished JSON value (for login acks built by the auth module).
-pub fn value(v: &Value) -> Bytes {
-    reply::finish(v)
 }
 
 /// A stored message in the protocol's terms.

@@ -3,7 +3,6 @@
 //! replay, delivery bookkeeping.
 
 pub mod delivery;
-pub mod login_ack;
 pub mod replay;
 pub mod session;
 

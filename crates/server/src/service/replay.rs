@@ -2,17 +2,50 @@
 //! user has not confirmed, in seq order, before any live push (the session's
 //! gate holds those back until the replay is done).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use chat_protocol::reply::{LoginAck, Member};
 use serde_json::Value;
 
-use super::login_ack;
-pub use super::login_ack::Contacts;
 use super::{Session, Shared};
 use crate::cmd::Link;
 use crate::error::ServiceError;
-use crate::frames::{self, PushBody};
+use crate::frames::PushBody;
 use crate::outbox::Out;
+use crate::store::{GroupInfo, Person, UserId};
+
+/// Who the user knows, and which of them are online: the lists in the ack.
+#[derive(Clone, Copy)]
+pub struct Contacts<'a> {
+    /// The user's friends.
+    pub friends: &'a [Person],
+    /// The user's groups, with their members.
+    pub groups: &'a [GroupInfo],
+    /// Which of the friends and members are online.
+    pub online: &'a BTreeSet<UserId>,
+}
+
+/// The login ack for this session, without its level-1 offline messages.
+fn ack(s: &Session, c: Contacts<'_>, token: Option<String>) -> LoginAck {
+    let mut ack = LoginAck::new(s.level, s.user, &s.name);
+    for f in c.friends {
+        ack.friend(f.id, &f.name, c.online.contains(&f.id));
+    }
+    for g in c.groups {
+        let members = g.members.iter().map(|m| Member {
+            id: m.id,
+            name: &m.name,
+            online: c.online.contains(&m.id),
+            role: m.role.as_str(),
+        });
+        ack.group(g.id, &g.name, &g.desc, members);
+    }
+    if let Some(t) = token {
+        ack.token(t);
+    }
+    ack
+}
 
 /// Queues the login ack and the first page of the backlog, then lets the
 /// session's gate read the rest and open for live delivery.
@@ -32,29 +65,23 @@ pub async fn login(
     };
     let mut floor = 0i64;
     let mut pending = sh.store.undelivered(s.user, floor, first_limit).await?;
-    let mut ack = login_ack::build(s.user, &s.name, s.level, contacts, token, reqid);
+    let mut ack = ack(s, contacts, token);
     let at_end = (pending.len() as i64) < first_limit;
     let mut l1_delivered = None;
     if l1 {
         // The first page travels inside the ack, the classic way.
-        let offline: Vec<Value> = pending
-            .drain(..)
-            .map(|(seq, m)| {
-                floor = seq;
-                Value::String(PushBody::new(Arc::new(m)).level1_text().to_owned())
-            })
-            .collect();
+        for (seq, m) in pending.drain(..) {
+            floor = seq;
+            ack.offline(PushBody::new(Arc::new(m)).level1_text());
+        }
         if floor > 0 {
             l1_delivered = Some((s.user, floor));
-        }
-        if !offline.is_empty() {
-            ack.insert("offlinemsg".into(), offline.into());
         }
     }
     // The ack goes first: the gate queues no live push until the replay is
     // done, so none can overtake it.
     let ack = Out {
-        bytes: frames::value(&Value::Object(ack)),
+        bytes: ack.encode(reqid),
         tail: None,
         l1_delivered,
         flushed: None,
