@@ -30,9 +30,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cmd::{Command, Link, Order, Ran, ReplyFuture, ReplyTo};
 use crate::error::ServiceError;
 use crate::frames;
-use crate::outbox::{Out, Outbox, PushError, Written};
+use crate::outbox::{Outbox, Outgoing, QueueError, Written};
 use crate::request::Request;
-use crate::service::{session, Session, Shared};
+use crate::service::{session, Service, Session};
 use crate::store::UserId;
 use crate::throttle::AddrPermit;
 
@@ -61,7 +61,7 @@ impl Bucket {
 }
 
 struct Conn {
-    sh: Arc<Shared>,
+    sh: Arc<Service>,
     out: Arc<Outbox>,
     close: CancellationToken,
     session: Option<Session>,
@@ -90,7 +90,7 @@ type Frames = FramedRead<OwnedReadHalf, FrameCodec>;
 pub fn serve(
     sock: TcpStream,
     peer: SocketAddr,
-    sh: Arc<Shared>,
+    sh: Arc<Service>,
     shutdown: &CancellationToken,
     permits: (OwnedSemaphorePermit, AddrPermit),
 ) -> impl Future<Output = ()> + Send + 'static {
@@ -206,14 +206,14 @@ impl Conn {
     /// Not an async fn: the frame is offered right away, and only a full
     /// queue (rare) makes a boxed future that waits for space.
     fn emit(&mut self, frame: Option<Bytes>) -> impl Future<Output = bool> + Send + '_ {
-        let wait = match frame.map(|b| self.out.offer(Out::frame(b))) {
+        let wait = match frame.map(|b| self.out.offer(Outgoing::frame(b))) {
             None | Some(Ok(())) => Ok(true),
-            Some(Err((PushError::Closed, _))) => Ok(false),
-            Some(Err((PushError::Full, out))) => {
+            Some(Err((QueueError::Closed, _))) => Ok(false),
+            Some(Err((QueueError::Full, out))) => {
                 let (outbox, close) = (&self.out, &self.close);
                 Err(Box::pin(async move {
                     tokio::select! {
-                        r = outbox.push(out) => r.is_ok(),
+                        r = outbox.send(out) => r.is_ok(),
                         _ = close.cancelled() => false,
                     }
                 }))
@@ -383,14 +383,14 @@ fn write_loop(
 ) -> impl Future<Output = ()> + Send + 'static {
     const COALESCE: usize = 64 * 1024;
     async move {
-        let mut batch: VecDeque<Out> = VecDeque::new();
+        let mut batch: VecDeque<Outgoing> = VecDeque::new();
         while std::future::poll_fn(|cx| outbox.poll_batch(cx, &mut batch, COALESCE)).await {
             // Built in a block of its own so that none of it stays in the
             // task's state while the write runs.
             let write = {
                 // A fresh buffer per batch: an idle connection holds no
                 // write buffer.
-                let len: usize = batch.iter().map(Out::len).sum();
+                let len: usize = batch.iter().map(Outgoing::len).sum();
                 let mut buf = BytesMut::with_capacity(len);
                 let mut barriers = Vec::new();
                 let mut confirm: Vec<(UserId, i64)> = Vec::new();
@@ -453,7 +453,7 @@ mod tests {
             .await
             .unwrap();
         let node = crate::Node::single(Config::default(), store).unwrap();
-        let sh = node.shared().clone();
+        let sh = node.service().clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await

@@ -42,7 +42,7 @@ impl ServiceError {
 
     /// Replaces the message when the errno is `errno`: lets a handler say
     /// "no such group" where the store only knows "not found".
-    pub fn say(mut self, errno: Errno, msg: &'static str) -> Self {
+    pub fn reworded(mut self, errno: Errno, msg: &'static str) -> Self {
         if self.errno == errno {
             self.msg = Cow::Borrowed(msg);
         }

@@ -10,7 +10,7 @@ use chat_protocol::{reply, ChatMessage, ChatPush, ChatTarget, Errno};
 use serde_json::Value;
 
 use crate::error::ServiceError;
-use crate::outbox::Out;
+use crate::outbox::Outgoing;
 use crate::store::{StoredMessage, Target};
 
 pub use chat_protocol::push::{kicked, presence};
@@ -60,17 +60,17 @@ pub fn history_entry(m: &StoredMessage) -> Value {
 /// One message encoded once for all its recipients (see [`ChatPush`]),
 /// kept with the message it encodes.
 #[derive(Debug)]
-pub struct PushBody {
+pub struct EncodedChat {
     /// The stored message.
     pub message: Arc<StoredMessage>,
     encoded: ChatPush,
 }
 
-impl PushBody {
+impl EncodedChat {
     /// Encodes a stored message, once for every recipient and level.
     pub fn new(message: Arc<StoredMessage>) -> Self {
         let encoded = ChatPush::encode(&self::message(&message));
-        PushBody { message, encoded }
+        EncodedChat { message, encoded }
     }
 
     /// Bytes this encoding holds (both levels' shared parts).
@@ -88,11 +88,11 @@ impl PushBody {
         self.encoded.level1_text()
     }
 
-    /// The level-2 frame as an [`Out`]: the body shared with every other
+    /// The level-2 frame as an [`Outgoing`]: the body shared with every other
     /// recipient (no copy), and a few bytes of its own carrying `seq`.
-    pub fn level2_out(&self, seq: i64) -> Out {
+    pub fn level2_out(&self, seq: i64) -> Outgoing {
         let (body, tail) = self.encoded.level2_parts(seq);
-        Out {
+        Outgoing {
             bytes: body,
             tail: Some(tail),
             l1_delivered: None,
@@ -115,7 +115,7 @@ mod tests {
             body: "你好".into(),
             time: 0,
         });
-        let p = PushBody::new(m);
+        let p = EncodedChat::new(m);
         assert_eq!(
             p.level1_text(),
             r#"{"msgid":10,"id":1,"userid":1,"name":"li \"lei\"","groupid":3,"msg":"你好","time":"1970-01-01 00:00:00"}"#

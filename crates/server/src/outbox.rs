@@ -16,7 +16,7 @@ use crate::store::UserId;
 /// A frame for a connection's writer. `l1_delivered` marks a level-1 push: once
 /// written to the socket, the writer confirms that seq for the user.
 #[derive(Debug)]
-pub struct Out {
+pub struct Outgoing {
     /// The frame (LF included), or its first part when `tail` is set.
     pub bytes: Bytes,
     /// The rest of the frame. A level-2 push shares its body (`bytes`) with
@@ -29,10 +29,10 @@ pub struct Out {
     pub flushed: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-impl Out {
+impl Outgoing {
     /// A frame that confirms nothing.
     pub fn frame(bytes: Bytes) -> Self {
-        Out {
+        Outgoing {
             bytes,
             tail: None,
             l1_delivered: None,
@@ -42,7 +42,7 @@ impl Out {
 
     /// No bytes: just tells when everything queued before it is done.
     pub fn barrier(done: tokio::sync::oneshot::Sender<()>) -> Self {
-        Out {
+        Outgoing {
             bytes: Bytes::new(),
             tail: None,
             l1_delivered: None,
@@ -74,7 +74,7 @@ pub trait Written: Send + Sync {
 
 /// Why a frame could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushError {
+pub enum QueueError {
     /// The queue holds its maximum number of frames or bytes.
     Full,
     /// The connection is ending; nothing more is queued.
@@ -83,7 +83,7 @@ pub enum PushError {
 
 #[derive(Debug, Default)]
 struct OutboxState {
-    q: VecDeque<Out>,
+    q: VecDeque<Outgoing>,
     /// Bytes of the frames in `q`.
     bytes: usize,
     closed: bool,
@@ -122,19 +122,19 @@ impl Outbox {
     }
 
     /// Queues a frame without waiting; fails when full or closed.
-    pub fn try_push(&self, out: Out) -> Result<(), PushError> {
+    pub fn try_send(&self, out: Outgoing) -> Result<(), QueueError> {
         self.offer(out).map_err(|(e, _)| e)
     }
 
-    /// Like [`Outbox::try_push`], but hands the frame back on failure.
-    pub fn offer(&self, out: Out) -> Result<(), (PushError, Out)> {
+    /// Like [`Outbox::try_send`], but hands the frame back on failure.
+    pub fn offer(&self, out: Outgoing) -> Result<(), (QueueError, Outgoing)> {
         let mut st = self.lock();
         if st.closed {
-            return Err((PushError::Closed, out));
+            return Err((QueueError::Closed, out));
         }
         let len = out.len();
         if st.q.len() >= self.cap || (!st.q.is_empty() && st.bytes + len > self.max_bytes) {
-            return Err((PushError::Full, out));
+            return Err((QueueError::Full, out));
         }
         let was_empty = st.q.is_empty();
         st.bytes += len;
@@ -148,7 +148,7 @@ impl Outbox {
     }
 
     /// Queues a frame, waiting for space; fails once the outbox is closed.
-    pub async fn push(&self, mut out: Out) -> Result<(), PushError> {
+    pub async fn send(&self, mut out: Outgoing) -> Result<(), QueueError> {
         loop {
             let notified = self.space.notified();
             tokio::pin!(notified);
@@ -156,8 +156,8 @@ impl Outbox {
             notified.as_mut().enable();
             match self.offer(out) {
                 Ok(()) => return Ok(()),
-                Err((PushError::Closed, _)) => return Err(PushError::Closed),
-                Err((PushError::Full, o)) => out = o,
+                Err((QueueError::Closed, _)) => return Err(QueueError::Closed),
+                Err((QueueError::Full, o)) => out = o,
             }
             notified.await;
         }
@@ -178,7 +178,7 @@ impl Outbox {
 
     /// Waits for frames and moves up to about `max_bytes` of them into
     /// `batch` (which must be empty); false once closed and drained.
-    pub async fn pop_batch(&self, batch: &mut VecDeque<Out>, max_bytes: usize) -> bool {
+    pub async fn pop_batch(&self, batch: &mut VecDeque<Outgoing>, max_bytes: usize) -> bool {
         std::future::poll_fn(|cx| self.poll_batch(cx, batch, max_bytes)).await
     }
 
@@ -187,7 +187,7 @@ impl Outbox {
     pub fn poll_batch(
         &self,
         cx: &mut Context<'_>,
-        batch: &mut VecDeque<Out>,
+        batch: &mut VecDeque<Outgoing>,
         max_bytes: usize,
     ) -> Poll<bool> {
         debug_assert!(batch.is_empty());

@@ -18,7 +18,7 @@ use crate::committer::{CommitTask, Committer};
 use crate::config::Config;
 use crate::frames;
 use crate::password::Passwords;
-use crate::service::Shared;
+use crate::service::Service;
 use crate::sessions::Sessions;
 use crate::store::Store;
 
@@ -32,7 +32,7 @@ const TOKEN_SWEEP_ROUNDS: u32 = 10;
 
 /// A configured node, ready to serve.
 pub struct Node {
-    shared: Arc<Shared>,
+    service: Arc<Service>,
     commit: CommitTask,
 }
 
@@ -52,8 +52,10 @@ impl Node {
             cfg.commit_batch,
             cfg.commit_queue,
         );
-        let shared = Arc::new(Shared::new(cfg, store, committer, bus, sessions, passwords));
-        Ok(Node { shared, commit })
+        let service = Arc::new(Service::new(
+            cfg, store, committer, bus, sessions, passwords,
+        ));
+        Ok(Node { service, commit })
     }
 
     /// A single node with the in-process bus.
@@ -72,9 +74,9 @@ impl Node {
         })
     }
 
-    /// The node's shared state.
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// The node's chat service.
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
     }
 
     /// Accepts connections until `shutdown` fires, then stops accepting, lets
@@ -85,7 +87,7 @@ impl Node {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let sh = self.shared;
+        let sh = self.service;
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(sh.cfg.max_connections.max(1)));
         let sweeper = tokio::spawn(sweep_tokens(sh.store.clone(), shutdown.clone()));
@@ -144,7 +146,7 @@ fn admit(
     tracker: &TaskTracker,
     sock: tokio::net::TcpStream,
     client: std::net::SocketAddr,
-    sh: &Arc<Shared>,
+    sh: &Arc<Service>,
     shutdown: &CancellationToken,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
@@ -165,7 +167,7 @@ fn admit(
 async fn admit_proxied(
     mut sock: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
-    sh: Arc<Shared>,
+    sh: Arc<Service>,
     shutdown: CancellationToken,
     permit: tokio::sync::OwnedSemaphorePermit,
     tracker: TaskTracker,

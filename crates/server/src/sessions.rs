@@ -33,8 +33,8 @@ use async_trait::async_trait;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::frames::{self, PushBody};
-pub use crate::outbox::{Out, Outbox, PushError};
+use crate::frames::{self, EncodedChat};
+pub use crate::outbox::{Outbox, Outgoing, QueueError};
 use crate::store::{Store, StoreResult, StoredMessage, UserId};
 
 /// Something that happened for a user, routed to wherever their session is.
@@ -43,7 +43,7 @@ pub enum Event {
     /// A chat message with the recipient's seq.
     Chat {
         /// The encoded message.
-        push: Arc<PushBody>,
+        push: Arc<EncodedChat>,
         /// The recipient's seq for it.
         seq: i64,
     },
@@ -157,7 +157,7 @@ struct Gate {
     target: i64,
     /// Pushes directly after `target`, in order, kept so they need not be
     /// read again.
-    held: VecDeque<(i64, Arc<PushBody>)>,
+    held: VecDeque<(i64, Arc<EncodedChat>)>,
     held_bytes: usize,
     /// Highest seq known to exist beyond `target` and `held`, to be read
     /// from storage next (0: none).
@@ -175,7 +175,7 @@ struct Gate {
 /// What the catch-up does next.
 enum Step {
     Read { after: i64, upto: i64 },
-    Held(Vec<(i64, Arc<PushBody>)>),
+    Held(Vec<(i64, Arc<EncodedChat>)>),
     Done,
 }
 
@@ -267,16 +267,16 @@ impl SessionHandle {
             .contains(cmid)
     }
 
-    fn try_out(&self, out: Out) {
+    fn try_out(&self, out: Outgoing) {
         // Once closing, queue nothing more: a frame dropped for a full queue
         // must not be followed by later ones, or the client would see a seq
         // gap (and a level-1 write would confirm the dropped message).
         if self.close.is_cancelled() {
             return;
         }
-        match self.out.try_push(out) {
+        match self.out.try_send(out) {
             Ok(()) => {}
-            Err(PushError::Full) => {
+            Err(QueueError::Full) => {
                 tracing::warn!(
                     user = self.user,
                     sid = self.sid,
@@ -285,16 +285,16 @@ impl SessionHandle {
                 self.close.cancel();
             }
             // The connection is ending already.
-            Err(PushError::Closed) => self.close.cancel(),
+            Err(QueueError::Closed) => self.close.cancel(),
         }
     }
 
     /// The frame for one message at this session's level.
-    fn chat_out(&self, seq: i64, push: &PushBody) -> Out {
+    fn chat_out(&self, seq: i64, push: &EncodedChat) -> Outgoing {
         if self.level >= 2 {
             push.level2_out(seq)
         } else {
-            Out {
+            Outgoing {
                 bytes: push.level1(),
                 tail: None,
                 l1_delivered: Some((self.user, seq)),
@@ -327,7 +327,7 @@ impl SessionHandle {
                         g.presence.insert(*id, *online);
                         return;
                     }
-                    self.try_out(Out::frame(frames::presence(*id, *online)));
+                    self.try_out(Outgoing::frame(frames::presence(*id, *online)));
                 }
             }
             Event::Kick { sid } => {
@@ -340,7 +340,7 @@ impl SessionHandle {
                         return;
                     }
                     drop(g);
-                    self.try_out(Out::frame(frames::kicked()));
+                    self.try_out(Outgoing::frame(frames::kicked()));
                     self.close.cancel();
                 }
             }
@@ -348,7 +348,7 @@ impl SessionHandle {
         }
     }
 
-    fn deliver_chat(self: &Arc<Self>, seq: i64, push: &Arc<PushBody>) {
+    fn deliver_chat(self: &Arc<Self>, seq: i64, push: &Arc<EncodedChat>) {
         let mut g = self.gate();
         if seq <= g.written {
             return; // queued already
@@ -444,7 +444,7 @@ impl SessionHandle {
         g.acked = true;
         if g.kick_pending {
             drop(g);
-            self.try_out(Out::frame(frames::kicked()));
+            self.try_out(Outgoing::frame(frames::kicked()));
             self.close.cancel();
             return false;
         }
@@ -494,7 +494,7 @@ impl SessionHandle {
                         g.open = true;
                         // Under the lock, so a newer PRESENCE cannot overtake these.
                         for (id, online) in std::mem::take(&mut g.presence) {
-                            self.try_out(Out::frame(frames::presence(id, online)));
+                            self.try_out(Outgoing::frame(frames::presence(id, online)));
                         }
                     }
                     Step::Done
@@ -527,7 +527,7 @@ impl SessionHandle {
                             past = true;
                             break;
                         }
-                        let push = PushBody::new(Arc::new(m));
+                        let push = EncodedChat::new(Arc::new(m));
                         if !self.queue(self.chat_out(seq, &push)).await {
                             return Ok(());
                         }
@@ -551,14 +551,14 @@ impl SessionHandle {
 
     /// Queues a frame, waiting for space (bounded by the stall limit).
     /// False once the session is closing.
-    async fn queue(&self, out: Out) -> bool {
+    async fn queue(&self, out: Outgoing) -> bool {
         let out = match self.out.offer(out) {
             Ok(()) => return true,
-            Err((PushError::Closed, _)) => return false,
-            Err((PushError::Full, out)) => out,
+            Err((QueueError::Closed, _)) => return false,
+            Err((QueueError::Full, out)) => out,
         };
         tokio::select! {
-            r = self.out.push(out) => r.is_ok(),
+            r = self.out.send(out) => r.is_ok(),
             _ = self.close.cancelled() => false,
             _ = tokio::time::sleep(self.backlog.stall) => {
                 tracing::warn!(user = self.user, sid = self.sid, "outbound queue full while catching up; disconnecting slow client");
@@ -705,7 +705,7 @@ mod tests {
 
     fn push(seq: i64) -> Event {
         Event::Chat {
-            push: Arc::new(PushBody::new(Arc::new(message(seq)))),
+            push: Arc::new(EncodedChat::new(Arc::new(message(seq)))),
             seq,
         }
     }
@@ -797,7 +797,7 @@ mod tests {
                 h.deliver(&push(seq));
             }
             h.deliver(&push(7));
-            assert!(out.try_push(Out::frame(bytes::Bytes::new())).is_ok());
+            assert!(out.try_send(Outgoing::frame(bytes::Bytes::new())).is_ok());
             let mut batch = VecDeque::new();
             out.pop_batch(&mut batch, 1 << 20).await;
             assert_eq!(batch.len(), 2, "only seq 7 and the marker were queued");

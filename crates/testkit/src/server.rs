@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clusterchat::config::{Config, HashCost};
-use clusterchat::service::Shared;
+use clusterchat::service::Service;
 use clusterchat::store::sqlite::SqliteStore;
 use clusterchat::store::{Store, StoreOptions};
 use clusterchat::Node;
@@ -46,7 +46,7 @@ pub struct TestServer {
     /// The store the node uses (tests may break it on purpose).
     pub store: Arc<dyn Store>,
     /// The node's shared state.
-    pub shared: Arc<Shared>,
+    pub shared: Arc<Service>,
     /// The SQLite file.
     pub db: PathBuf,
     /// Keeps the temporary directory alive (None when the caller owns the path).
@@ -77,7 +77,7 @@ impl TestServer {
                 .expect("open sqlite store"),
         );
         let node = Node::single(cfg, store.clone()).expect("build node");
-        let shared = node.shared().clone();
+        let shared = node.service().clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();

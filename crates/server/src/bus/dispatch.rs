@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::Bus;
 use crate::committer::Dispatch;
-use crate::frames::PushBody;
+use crate::frames::EncodedChat;
 use crate::sessions::Event;
 use crate::store::Fanout;
 
@@ -15,7 +15,7 @@ pub struct BusDispatch(pub Arc<dyn Bus>);
 
 impl Dispatch for BusDispatch {
     fn committed(&self, fanout: &Fanout) {
-        let push = Arc::new(PushBody::new(fanout.message.clone()));
+        let push = Arc::new(EncodedChat::new(fanout.message.clone()));
         for &(user, seq) in &fanout.deliveries {
             self.0.send(
                 user,

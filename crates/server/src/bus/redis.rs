@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, OnceCell};
 use tokio_util::sync::CancellationToken;
 
 use super::Bus;
-use crate::frames::PushBody;
+use crate::frames::EncodedChat;
 use crate::sessions::{Event, Sessions};
 use crate::store::{StoredMessage, Target, UserId};
 
@@ -144,7 +144,7 @@ impl RedisBus {
         match v["t"].as_str() {
             Some("c") => {
                 if let (Some(seq), Some(m)) = (v["seq"].as_i64(), decode_message(&v["m"])) {
-                    let push = Arc::new(PushBody::new(Arc::new(m)));
+                    let push = Arc::new(EncodedChat::new(Arc::new(m)));
                     self.sessions.deliver(user, &Event::Chat { push, seq });
                 }
             }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{Ran, ReplyTo};
 use crate::error::ServiceError;
 use crate::request::Request;
-use crate::service::{Session, Shared};
+use crate::service::{Service, Session};
 use crate::store::UserId;
 
 /// The session holds every message up to `seq`.
@@ -27,7 +27,7 @@ impl Delivered {
     }
 
     /// Hands the confirmation to the committer without waiting for the commit.
-    pub fn run(self, sh: &Arc<Shared>, to: ReplyTo) -> Ran {
+    pub fn run(self, sh: &Arc<Service>, to: ReplyTo) -> Ran {
         let committer = sh.committer.clone();
         let Delivered { user, seq } = self;
         let work = async move {

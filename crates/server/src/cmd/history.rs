@@ -10,7 +10,7 @@ use super::{Ran, ReplyTo};
 use crate::error::ServiceError;
 use crate::frames;
 use crate::request::Request;
-use crate::service::{Session, Shared};
+use crate::service::{Service, Session};
 use crate::store::{Conversation, UserId};
 
 /// Encoded messages in one HISTORY reply at most (PROTOCOL.md, "HISTORY
@@ -60,7 +60,7 @@ impl History {
     }
 
     /// Reads the page while the connection reads on.
-    pub fn run(self, sh: &Arc<Shared>, to: ReplyTo) -> Ran {
+    pub fn run(self, sh: &Arc<Service>, to: ReplyTo) -> Ran {
         let sh = sh.clone();
         to.queue(async move { self.page(&sh).await }, |to, (list, more)| {
             to.ack(vec![
@@ -70,7 +70,7 @@ impl History {
         })
     }
 
-    async fn page(self, sh: &Shared) -> Result<(Vec<Value>, bool), ServiceError> {
+    async fn page(self, sh: &Service) -> Result<(Vec<Value>, bool), ServiceError> {
         match self.conv {
             Conversation::Direct(_, peer) => {
                 if sh.store.find_user(peer).await?.is_none() {
@@ -85,7 +85,9 @@ impl History {
                         "you are not a member of this group",
                     ))
                 }
-                Err(e) => return Err(ServiceError::from(e).say(Errno::NotFound, "no such group")),
+                Err(e) => {
+                    return Err(ServiceError::from(e).reworded(Errno::NotFound, "no such group"))
+                }
             },
         }
         // One row more than asked for tells whether older ones remain.

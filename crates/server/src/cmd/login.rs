@@ -10,7 +10,7 @@ use super::{Link, ReplyTo};
 use crate::error::ServiceError;
 use crate::password::{new_token, token_hash};
 use crate::request::{check_bytes, Request};
-use crate::service::{replay, session, Session, Shared};
+use crate::service::{replay, session, Service, Session};
 use crate::sessions::{Event, SessionHandle};
 use crate::store::{StoreError, TokenIssued, TokenRequest, UserId};
 
@@ -34,7 +34,7 @@ enum Secret {
 impl Login {
     /// Parses `id`, `v`, `password` or (level 2) `token`, and `last_seq`.
     /// A connection that is logged in must log out first.
-    pub fn parse(req: &Request, me: Option<&Session>, sh: &Shared) -> Result<Login, ServiceError> {
+    pub fn parse(req: &Request, me: Option<&Session>, sh: &Service) -> Result<Login, ServiceError> {
         if me.is_some() {
             return Err(ServiceError::new(
                 Errno::Forbidden,
@@ -82,7 +82,7 @@ impl Login {
     /// the session is in `link.session`, and friends hear PRESENCE.
     pub async fn run(
         self,
-        sh: &Arc<Shared>,
+        sh: &Arc<Service>,
         link: &mut Link<'_>,
         to: &ReplyTo,
     ) -> Result<(), ServiceError> {
@@ -163,7 +163,7 @@ impl Login {
     /// and returns the user's name. A storage failure is errno 10, never 1.
     async fn authenticate(
         &self,
-        sh: &Shared,
+        sh: &Service,
         link: &Link<'_>,
         token: Option<&str>,
     ) -> Result<String, ServiceError> {

@@ -5,9 +5,9 @@ use bytes::Bytes;
 
 use super::{Link, ReplyTo};
 use crate::error::ServiceError;
-use crate::outbox::Out;
+use crate::outbox::Outgoing;
 use crate::request::Request;
-use crate::service::{session, Session, Shared};
+use crate::service::{session, Service, Session};
 
 /// The end of a session.
 #[derive(Debug)]
@@ -23,7 +23,7 @@ impl Logout {
     /// Ends the session once what was written for it is confirmed.
     pub async fn run(
         self,
-        sh: &Shared,
+        sh: &Service,
         link: &mut Link<'_>,
         to: &ReplyTo,
     ) -> Result<Option<Bytes>, ServiceError> {
@@ -32,7 +32,7 @@ impl Logout {
             // confirmations land before the session ends, so a quick
             // re-login is not handed them again.
             let (done, flushed) = tokio::sync::oneshot::channel();
-            if link.out.offer(Out::barrier(done)).is_ok() {
+            if link.out.offer(Outgoing::barrier(done)).is_ok() {
                 let _ = tokio::time::timeout(sh.cfg.shutdown_grace, flushed).await;
             }
         }

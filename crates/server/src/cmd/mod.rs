@@ -31,7 +31,7 @@ use crate::error::ServiceError;
 use crate::frames;
 use crate::outbox::Outbox;
 use crate::request::Request;
-use crate::service::{Session, Shared};
+use crate::service::{Service, Session};
 
 pub use delivered::Delivered;
 pub use history::History;
@@ -171,7 +171,7 @@ impl Command {
     pub fn parse(
         req: &Request,
         me: Option<&Session>,
-        sh: &Shared,
+        sh: &Service,
     ) -> Result<Command, ServiceError> {
         let logged_in = || me.ok_or_else(ServiceError::not_logged_in);
         Ok(match req.msgid {
@@ -205,7 +205,7 @@ impl Command {
 
     /// Runs the command. Pipelined work comes back [`Ran::Queued`]; an
     /// exclusive command has finished when this returns.
-    pub async fn run(self, sh: &Arc<Shared>, link: &mut Link<'_>, to: ReplyTo) -> Ran {
+    pub async fn run(self, sh: &Arc<Service>, link: &mut Link<'_>, to: ReplyTo) -> Ran {
         match self {
             Command::Login(c) => Ran::Done(c.run(sh, link, &to).await.err().map(|e| to.error(&e))),
             Command::Logout(c) => Ran::Done(to.answer(c.run(sh, link, &to).await)),

@@ -11,7 +11,7 @@ use crate::error::ServiceError;
 use crate::frames;
 use crate::names;
 use crate::request::{check_bytes, Request};
-use crate::service::Shared;
+use crate::service::Service;
 use crate::store::StoreError;
 
 /// A new account.
@@ -24,7 +24,7 @@ pub struct Register {
 
 impl Register {
     /// Parses `name` (the name rules) and `password`.
-    pub fn parse(req: &Request, sh: &Shared) -> Result<Register, ServiceError> {
+    pub fn parse(req: &Request, sh: &Service) -> Result<Register, ServiceError> {
         let lim = &sh.cfg.limits;
         let name = req.chars("name", 1, lim.name_chars)?.to_owned();
         let password = req.str("password")?.to_owned();
@@ -40,7 +40,7 @@ impl Register {
     }
 
     /// Creates the account, within the per-address registration rate.
-    pub fn run(self, sh: &Arc<Shared>, ip: IpAddr, to: ReplyTo) -> Ran {
+    pub fn run(self, sh: &Arc<Service>, ip: IpAddr, to: ReplyTo) -> Ran {
         if !sh.guards.reg.take(ip) {
             let e = ServiceError::new(
                 Errno::RateLimited,

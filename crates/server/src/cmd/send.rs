@@ -8,7 +8,7 @@ use chat_protocol::{limits, msgid, time::unix_now, Errno};
 use super::{Ran, ReplyTo};
 use crate::error::ServiceError;
 use crate::request::{check_bytes, Request};
-use crate::service::{delivery, Session, Shared};
+use crate::service::{delivery, Service, Session};
 use crate::sessions::SessionHandle;
 use crate::store::{Appended, Fanout, NewMessage, Target};
 
@@ -24,7 +24,7 @@ pub struct Send {
 impl Send {
     /// Parses ONE_CHAT (`toid`, or `to`) or GROUP_CHAT (`groupid`), with
     /// `msg` and an optional `cmid`.
-    pub fn parse(req: &Request, s: &Session, sh: &Shared) -> Result<Send, ServiceError> {
+    pub fn parse(req: &Request, s: &Session, sh: &Service) -> Result<Send, ServiceError> {
         req.check_self(s.user)?;
         let target = if req.msgid == msgid::ONE_CHAT {
             Target::User(req.int_or("toid", "to")?)
@@ -52,7 +52,7 @@ impl Send {
 
     /// Queues the message for the next commit now, in request order; the
     /// reply (the mid, at level 2) waits for durability.
-    pub fn run(self, sh: &Arc<Shared>, to: ReplyTo) -> Ran {
+    pub fn run(self, sh: &Arc<Service>, to: ReplyTo) -> Ran {
         let Send { message, handle } = self;
         let sender = message.sender;
         if !sh.guards.fanout.has_credit(sender) {
@@ -95,7 +95,7 @@ impl Send {
                     mid
                 }
                 Err(e) => {
-                    return Err(ServiceError::from(e).say(
+                    return Err(ServiceError::from(e).reworded(
                         Errno::NotFound,
                         match target {
                             Target::User(_) => "no such user",

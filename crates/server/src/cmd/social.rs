@@ -8,7 +8,7 @@ use super::ReplyTo;
 use crate::error::ServiceError;
 use crate::names;
 use crate::request::{check_chars, Request};
-use crate::service::{Session, Shared};
+use crate::service::{Service, Session};
 use crate::store::{GroupId, StoreError, UserId};
 use bytes::Bytes;
 
@@ -36,7 +36,7 @@ enum Change {
 
 impl Social {
     /// Parses any of the six requests.
-    pub fn parse(req: &Request, s: &Session, sh: &Shared) -> Result<Social, ServiceError> {
+    pub fn parse(req: &Request, s: &Session, sh: &Service) -> Result<Social, ServiceError> {
         req.check_self(s.user)?;
         let change = match req.msgid {
             msgid::ADD_FRIEND => {
@@ -75,7 +75,7 @@ impl Social {
     }
 
     /// Makes the change, within the user's quotas.
-    pub async fn run(self, sh: &Shared, to: &ReplyTo) -> Result<Option<Bytes>, ServiceError> {
+    pub async fn run(self, sh: &Service, to: &ReplyTo) -> Result<Option<Bytes>, ServiceError> {
         let me = self.me;
         let grows = matches!(
             self.change,
@@ -157,14 +157,14 @@ mod quota {
     use chat_protocol::Errno;
 
     use crate::error::ServiceError;
-    use crate::service::Shared;
+    use crate::service::Service;
     use crate::store::{GroupId, UserId};
 
     fn over(what: String) -> ServiceError {
         ServiceError::new(Errno::Forbidden, format!("quota reached: {what}"))
     }
 
-    pub async fn friends(sh: &Shared, me: UserId, friend: UserId) -> Result<(), ServiceError> {
+    pub async fn friends(sh: &Service, me: UserId, friend: UserId) -> Result<(), ServiceError> {
         let max = sh.cfg.quotas.friends;
         if max <= 0 {
             return Ok(());
@@ -180,7 +180,7 @@ mod quota {
         Ok(())
     }
 
-    pub async fn groups_created(sh: &Shared, me: UserId) -> Result<(), ServiceError> {
+    pub async fn groups_created(sh: &Service, me: UserId) -> Result<(), ServiceError> {
         let max = sh.cfg.quotas.groups_created;
         if max > 0 && sh.store.created_count(me).await? >= max {
             return Err(over(format!("at most {max} groups created per user")));
@@ -188,7 +188,7 @@ mod quota {
         Ok(())
     }
 
-    pub async fn group_members(sh: &Shared, g: GroupId) -> Result<(), ServiceError> {
+    pub async fn group_members(sh: &Service, g: GroupId) -> Result<(), ServiceError> {
         let max = sh.cfg.quotas.group_members;
         if max > 0 && sh.store.member_count(g).await? >= max {
             return Err(over(format!("at most {max} members per group")));
@@ -212,7 +212,7 @@ fn reword(
         (Errno::Forbidden, forbidden),
     ] {
         if !msg.is_empty() {
-            err = err.say(errno, msg);
+            err = err.reworded(errno, msg);
         }
     }
     err

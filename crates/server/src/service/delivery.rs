@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use super::Shared;
+use super::Service;
 use crate::committer::Committer;
 use crate::outbox::Written;
 use crate::sessions::Event;
@@ -30,7 +30,7 @@ impl Written for Confirmations {
 /// online recipient's session is told to redeliver (read from storage, in
 /// seq order, from where it stands: a no-op for one that has it already);
 /// offline recipients get it at their next login.
-pub async fn redeliver_message(sh: &Shared, sender: UserId, target: Target, mid: i64) {
+pub async fn redeliver_message(sh: &Service, sender: UserId, target: Target, mid: i64) {
     let recipients: Vec<UserId> = match target {
         Target::User(u) => vec![u],
         Target::Group(g) => match sh.store.groups_of(sender).await {

@@ -21,9 +21,11 @@ use crate::store::{Store, UserId};
 use crate::throttle::{AddrConns, FailureThrottle, LogEvery, RateLimiter};
 pub use session::Session;
 
-/// State shared by every connection of one server instance. Passed around
-/// explicitly, so several servers can live in one process (tests do).
-pub struct Shared {
+/// The chat service of one node: its configuration, storage, group commit,
+/// bus, sessions, password hashing and limits, which every connection and
+/// command uses. Passed around explicitly (no singleton), so several nodes
+/// can live in one process (tests do).
+pub struct Service {
     /// Tuning and limits.
     pub cfg: Config,
     /// Storage.
@@ -45,7 +47,7 @@ pub struct Shared {
     next_sid: AtomicU64,
 }
 
-impl Shared {
+impl Service {
     /// Assembles the state.
     pub fn new(
         cfg: Config,
@@ -64,7 +66,7 @@ impl Shared {
             std::time::Duration::from_secs(30),
         ));
         let guards = Guards::new(&cfg);
-        Shared {
+        Service {
             written: Arc::new(delivery::Confirmations(committer.clone())),
             backlog,
             guards,

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use chat_protocol::reply::{LoginAck, Member};
 use serde_json::Value;
 
-use super::{Session, Shared};
+use super::{Service, Session};
 use crate::cmd::Link;
 use crate::error::ServiceError;
-use crate::frames::PushBody;
-use crate::outbox::Out;
+use crate::frames::EncodedChat;
+use crate::outbox::Outgoing;
 use crate::store::{GroupInfo, Person, UserId};
 
 /// Who the user knows, and which of them are online: the lists in the ack.
@@ -50,7 +50,7 @@ fn ack(s: &Session, c: Contacts<'_>, token: Option<String>) -> LoginAck {
 /// Queues the login ack and the first page of the backlog, then lets the
 /// session's gate read the rest and open for live delivery.
 pub async fn login(
-    sh: &Shared,
+    sh: &Service,
     link: &Link<'_>,
     s: &Session,
     contacts: Contacts<'_>,
@@ -72,7 +72,7 @@ pub async fn login(
         // The first page travels inside the ack, the classic way.
         for (seq, m) in pending.drain(..) {
             floor = seq;
-            ack.offline(PushBody::new(Arc::new(m)).level1_text());
+            ack.offline(EncodedChat::new(Arc::new(m)).level1_text());
         }
         if floor > 0 {
             l1_delivered = Some((s.user, floor));
@@ -80,7 +80,7 @@ pub async fn login(
     }
     // The ack goes first: the gate queues no live push until the replay is
     // done, so none can overtake it.
-    let ack = Out {
+    let ack = Outgoing {
         bytes: ack.encode(reqid),
         tail: None,
         l1_delivered,
@@ -93,7 +93,7 @@ pub async fn login(
         return Ok(());
     }
     for (seq, m) in pending {
-        let push = PushBody::new(Arc::new(m));
+        let push = EncodedChat::new(Arc::new(m));
         queue(link, push.level2_out(seq)).await?;
         floor = seq;
     }
@@ -104,9 +104,9 @@ pub async fn login(
 }
 
 /// Waits for room in the connection's queue, unless it closes first.
-async fn queue(link: &Link<'_>, out: Out) -> Result<(), ServiceError> {
+async fn queue(link: &Link<'_>, out: Outgoing) -> Result<(), ServiceError> {
     tokio::select! {
-        r = link.out.push(out) => r.map_err(|_| ServiceError::busy("connection closed")),
+        r = link.out.send(out) => r.map_err(|_| ServiceError::busy("connection closed")),
         _ = link.close.cancelled() => Err(ServiceError::busy("connection closed")),
     }
 }

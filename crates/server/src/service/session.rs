@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::Shared;
+use super::Service;
 use crate::sessions::{Event, SessionHandle};
 use crate::store::UserId;
 
@@ -22,7 +22,7 @@ pub struct Session {
 /// Ends a session: unregisters it (unless a newer login already replaced
 /// it), tells friends it went offline, and with `revoke` (LOGINOUT) drops
 /// the user's tokens.
-pub async fn end(sh: &Shared, s: &Session, revoke: bool) {
+pub async fn end(sh: &Service, s: &Session, revoke: bool) {
     if revoke {
         if let Err(e) = sh.committer.revoke_tokens(s.user).await {
             tracing::warn!(user = s.user, error = %e, "could not revoke tokens");
