@@ -1,249 +1,18 @@
 //! End to end: the real `chat-server` binary on a free loopback port with a
 //! temporary SQLite database, driven by real `chat` processes through their
-//! stdin and stdout (not terminals, so the client reads and prints plain
-//! lines). Every read has a timeout, and every child is killed on drop.
+//! stdin and stdout (pipes, so the client reads and prints plain lines; see
+//! [`harness`]) or through a pseudo-terminal (so it runs its line editor; see
+//! [`term`]). Every read has a timeout, and every child is killed on drop.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+mod harness;
+mod term;
+
+use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Longest wait for any one expected line.
-const TIMEOUT: Duration = Duration::from_secs(30);
-
-fn chat_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_chat"))
-}
-
-/// The server binary sits next to the client's in the target directory.
-fn server_exe() -> PathBuf {
-    let exe = chat_exe().with_file_name(format!("chat-server{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        exe.exists(),
-        "the server binary is missing at {}: build it first with `cargo build -p clusterchat-server` \
-         (`cargo test --workspace` builds it)",
-        exe.display()
-    );
-    exe
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running `chat-server`, killed on drop.
-struct Server {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        // The port is free now; a race with another process is possible but
-        // shows up as a clear failure below.
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = Server::spawn(dir.path(), &addr);
-        Server {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    /// Kills the server as a crash would, then starts it again on the same
-    /// address and database.
-    fn crash_and_restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = Server::spawn(self._dir.path(), &self.addr);
-    }
-
-    fn spawn(dir: &Path, addr: &str) -> Child {
-        let exe = server_exe();
-        let db = dir.join("chat.db");
-        let mut child = Command::new(&exe)
-            .args(["--listen", addr])
-            .arg("--database-url")
-            .arg(format!("sqlite://{}", db.display()))
-            .args(["--argon2-m-kib", "1024", "--argon2-t", "1"])
-            .args(["--sqlite-synchronous", "normal", "--log", "warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                panic!("chat-server exited early with {st}");
-            }
-            if TcpStream::connect(addr).is_ok() {
-                return child;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chat-server did not listen on {addr} in time"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A running `chat` client fed through stdin, its stdout read line by line.
-struct Client {
-    who: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Client {
-    fn start(who: &str, addr: &str, state_dir: &Path) -> Client {
-        Client::start_with(who, addr, state_dir, &[])
-    }
-
-    fn start_with(who: &str, addr: &str, state_dir: &Path, extra: &[&str]) -> Client {
-        let mut child = Command::new(chat_exe())
-            .arg(addr)
-            .args(extra)
-            .env("CHAT_STATE_DIR", state_dir)
-            .env_remove("CHAT_SERVER")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot start chat");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Client {
-            who: who.to_owned(),
-            stdin: child.stdin.take(),
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin is open");
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn fail(&self, what: &str) -> ! {
-        panic!(
-            "{}: {what}\n--- {} printed ---\n{}",
-            self.who,
-            self.who,
-            self.seen.join("\n")
-        )
-    }
-
-    /// Reads lines up to and including the first that contains `needle`.
-    fn until(&mut self, needle: &str) -> Vec<String> {
-        let deadline = Instant::now() + TIMEOUT;
-        let mut got = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    let hit = line.contains(needle);
-                    got.push(line);
-                    if hit {
-                        return got;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.fail(&format!("timed out waiting for {needle:?}"))
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.fail(&format!("exited while waiting for {needle:?}"))
-                }
-            }
-        }
-    }
-
-    /// The first line that contains `needle` (earlier lines are skipped).
-    fn expect(&mut self, needle: &str) -> String {
-        self.until(needle).pop().unwrap()
-    }
-
-    /// Registers through the menu; returns the new user id.
-    fn register(&mut self, name: &str, password: &str) -> i64 {
-        self.expect("3. quit");
-        self.send("2");
-        self.send(name);
-        self.send(password);
-        let line = self.expect("your id is");
-        let id = line
-            .split("your id is ")
-            .nth(1)
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| self.fail(&format!("no id in {line:?}")));
-        assert!(line.contains(name), "{line}");
-        id
-    }
-
-    /// Logs in through the menu (the menu must be showing).
-    fn login(&mut self, id: i64, password: &str, name: &str) {
-        self.send("1");
-        self.send(&id.to_string());
-        self.send(password);
-        self.expect(&format!("logged in as {name}({id})"));
-        self.expect("type help");
-    }
-
-    fn close_stdin(&mut self) {
-        self.stdin.take();
-    }
-
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            if Instant::now() > deadline {
-                self.fail("did not exit in time");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use harness::{chat_exe, free_port, Client, Server};
+use term::Term;
 
 /// The mid in "message sent (mid N)".
 fn mid_of(line: &str) -> i64 {
@@ -594,4 +363,46 @@ fn a_refused_connection_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot connect to 127.0.0.1:"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// How long a terminal test waits for the reply to a line typed in one
+/// burst. Far longer than the client needs; a line left waiting for another
+/// key press never gets a reply at all.
+const BURST_REPLY: Duration = Duration::from_secs(10);
+
+#[test]
+fn a_line_typed_in_one_burst_is_handled_without_another_key() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut t = Term::start("terminal", &server.addr, state.path());
+    // Each line (its text and Enter) is one write, as `tmux send-keys`, a
+    // script, or an input method committing a whole phrase sends it.
+    for (prompt, line) in [
+        ("choice: ", "2"),
+        ("name: ", "中文输入法"),
+        ("password: ", "bobpw"),
+    ] {
+        t.expect(prompt);
+        t.type_in(&format!("{line}\r"));
+    }
+    if !t.wait_for("registered 中文输入法: your id is ", BURST_REPLY) {
+        t.fail("the burst was not handled without another key");
+    }
+    t.expect(";");
+    let text = t.text();
+    let id = text
+        .rsplit("your id is ")
+        .next()
+        .and_then(|r| r.split(';').next())
+        .unwrap_or_default()
+        .to_owned();
+    t.expect("choice: ");
+    t.type_in("1\r");
+    t.expect("id: ");
+    t.type_in(&format!("{id}\r"));
+    t.expect("password: ");
+    t.type_in("bobpw\r");
+    if !t.wait_for(&format!("logged in as 中文输入法({id})"), BURST_REPLY) {
+        t.fail("the login burst was not handled without another key");
+    }
 }
