@@ -2,6 +2,10 @@
 //! 3. quit), log in at level 2 (with the password, or the saved token), run
 //! the session, and come back to the menu after loginout or a lost
 //! connection.
+//!
+//! At a terminal a failed step is said and the menu comes back. Piped (a
+//! script), the client fails fast instead: it stops with a [`Failure`] whose
+//! exit status is one of [`exit`], so the script can tell what went wrong.
 
 use std::collections::HashMap;
 use std::future::pending;
@@ -20,6 +24,27 @@ use crate::ui::{clean, Input, Printer, Ui};
 
 /// How long LOGIN and REG may take (password hashing is slow on purpose).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The exit statuses of `chat` (2 is a bad command line, from clap).
+pub mod exit {
+    /// The server cannot be reached at start, or the client cannot run.
+    pub const ERROR: u8 = 1;
+    /// Piped only: login or registration refused, or a menu line that is not
+    /// a valid choice, id or password.
+    pub const REFUSED: u8 = 3;
+    /// Piped only: the connection to the server was lost, or the session was
+    /// replaced by a login elsewhere (KICKED).
+    pub const DISCONNECTED: u8 = 4;
+}
+
+/// Why the client stops with a non-zero exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The exit status, one of [`exit`].
+    pub code: u8,
+    /// What went wrong, for stderr.
+    pub message: String,
+}
 
 /// What the command line decided.
 #[derive(Debug, Clone)]
@@ -40,11 +65,14 @@ pub struct App {
     store: Option<StateStore>,
     conn: Option<Conn>,
     deliveries: HashMap<i64, Delivery>,
+    /// The last failed step, for a script's exit status.
+    failure: Option<Failure>,
 }
 
 enum Choice {
     Quit,
     LoggedIn(Box<Session>, Conn),
+    Fail(Failure),
 }
 
 /// The outcome of a prompt or a request inside the menu.
@@ -75,36 +103,59 @@ impl App {
             store,
             conn: None,
             deliveries: HashMap::new(),
+            failure: None,
             cfg,
         }
     }
 
-    /// Runs until the user quits. Fails only when the server cannot be
-    /// reached at start.
-    pub async fn run(mut self) -> anyhow::Result<()> {
-        self.conn = Some(Conn::connect(&self.cfg.server).await?);
+    /// Runs until the user quits. Fails when the server cannot be reached at
+    /// start and, when piped, at the first failed login, registration or
+    /// menu line, and when the connection is lost.
+    pub async fn run(mut self) -> Result<(), Failure> {
+        let conn = Conn::connect(&self.cfg.server).await.map_err(|e| Failure {
+            code: exit::ERROR,
+            message: format!("{e:#}"),
+        })?;
+        self.conn = Some(conn);
         self.out.line(format!("connected to {}", self.cfg.server));
         if self.store.is_none() {
             self.out.line(
                 "note: no state directory (see --state-dir), so delivery state and sessions are not saved",
             );
         }
-        loop {
+        let result = loop {
             match self.menu().await {
-                Choice::Quit => break,
+                Choice::Quit => break Ok(()),
+                Choice::Fail(f) => break Err(f),
                 Choice::LoggedIn(session, conn) => {
                     let o = session.run(conn, &mut self.ui).await;
                     self.deliveries.insert(o.user, o.delivery);
                     self.conn = o.conn;
-                    if o.next == Next::Exit {
-                        break;
+                    match o.next {
+                        Next::Exit => break Ok(()),
+                        Next::Menu => {}
+                        Next::Dropped(why) if !self.ui.interactive() => {
+                            break Err(Failure {
+                                code: exit::DISCONNECTED,
+                                message: why,
+                            })
+                        }
+                        Next::Dropped(_) => {}
                     }
                 }
             }
+        };
+        if result.is_ok() {
+            self.out.line("bye");
         }
-        self.out.line("bye");
         self.ui.finish();
-        Ok(())
+        result
+    }
+
+    /// Says why a menu step failed, and keeps it for a script's exit status.
+    fn fail(&mut self, code: u8, message: String) {
+        self.out.line(message.clone());
+        self.failure = Some(Failure { code, message });
     }
 
     fn print_menu(&self) {
@@ -157,10 +208,18 @@ impl App {
                     }
                 }
                 "3" | "quit" | "exit" => return Choice::Quit,
-                other => self.out.line(format!(
-                    "invalid choice \"{}\": type 1 to log in, 2 to register, 3 to quit",
-                    clean(other)
-                )),
+                other => {
+                    let msg = format!(
+                        "invalid choice \"{}\": type 1 to log in, 2 to register, 3 to quit",
+                        clean(other)
+                    );
+                    self.fail(exit::REFUSED, msg);
+                }
+            }
+            if let Some(f) = self.failure.take() {
+                if !self.ui.interactive() {
+                    return Choice::Fail(f);
+                }
             }
             self.print_menu();
         }
@@ -171,7 +230,7 @@ impl App {
             match Conn::connect(&self.cfg.server).await {
                 Ok(c) => self.conn = Some(c),
                 Err(e) => {
-                    self.out.line(format!("{e:#}"));
+                    self.fail(exit::DISCONNECTED, format!("{e:#}"));
                     return None;
                 }
             }
@@ -192,7 +251,7 @@ impl App {
             Ok(r) => r,
             Err(e) => {
                 self.conn = None;
-                self.out.line(format!("{what} failed: {e:#}"));
+                self.fail(exit::DISCONNECTED, format!("{what} failed: {e:#}"));
                 return None;
             }
         };
@@ -219,13 +278,13 @@ impl App {
             Ok(Ok(f)) => f,
             Ok(Err(why)) => {
                 self.conn = None;
-                self.out.line(format!("{what} failed: {why}"));
+                self.fail(exit::DISCONNECTED, format!("{what} failed: {why}"));
                 return None;
             }
             Err(_) => {
                 self.conn = None;
-                self.out
-                    .line(format!("{what} failed: no reply from the server"));
+                let msg = format!("{what} failed: no reply from the server");
+                self.fail(exit::DISCONNECTED, msg);
                 return None;
             }
         };
@@ -257,10 +316,11 @@ impl App {
             Attempt::Quit => return Attempt::Quit,
         };
         let Some(id) = parse_id(&line) else {
-            self.out.line(format!(
+            let msg = format!(
                 "\"{}\" is not a user id: the id is the number you got when you registered",
                 clean(line.trim())
-            ));
+            );
+            self.fail(exit::REFUSED, msg);
             return Attempt::Failed;
         };
         let mut saved = self.load_state(id);
@@ -284,7 +344,7 @@ impl App {
             (false, _) => Secret::Password(&password),
             (true, Some(t)) => Secret::Token(t),
             (true, None) => {
-                self.out.line("the password must not be empty");
+                self.fail(exit::REFUSED, "the password must not be empty".into());
                 return Attempt::Failed;
             }
         };
@@ -347,12 +407,13 @@ impl App {
         Attempt::Done((Box::new(session), conn))
     }
 
-    fn login_failed(&self, ack: &Map<String, Value>) {
-        self.out.line(format!(
+    fn login_failed(&mut self, ack: &Map<String, Value>) {
+        let msg = format!(
             "login failed: error {}: {}",
             int(ack, "errno").unwrap_or(-1),
             clean(text(ack, "errmsg"))
-        ));
+        );
+        self.fail(exit::REFUSED, msg);
     }
 
     async fn send_login(
@@ -377,7 +438,7 @@ impl App {
             Attempt::Quit => return Attempt::Quit,
         };
         if name.trim().is_empty() {
-            self.out.line("the name must not be empty");
+            self.fail(exit::REFUSED, "the name must not be empty".into());
             return Attempt::Failed;
         }
         let password = match self.ask("password: ").await {
@@ -386,7 +447,7 @@ impl App {
             Attempt::Quit => return Attempt::Quit,
         };
         if password.is_empty() {
-            self.out.line("the password must not be empty");
+            self.fail(exit::REFUSED, "the password must not be empty".into());
             return Attempt::Failed;
         }
         let reg = Request::Register {
@@ -405,11 +466,12 @@ impl App {
                 Attempt::Done(())
             }
             (errno, _) => {
-                self.out.line(format!(
+                let msg = format!(
                     "register failed: error {}: {}",
                     errno.unwrap_or(-1),
                     clean(text(&ack, "errmsg"))
-                ));
+                );
+                self.fail(exit::REFUSED, msg);
                 Attempt::Failed
             }
         }

@@ -35,6 +35,16 @@ When stdin is not a terminal, the client reads plain lines and prints
 one line per event, so it can be scripted:
   printf '1\\n5\\nsecret\\nchat:6:hello\\nquit\\n' | chat 127.0.0.1:6000
 
+Piped, the client fails fast: at a failed login or registration, a menu
+line that is not valid, or a lost connection it stops, says why on stderr
+and exits with a status a script can test:
+  0  quit, or end of input
+  1  the server cannot be reached at start
+  2  bad command line
+  3  login or registration refused, or an invalid menu line
+  4  connection lost, or the session replaced by a login elsewhere
+At a terminal it says what failed and shows the menu again.
+
 The client keeps, per server and user, the highest message seq it holds
 (sent at login so old messages are not replayed) and a login token that
 lets an empty password resume the session.";
@@ -84,15 +94,15 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("chat: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(app::exit::ERROR);
         }
     };
     let ui = ui::Ui::new();
     match rt.block_on(app::App::new(settings, ui).run()) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("chat: {e:#}");
-            ExitCode::FAILURE
+        Err(f) => {
+            eprintln!("chat: {}", f.message);
+            ExitCode::from(f.code)
         }
     }
 }

@@ -83,6 +83,7 @@ pub struct Ui {
     resp: mpsc::UnboundedReceiver<Input>,
     pending: bool,
     out: Printer,
+    interactive: bool,
 }
 
 impl Ui {
@@ -95,6 +96,12 @@ impl Ui {
             }
         }
         Self::plain()
+    }
+
+    /// True when a person types at a terminal; false for scripts and pipes,
+    /// which must fail fast rather than wait at a menu.
+    pub fn interactive(&self) -> bool {
+        self.interactive
     }
 
     /// A printer for output that may arrive at any time.
@@ -134,6 +141,7 @@ impl Ui {
             resp: resp_rx,
             pending: false,
             out: Printer { tty: None },
+            interactive: false,
         }
     }
 
@@ -208,6 +216,7 @@ impl Ui {
             resp: resp_rx,
             pending: false,
             out: Printer { tty },
+            interactive: true,
         })
     }
 

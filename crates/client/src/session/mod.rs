@@ -32,10 +32,13 @@ const CONFIRM_DELAY: Duration = Duration::from_millis(50);
 const REPLY_WAIT: Duration = Duration::from_secs(10);
 
 /// What comes after a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
-    /// Back to the login menu.
+    /// Back to the login menu (after loginout).
     Menu,
+    /// The connection was lost or the session kicked (the text says which):
+    /// back to the menu at a terminal, a failure when piped.
+    Dropped(String),
     /// Exit the program.
     Exit,
 }
@@ -266,25 +269,30 @@ impl Session {
                     phase = Phase::Exiting(Instant::now() + REPLY_WAIT);
                 }
                 Step::Lost(why) => {
-                    self.out
-                        .line(format!("connection to the server lost: {why}"));
+                    let why = format!("connection to the server lost: {why}");
+                    self.out.line(why.clone());
                     self.save_state();
                     if exiting {
                         return self.end(Next::Exit, None);
                     }
-                    self.out.line(
-                        "back to the menu: log in again to reconnect (Enter on the password uses the saved session)",
-                    );
-                    return self.end(Next::Menu, None);
+                    if ui.interactive() {
+                        self.out.line(
+                            "back to the menu: log in again to reconnect (Enter on the password uses the saved session)",
+                        );
+                    }
+                    return self.end(Next::Dropped(why), None);
                 }
                 Step::Kicked(why) => {
-                    self.out.line(format!("kicked by the server: {why}"));
+                    let why = format!("kicked by the server: {why}");
+                    self.out.line(why.clone());
                     self.save_state();
                     if exiting {
                         return self.end(Next::Exit, None);
                     }
-                    self.out.line("back to the menu");
-                    return self.end(Next::Menu, None);
+                    if ui.interactive() {
+                        self.out.line("back to the menu");
+                    }
+                    return self.end(Next::Dropped(why), None);
                 }
             }
             if matches!(phase, Phase::Exiting(_)) && !self.awaiting_replies() {

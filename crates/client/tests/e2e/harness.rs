@@ -3,11 +3,12 @@
 //! ([`Client`]) or through a pseudo-terminal ([`Term`], in `term.rs`). Every
 //! read has a timeout, and every child is killed on drop.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -112,6 +113,7 @@ pub struct Client {
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
     seen: Vec<String>,
+    stderr: Arc<Mutex<String>>,
 }
 
 impl Client {
@@ -127,9 +129,20 @@ impl Client {
             .env_remove("CHAT_SERVER")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("cannot start chat");
+        let mut err = child.stderr.take().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = err.read(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
@@ -146,6 +159,7 @@ impl Client {
             child,
             lines: rx,
             seen: Vec::new(),
+            stderr,
         }
     }
 
@@ -157,11 +171,17 @@ impl Client {
 
     pub fn fail(&self, what: &str) -> ! {
         panic!(
-            "{}: {what}\n--- {} printed ---\n{}",
+            "{}: {what}\n--- {} printed ---\n{}\n--- and on stderr ---\n{}",
             self.who,
             self.who,
-            self.seen.join("\n")
+            self.seen.join("\n"),
+            self.stderr()
         )
+    }
+
+    /// What the client wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// Reads lines up to and including the first that contains `needle`.

@@ -34,20 +34,6 @@ fn two_users_chat_befriend_and_share_a_group() {
     let bob = b.register("bob", "pw-bob");
     assert_ne!(alice, bob);
 
-    // A taken name is refused with the protocol's errno.
-    a.expect("3. quit");
-    a.send("2");
-    a.send("bob");
-    a.send("whatever");
-    a.expect("register failed: error 1");
-    // A wrong password too.
-    a.expect("3. quit");
-    a.send("1");
-    a.send(&alice.to_string());
-    a.send("wrong");
-    a.expect("login failed: error 1");
-    a.expect("3. quit");
-
     a.login(alice, "pw-alice", "alice");
     b.expect("3. quit");
     b.login(bob, "pw-bob", "bob");
@@ -288,8 +274,70 @@ fn a_script_sees_the_replies_before_quit_exits() {
     assert!(a.wait_exit().success());
 }
 
+/// Runs `chat ADDR` with `input` on stdin, as `printf ... | chat` would.
+fn script(addr: &str, state: &std::path::Path, input: &str) -> std::process::Output {
+    let mut child = Command::new(chat_exe())
+        .arg(addr)
+        .env("CHAT_STATE_DIR", state)
+        .env_remove("CHAT_SERVER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // The client may stop reading early; a broken pipe is fine.
+    let _ = std::io::Write::write_all(&mut stdin, input.as_bytes());
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
 #[test]
-fn after_a_server_crash_the_saved_session_logs_back_in() {
+fn a_script_stops_at_a_refused_login_or_registration_with_status_3() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut a = Client::start("erin", &server.addr, state.path());
+    let id = a.register("erin", "pw");
+    let cases = [
+        (
+            "wrong password",
+            format!("1\n{id}\nwrong\n2\nmore\npw\nquit\n"),
+            "login failed: error 1",
+        ),
+        (
+            "taken name",
+            "2\nerin\nwhatever\n1\nquit\n".to_owned(),
+            "register failed: error 1",
+        ),
+        (
+            "not an id",
+            "1\nerin\npw\nquit\n".to_owned(),
+            "is not a user id",
+        ),
+        (
+            "not a choice",
+            "hello\n1\nquit\n".to_owned(),
+            "invalid choice",
+        ),
+    ];
+    for (what, input, says) in cases {
+        let out = script(&server.addr, state.path(), &input);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{what}: {stdout}\n{stderr}");
+        assert!(
+            stderr.starts_with("chat: ") && stderr.contains(says),
+            "{what}: {stderr}"
+        );
+        // Nothing after the failure was read as a menu choice.
+        assert!(!stdout.contains("registered more"), "{what}: {stdout}");
+        assert!(!stdout.contains("bye"), "{what}: {stdout}");
+        assert_eq!(stdout.matches("3. quit").count(), 1, "{what}: {stdout}");
+    }
+}
+
+#[test]
+fn a_script_whose_connection_drops_exits_with_status_4() {
     let mut server = Server::start();
     let state = tempfile::tempdir().unwrap();
     let mut a = Client::start("frank", &server.addr, state.path());
@@ -298,18 +346,17 @@ fn after_a_server_crash_the_saved_session_logs_back_in() {
     a.login(id, "pw", "frank");
     server.crash_and_restart();
     a.expect("connection to the server lost");
-    a.expect("3. quit");
-    // Enter alone: the token saved at login, checked by the restarted server.
-    a.send("1");
-    a.send(&id.to_string());
-    a.send("");
-    a.expect(&format!("logged in as frank({id})"));
-    a.send(&format!("chat:{id}:back"));
-    a.expect("message sent");
+    let st = a.wait_exit();
+    assert_eq!(st.code(), Some(4), "{}", a.stderr());
+    assert!(
+        a.stderr().contains("chat: connection to the server lost"),
+        "{}",
+        a.stderr()
+    );
 }
 
 #[test]
-fn a_newer_login_kicks_the_older_session_back_to_the_menu() {
+fn a_script_kicked_by_a_newer_login_exits_with_status_4() {
     let server = Server::start();
     let state = tempfile::tempdir().unwrap();
     let mut a = Client::start("first", &server.addr, &state.path().join("1"));
@@ -320,13 +367,15 @@ fn a_newer_login_kicks_the_older_session_back_to_the_menu() {
     b.expect("3. quit");
     b.login(id, "pw", "carol");
     a.expect("kicked by the server");
-    a.expect("back to the menu");
-    // The menu works again on a fresh connection; this login kicks the second.
-    a.send("1");
-    a.send(&id.to_string());
-    a.send("pw");
-    a.expect("logged in as carol");
-    b.expect("kicked by the server");
+    assert_eq!(a.wait_exit().code(), Some(4), "{}", a.stderr());
+    assert!(
+        a.stderr().contains("chat: kicked by the server"),
+        "{}",
+        a.stderr()
+    );
+    // The newer session goes on.
+    b.send(&format!("chat:{id}:still here"));
+    b.expect("message sent");
 }
 
 #[test]
