@@ -1,7 +1,7 @@
 //! The user's commands as protocol requests: local commands run at once,
 //! the others are sent and remembered as [`Pending`] until their reply.
 
-use chat_protocol::{ChatTarget, Request};
+use chat_protocol::{limits, ChatTarget, Request};
 
 use super::{Session, Step};
 use crate::commands::{self, Command};
@@ -109,6 +109,10 @@ impl Session {
                 Pending::GroupHistory(*group),
             ),
         };
+        if let Some(why) = too_long(&cmd, &req) {
+            self.out.line(why);
+            return Step::Continue;
+        }
         let logout = matches!(pending, Pending::LoginOut);
         match conn.request(&req).await {
             Ok(reqid) => {
@@ -121,5 +125,69 @@ impl Session {
             }
             Err(e) => Step::Lost(format!("{e:#}")),
         }
+    }
+}
+
+/// Why `req` must not be sent because it breaks the protocol's size limits,
+/// which the server answers with an error or, for a whole frame, by closing
+/// the connection. Checked before sending, so the session stays up.
+fn too_long(cmd: &Command, req: &Request<'_>) -> Option<String> {
+    if let Command::Chat { text, .. } | Command::GroupChat { text, .. } = cmd {
+        if text.len() > limits::MAX_MSG_BYTES {
+            return Some(format!(
+                "not sent: the message is {} bytes long, and the limit is {} KiB ({} bytes)",
+                text.len(),
+                limits::MAX_MSG_BYTES / 1024,
+                limits::MAX_MSG_BYTES
+            ));
+        }
+    }
+    let frame = req.encode(None).len();
+    (frame > limits::MAX_FRAME).then(|| {
+        format!(
+            "not sent: the request is {frame} bytes long, and the server takes at most {} KiB ({} bytes)",
+            limits::MAX_FRAME / 1024,
+            limits::MAX_FRAME
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_messages_and_frames_are_refused_with_the_limit() {
+        let chat = |n: usize| Command::Chat {
+            to: 2,
+            text: "x".repeat(n),
+        };
+        let send = |c: &Command| match c {
+            Command::Chat { to, text } => too_long(
+                c,
+                &Request::Chat {
+                    target: ChatTarget::User(*to),
+                    msg: text,
+                },
+            ),
+            _ => unreachable!(),
+        };
+        assert_eq!(send(&chat(limits::MAX_MSG_BYTES)), None);
+        let why = send(&chat(limits::MAX_MSG_BYTES + 1)).unwrap();
+        assert!(why.contains("16 KiB (16384 bytes)"), "{why}");
+        let desc = "d".repeat(limits::MAX_FRAME);
+        let cg = Command::CreateGroup {
+            name: "g".into(),
+            desc: desc.clone(),
+        };
+        let why = too_long(
+            &cg,
+            &Request::CreateGroup {
+                name: "g",
+                desc: &desc,
+            },
+        )
+        .unwrap();
+        assert!(why.contains("64 KiB"), "{why}");
     }
 }

@@ -455,3 +455,25 @@ fn a_line_typed_in_one_burst_is_handled_without_another_key() {
         t.fail("the login burst was not handled without another key");
     }
 }
+
+#[test]
+fn a_message_over_the_limit_is_refused_and_the_session_goes_on() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut a = Client::start("gina", &server.addr, state.path());
+    let id = a.register("gina", "pw");
+    a.expect("3. quit");
+    a.login(id, "pw", "gina");
+    // Over the frame limit (64 KiB): the server would close the connection.
+    a.send(&format!("chat:{id}:{}", "x".repeat(70_000)));
+    let line = a.expect("not sent");
+    assert!(line.contains("16 KiB"), "{line}");
+    // Over the message limit only.
+    a.send(&format!("groupchat:1:{}", "y".repeat(16 * 1024 + 1)));
+    a.expect("the limit is 16 KiB");
+    a.send(&format!("chat:{id}:{}", "z".repeat(16 * 1024)));
+    a.expect("message sent");
+    a.send("quit");
+    a.expect("bye");
+    assert!(a.wait_exit().success());
+}
