@@ -240,6 +240,12 @@ impl Ui {
         answer
     }
 
+    /// True while a line is being read (a prompt is on the screen) whose
+    /// answer no one has taken yet.
+    pub fn reading(&self) -> bool {
+        self.pending
+    }
+
     /// Lets pending output reach the screen before the program exits.
     pub fn finish(self) {
         self.out.flush();

@@ -275,12 +275,8 @@ impl Session {
                     if exiting {
                         return self.end(Next::Exit, None);
                     }
-                    if ui.interactive() {
-                        self.out.line(
-                            "back to the menu: log in again to reconnect (Enter on the password uses the saved session)",
-                        );
-                    }
-                    return self.end(Next::Dropped(why), None);
+                    let next = self.leave(ui, &prompt, why).await;
+                    return self.end(next, None);
                 }
                 Step::Kicked(why) => {
                     let why = format!("kicked by the server: {why}");
@@ -289,10 +285,8 @@ impl Session {
                     if exiting {
                         return self.end(Next::Exit, None);
                     }
-                    if ui.interactive() {
-                        self.out.line("back to the menu");
-                    }
-                    return self.end(Next::Dropped(why), None);
+                    let next = self.leave(ui, &prompt, why).await;
+                    return self.end(next, None);
                 }
             }
             if matches!(phase, Phase::Exiting(_)) && !self.awaiting_replies() {
@@ -301,6 +295,36 @@ impl Session {
             if confirm_at.is_none() && self.delivery.to_confirm().is_some() {
                 confirm_at = Some(Instant::now() + CONFIRM_DELAY);
             }
+        }
+    }
+
+    /// Ends a session that the server ended (lost connection or KICKED). At
+    /// a terminal the line editor still shows this session's prompt, and
+    /// cannot be told to change it: so the client says so, and takes the
+    /// line typed there itself (saying it was not sent) instead of letting
+    /// the menu read it as a choice. Then the menu comes with its own prompt.
+    async fn leave(&mut self, ui: &mut Ui, prompt: &str, why: String) -> Next {
+        if !ui.interactive() {
+            return Next::Dropped(why);
+        }
+        if !ui.reading() {
+            self.out.line("back to the login menu");
+            return Next::Dropped(why);
+        }
+        self.out.line(
+            "you are logged out: press Enter for the login menu (Enter on the password resumes the saved session), or type quit",
+        );
+        match ui.read(prompt, false).await {
+            Input::Eof => Next::Exit,
+            Input::Line(l) if matches!(l.trim(), "quit" | "exit") => Next::Exit,
+            Input::Line(l) if !l.trim().is_empty() => {
+                self.out.line(format!(
+                    "not sent, you are logged out: {}",
+                    crate::ui::clean(l.trim())
+                ));
+                Next::Dropped(why)
+            }
+            _ => Next::Dropped(why),
         }
     }
 

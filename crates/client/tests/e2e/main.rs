@@ -477,3 +477,32 @@ fn a_message_over_the_limit_is_refused_and_the_session_goes_on() {
     a.expect("bye");
     assert!(a.wait_exit().success());
 }
+
+#[test]
+fn at_a_terminal_a_dropped_session_hands_over_to_the_menu_and_its_prompt() {
+    let mut server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut c = Client::start("other device", &server.addr, &state.path().join("c"));
+    let id = c.register("hana", "pw");
+    let mut t = Term::start("hana", &server.addr, &state.path().join("t"));
+    t.login(id, "pw", "hana");
+
+    // A newer login elsewhere kicks the terminal's session. What is typed
+    // next at the old `hana> ` prompt is not read as a menu choice.
+    c.expect("3. quit");
+    c.login(id, "pw", "hana");
+    t.expect("kicked by the server");
+    t.expect("press Enter for the login menu");
+    t.type_in("chat:1:hello\r");
+    t.expect("not sent, you are logged out: chat:1:hello");
+    t.login(id, "pw", "hana");
+    assert!(!t.text().contains("invalid choice"), "{}", t.text());
+
+    // A server crash: Enter, then the saved session logs back in.
+    server.crash_and_restart();
+    t.expect("connection to the server lost");
+    t.expect("press Enter for the login menu");
+    t.type_in("\r");
+    t.login(id, "", "hana");
+    assert!(!t.text().contains("invalid choice"), "{}", t.text());
+}

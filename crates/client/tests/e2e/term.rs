@@ -134,6 +134,19 @@ impl Term {
         }
     }
 
+    /// Logs in at the menu's `choice: ` prompt; an empty password uses the
+    /// saved session.
+    pub fn login(&mut self, id: i64, password: &str, name: &str) {
+        self.expect("choice: ");
+        self.type_in("1\r");
+        self.expect("id: ");
+        self.type_in(&format!("{id}\r"));
+        self.expect("password");
+        self.type_in(&format!("{password}\r"));
+        self.expect(&format!("logged in as {name}({id})"));
+        self.expect(&format!("{name}> "));
+    }
+
     /// Fails the test, showing the screen.
     pub fn fail(&self, what: &str) -> ! {
         panic!(
