@@ -8,7 +8,6 @@
 //! exit status is one of [`exit`], so the script can tell what went wrong.
 
 use std::collections::HashMap;
-use std::future::pending;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::commands::parse_id;
 use crate::delivery::Delivery;
-use crate::net::{int, text, Conn, Event};
+use crate::net::{int, recv_opt, text, Conn, Event};
 use crate::session::{Next, Session};
 use crate::state::{StateStore, UserState};
 use crate::ui::{clean, Input, Printer, Ui};
@@ -80,14 +79,6 @@ enum Attempt<T> {
     Done(T),
     Failed,
     Quit,
-}
-
-/// What LOGIN proves identity with.
-async fn recv_opt(conn: &mut Option<Conn>) -> Event {
-    match conn {
-        Some(c) => c.recv().await,
-        None => pending().await,
-    }
 }
 
 impl App {
@@ -397,6 +388,7 @@ impl App {
             self.store.clone(),
             self.out.clone(),
             self.cfg.heartbeat,
+            self.cfg.server.clone(),
         );
         let me = session.me();
         self.out

@@ -47,7 +47,10 @@ At a terminal it says what failed and shows the menu again.
 
 The client keeps, per server and user, the highest message seq it holds
 (sent at login so old messages are not replayed) and a login token that
-lets an empty password resume the session.";
+lets an empty password resume the session. At a terminal, when the
+connection drops, it logs back in by itself with that token (retrying after
+1, 2, 4, ... up to 30 s) and sends again the messages the server had not
+confirmed, under the same client message id, so each arrives once.";
 
 /// The clusterchat terminal client.
 #[derive(Debug, Parser)]

@@ -64,6 +64,19 @@ impl Conn {
         Ok(reqid)
     }
 
+    /// Sends one request built as a JSON object (for fields the typed
+    /// builder lacks, such as a chat's `cmid`) with a fresh `reqid`, and
+    /// returns the reqid.
+    pub async fn request_object(&mut self, mut obj: Map<String, Value>) -> anyhow::Result<u64> {
+        let reqid = self.next_reqid;
+        self.next_reqid += 1;
+        obj.insert("reqid".into(), reqid.into());
+        let mut frame = Value::Object(obj).to_string().into_bytes();
+        frame.push(b'\n');
+        self.write(&frame).await?;
+        Ok(reqid)
+    }
+
     /// Sends one request that gets no reply (DELIVERED), without a reqid.
     pub async fn send(&mut self, req: &Request<'_>) -> anyhow::Result<()> {
         self.write(&req.encode(None)).await
@@ -102,6 +115,15 @@ impl Conn {
                 },
             }
         }
+    }
+}
+
+/// The next event of `conn`, or never when there is no connection (so it
+/// can sit in a `select!` while the client is offline).
+pub async fn recv_opt(conn: &mut Option<Conn>) -> Event {
+    match conn {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -4,10 +4,18 @@
 //! sends a PING every heartbeat period so idle sessions stay alive through
 //! proxies.
 //!
+//! At a terminal a lost connection does not end the session: the client
+//! logs back in by itself with the saved token, with backoff ([`link`]),
+//! and sends again what was not ACKed ([`outbox`]). Piped, it ends the
+//! session, so the script fails fast.
+//!
 //! Files: this one holds the session's state and its event loop;
 //! [`requests`] turns the user's commands into requests, [`replies`] handles
-//! what the server sends, and [`view`] says it all in words.
+//! what the server sends, [`view`] says it all in words, [`outbox`] keeps
+//! unacknowledged messages and [`link`] reconnects.
 
+mod link;
+mod outbox;
 mod replies;
 mod requests;
 mod view;
@@ -21,9 +29,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::commands;
 use crate::delivery::Delivery;
-use crate::net::{int, objects, text, Conn, Event};
+use crate::net::{int, objects, recv_opt, text, Conn, Event};
 use crate::state::{StateStore, UserState};
 use crate::ui::{Input, Printer, Ui};
+use link::{Failed, Retry};
+use outbox::Outbox;
 use requests::Pending;
 
 /// How long DELIVERED waits to cover a burst of messages with one frame.
@@ -83,6 +93,8 @@ enum Step {
     Exit,
     Lost(String),
     Kicked(String),
+    /// The client cannot log back in after a lost connection.
+    Refused(String),
 }
 
 /// The state of one logged-in user.
@@ -101,6 +113,8 @@ pub struct Session {
     heartbeat: Duration,
     ping_outstanding: bool,
     warned_store: bool,
+    outbox: Outbox,
+    server: String,
 }
 
 impl Session {
@@ -111,6 +125,7 @@ impl Session {
         store: Option<StateStore>,
         out: Printer,
         heartbeat: Duration,
+        server: String,
     ) -> Session {
         let me = int(ack, "id").unwrap_or(0);
         let name = text(ack, "name").to_owned();
@@ -129,7 +144,19 @@ impl Session {
             heartbeat,
             ping_outstanding: false,
             warned_store: false,
+            outbox: Outbox::new(),
+            server,
         };
+        s.load_lists(ack);
+        s
+    }
+
+    /// Takes the friend and group lists from a LOGIN_ACK, replacing what the
+    /// session knew.
+    fn load_lists(&mut self, ack: &Map<String, Value>) {
+        let s = self;
+        s.friends.clear();
+        s.groups.clear();
         for f in objects(ack, "friends") {
             if let Some(id) = int(f, "id") {
                 s.friends.insert(id);
@@ -151,7 +178,6 @@ impl Session {
             }
             s.groups.insert(gid, group);
         }
-        s
     }
 
     /// Notes a user's name and state from a friend or member object.
@@ -210,15 +236,18 @@ impl Session {
         Step::Continue
     }
 
-    /// Runs the session until logout, exit, KICKED or a lost connection.
-    pub async fn run(mut self, mut conn: Conn, ui: &mut Ui) -> Outcome {
+    /// Runs the session until logout, exit, KICKED or, when it cannot log
+    /// back in (or is piped), a lost connection.
+    pub async fn run(mut self, conn: Conn, ui: &mut Ui) -> Outcome {
         self.save_state();
+        let mut conn = Some(conn);
         let prompt = format!("{}> ", self.name);
         let period = self.heartbeat.max(Duration::from_secs(1));
         let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut confirm_at: Option<Instant> = None;
         let mut phase = Phase::Active;
+        let mut retry: Option<Retry> = None;
         loop {
             let confirm_due = async {
                 match confirm_at {
@@ -232,18 +261,30 @@ impl Session {
                     Phase::LoggingOut(t) | Phase::Exiting(t) => tokio::time::sleep_until(t).await,
                 }
             };
+            let retry_due = async {
+                match &retry {
+                    Some(r) => tokio::time::sleep_until(r.at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let step = tokio::select! {
                 input = ui.read(&prompt, true), if matches!(phase, Phase::Active) => {
-                    self.on_input(input, &mut conn).await
+                    self.on_input(input, conn.as_mut()).await
                 }
-                ev = conn.recv() => match ev {
+                ev = recv_opt(&mut conn) => match ev {
                     Event::Frame(f) => self.on_frame(&f),
                     Event::Closed(why) => Step::Lost(why.unwrap_or_else(|| "the server closed the connection".into())),
                 },
-                _ = heartbeat.tick() => self.on_heartbeat(&mut conn).await,
-                _ = confirm_due => {
+                _ = heartbeat.tick(), if conn.is_some() => match conn.as_mut() {
+                    Some(c) => self.on_heartbeat(c).await,
+                    None => Step::Continue,
+                },
+                _ = confirm_due, if conn.is_some() => {
                     confirm_at = None;
-                    self.flush_delivered(&mut conn).await
+                    match conn.as_mut() {
+                        Some(c) => self.flush_delivered(c).await,
+                        None => Step::Continue,
+                    }
                 }
                 _ = phase_due => match phase {
                     Phase::Exiting(_) => {
@@ -252,6 +293,30 @@ impl Session {
                     }
                     _ => Step::Lost("no reply to loginout".into()),
                 },
+                _ = retry_due => {
+                    let r = retry.take().unwrap_or_else(Retry::first);
+                    match self.relogin().await {
+                        Ok(mut c) => {
+                            heartbeat.reset();
+                            let step = self.back_online(&mut c).await;
+                            conn = Some(c);
+                            step
+                        }
+                        Err(Failed::Again(why)) => {
+                            let next = r.next();
+                            // Quiet for a blip; a word now and then for an outage.
+                            if next.says_why() {
+                                self.out.line(format!(
+                                    "still offline ({why}); next try in {} s",
+                                    next.wait_secs()
+                                ));
+                            }
+                            retry = Some(next);
+                            Step::Continue
+                        }
+                        Err(Failed::Refused(why)) => Step::Refused(why),
+                    }
+                }
             };
             let exiting = matches!(phase, Phase::Exiting(_));
             match step {
@@ -261,33 +326,46 @@ impl Session {
                     // LOGINOUT revoked every token of this user.
                     self.token = None;
                     self.save_state();
-                    return self.end(Next::Menu, Some(conn));
+                    return self.end(Next::Menu, conn);
                 }
                 Step::Exit => {
+                    if conn.is_none() {
+                        self.warn_unsent();
+                        self.save_state();
+                        return self.end(Next::Exit, None);
+                    }
                     // Let the replies to what was just sent arrive first, so
                     // a script that ends with `quit` still sees them.
                     phase = Phase::Exiting(Instant::now() + REPLY_WAIT);
                 }
                 Step::Lost(why) => {
                     let why = format!("connection to the server lost: {why}");
-                    self.out.line(why.clone());
                     self.save_state();
                     if exiting {
+                        self.out.line(why);
+                        self.warn_unsent();
                         return self.end(Next::Exit, None);
                     }
-                    let next = self.leave(ui, &prompt, why).await;
-                    return self.end(next, None);
+                    conn = None;
+                    self.pending.clear();
+                    self.ping_outstanding = false;
+                    let again =
+                        ui.interactive() && matches!(phase, Phase::Active) && self.token.is_some();
+                    if again {
+                        self.out.line(format!("{why}; reconnecting…"));
+                        retry = Some(Retry::first());
+                    } else {
+                        self.out.line(why.clone());
+                        self.warn_unsent();
+                        let next = self.leave(ui, &prompt, why).await;
+                        return self.end(next, None);
+                    }
                 }
                 Step::Kicked(why) => {
                     let why = format!("kicked by the server: {why}");
-                    self.out.line(why.clone());
-                    self.save_state();
-                    if exiting {
-                        return self.end(Next::Exit, None);
-                    }
-                    let next = self.leave(ui, &prompt, why).await;
-                    return self.end(next, None);
+                    return self.ended(ui, &prompt, why, exiting).await;
                 }
+                Step::Refused(why) => return self.ended(ui, &prompt, why, exiting).await,
             }
             if matches!(phase, Phase::Exiting(_)) && !self.awaiting_replies() {
                 return self.exit(conn).await;
@@ -295,6 +373,32 @@ impl Session {
             if confirm_at.is_none() && self.delivery.to_confirm().is_some() {
                 confirm_at = Some(Instant::now() + CONFIRM_DELAY);
             }
+        }
+    }
+
+    /// Ends the session for good after KICKED, or when it cannot log back
+    /// in.
+    async fn ended(mut self, ui: &mut Ui, prompt: &str, why: String, exiting: bool) -> Outcome {
+        self.out.line(why.clone());
+        self.save_state();
+        self.warn_unsent();
+        if exiting {
+            return self.end(Next::Exit, None);
+        }
+        let next = self.leave(ui, prompt, why).await;
+        self.end(next, None)
+    }
+
+    /// Says how many typed messages were never ACKed, when the session ends
+    /// with some: they may or may not have reached the server.
+    fn warn_unsent(&self) {
+        let n = self.outbox.len();
+        if n > 0 {
+            self.out.line(format!(
+                "{n} message{} not confirmed by the server; {} may not have been delivered",
+                if n == 1 { " was" } else { "s were" },
+                if n == 1 { "it" } else { "they" }
+            ));
         }
     }
 
@@ -335,12 +439,15 @@ impl Session {
 
     /// Confirms what arrived, saves the state and ends for good. The
     /// session is not logged out, so the saved token stays valid.
-    async fn exit(mut self, mut conn: Conn) -> Outcome {
-        if let Step::Lost(why) = self.flush_delivered(&mut conn).await {
-            self.out.line(format!("could not confirm delivery: {why}"));
+    async fn exit(mut self, mut conn: Option<Conn>) -> Outcome {
+        if let Some(c) = conn.as_mut() {
+            if let Step::Lost(why) = self.flush_delivered(c).await {
+                self.out.line(format!("could not confirm delivery: {why}"));
+            }
         }
+        self.warn_unsent();
         self.save_state();
-        self.end(Next::Exit, Some(conn))
+        self.end(Next::Exit, conn)
     }
 
     fn end(self, next: Next, conn: Option<Conn>) -> Outcome {
@@ -369,7 +476,7 @@ impl Session {
         }
     }
 
-    async fn on_input(&mut self, input: Input, conn: &mut Conn) -> Step {
+    async fn on_input(&mut self, input: Input, conn: Option<&mut Conn>) -> Step {
         let line = match input {
             Input::Line(l) => l,
             Input::Eof => return Step::Exit,

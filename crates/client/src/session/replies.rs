@@ -41,9 +41,14 @@ impl Session {
                         self.out.line(format!("error {errno}: {msg} (loginout)"));
                         return Step::LoggedOut;
                     }
-                    Some(p) => self
-                        .out
-                        .line(format!("error {errno}: {msg} ({})", p.describe())),
+                    Some(p) => {
+                        if let Pending::Chat { key, .. } | Pending::GroupChat { key, .. } = p {
+                            // Refused, not lost: sending it again would not help.
+                            self.outbox.done(key);
+                        }
+                        self.out
+                            .line(format!("error {errno}: {msg} ({})", p.describe()))
+                    }
                     None => self.out.line(format!("server error {errno}: {msg}")),
                 }
                 Step::Continue
@@ -94,8 +99,14 @@ impl Session {
                 self.out.line(format!("{} logged out", self.who(self.me)));
                 return Step::LoggedOut;
             }
-            Pending::Chat(_) => self.out.line(format!("message sent{}", mid())),
-            Pending::GroupChat(_) => self.out.line(format!("group message sent{}", mid())),
+            Pending::Chat { key, .. } => {
+                self.outbox.done(key);
+                self.out.line(format!("message sent{}", mid()));
+            }
+            Pending::GroupChat { key, .. } => {
+                self.outbox.done(key);
+                self.out.line(format!("group message sent{}", mid()));
+            }
             Pending::AddFriend(u) => {
                 self.friends.insert(u);
                 self.out.line(format!("{} is now your friend", self.who(u)));

@@ -1,5 +1,7 @@
 //! The user's commands as protocol requests: local commands run at once,
 //! the others are sent and remembered as [`Pending`] until their reply.
+//! Chat messages also go into the outbox first, so they are kept, and sent
+//! once the client is back online, until their ACK.
 
 use chat_protocol::{limits, ChatTarget, Request};
 
@@ -10,11 +12,22 @@ use crate::net::Conn;
 /// A request waiting for its reply, and what it was about.
 #[derive(Debug, Clone)]
 pub(super) enum Pending {
-    Chat(i64),
-    GroupChat(i64),
+    /// A message to a user; `key` is its place in the outbox.
+    Chat {
+        to: i64,
+        key: u64,
+    },
+    /// A message to a group; `key` is its place in the outbox.
+    GroupChat {
+        group: i64,
+        key: u64,
+    },
     AddFriend(i64),
     DelFriend(i64),
-    CreateGroup { name: String, desc: String },
+    CreateGroup {
+        name: String,
+        desc: String,
+    },
     AddGroup(i64),
     QuitGroup(i64),
     Disband(i64),
@@ -28,8 +41,8 @@ impl Pending {
     /// What the request was, in words, for error messages.
     pub(super) fn describe(&self) -> String {
         match self {
-            Pending::Chat(to) => format!("chat to {to}"),
-            Pending::GroupChat(g) => format!("groupchat to group {g}"),
+            Pending::Chat { to, .. } => format!("chat to {to}"),
+            Pending::GroupChat { group, .. } => format!("groupchat to group {group}"),
             Pending::AddFriend(u) => format!("addfriend {u}"),
             Pending::DelFriend(u) => format!("delfriend {u}"),
             Pending::CreateGroup { name, .. } => format!("creategroup {name}"),
@@ -47,7 +60,7 @@ impl Pending {
 impl Session {
     /// Runs one command: local ones at once, the others as a request whose
     /// reply is matched later by its reqid.
-    pub(super) async fn exec(&mut self, cmd: Command, conn: &mut Conn) -> Step {
+    pub(super) async fn exec(&mut self, cmd: Command, conn: Option<&mut Conn>) -> Step {
         let (req, pending) = match &cmd {
             Command::Help => {
                 self.out.line(commands::help_text());
@@ -62,26 +75,18 @@ impl Session {
                 return Step::Continue;
             }
             Command::Quit => return Step::Exit,
-            Command::LoginOut => {
-                if let Step::Lost(why) = self.flush_delivered(conn).await {
-                    return Step::Lost(why);
-                }
-                (Request::LoginOut, Pending::LoginOut)
+            Command::Chat { to, text } => {
+                return self.chat(ChatTarget::User(*to), text, &cmd, conn).await
             }
-            Command::Chat { to, text } => (
-                Request::Chat {
-                    target: ChatTarget::User(*to),
-                    msg: text,
-                },
-                Pending::Chat(*to),
-            ),
-            Command::GroupChat { group, text } => (
-                Request::Chat {
-                    target: ChatTarget::Group(*group),
-                    msg: text,
-                },
-                Pending::GroupChat(*group),
-            ),
+            Command::GroupChat { group, text } => {
+                return self.chat(ChatTarget::Group(*group), text, &cmd, conn).await
+            }
+            _ if conn.is_none() => {
+                self.out
+                    .line("not connected (reconnecting…): try again when back online");
+                return Step::Continue;
+            }
+            Command::LoginOut => (Request::LoginOut, Pending::LoginOut),
             Command::AddFriend(f) => (Request::AddFriend(*f), Pending::AddFriend(*f)),
             Command::DelFriend(f) => (Request::DelFriend(*f), Pending::DelFriend(*f)),
             Command::CreateGroup { name, desc } => (
@@ -109,11 +114,19 @@ impl Session {
                 Pending::GroupHistory(*group),
             ),
         };
+        let Some(conn) = conn else {
+            return Step::Continue;
+        };
         if let Some(why) = too_long(&cmd, &req) {
             self.out.line(why);
             return Step::Continue;
         }
         let logout = matches!(pending, Pending::LoginOut);
+        if logout {
+            if let Step::Lost(why) = self.flush_delivered(conn).await {
+                return Step::Lost(why);
+            }
+        }
         match conn.request(&req).await {
             Ok(reqid) => {
                 self.pending.insert(reqid, pending);
@@ -122,6 +135,51 @@ impl Session {
                 } else {
                     Step::Continue
                 }
+            }
+            Err(e) => Step::Lost(format!("{e:#}")),
+        }
+    }
+}
+
+impl Session {
+    /// Puts a message in the outbox, and sends it when connected.
+    async fn chat(
+        &mut self,
+        target: ChatTarget,
+        text: &str,
+        cmd: &Command,
+        conn: Option<&mut Conn>,
+    ) -> Step {
+        let req = Request::Chat { target, msg: text };
+        if let Some(why) = too_long(cmd, &req) {
+            self.out.line(why);
+            return Step::Continue;
+        }
+        let key = self.outbox.add(target, text.to_owned());
+        match conn {
+            Some(c) => self.send_chat(c, key).await,
+            None => {
+                self.out
+                    .line("not connected: the message is kept and goes out when the client is back online");
+                Step::Continue
+            }
+        }
+    }
+
+    /// Sends outbox message `key` (again, after a reconnect: same cmid).
+    pub(super) async fn send_chat(&mut self, conn: &mut Conn, key: u64) -> Step {
+        let Some(obj) = self.outbox.request(key) else {
+            return Step::Continue;
+        };
+        let pending = match self.outbox.target(key) {
+            Some(ChatTarget::User(to)) => Pending::Chat { to, key },
+            Some(ChatTarget::Group(group)) => Pending::GroupChat { group, key },
+            None => return Step::Continue,
+        };
+        match conn.request_object(obj).await {
+            Ok(reqid) => {
+                self.pending.insert(reqid, pending);
+                Step::Continue
             }
             Err(e) => Step::Lost(format!("{e:#}")),
         }

@@ -183,6 +183,7 @@ mod tests {
             None,
             Printer::plain_for_tests(),
             Duration::from_secs(30),
+            "127.0.0.1:6000".into(),
         );
         assert_eq!(s.me(), 1);
         assert_eq!(s.token(), Some("t1"));

@@ -60,6 +60,29 @@ impl Server {
         }
     }
 
+    /// Kills the server as a crash would (start it again with
+    /// [`Server::start_again`]).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same address and database.
+    pub fn start_again(&mut self) {
+        self.child = Server::spawn(self._dir.path(), &self.addr);
+    }
+
+    /// Freezes (`true`) or thaws the server process, as a hung host would.
+    pub fn freeze(&self, frozen: bool) {
+        let sig = if frozen { "-STOP" } else { "-CONT" };
+        let st = Command::new("kill")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill {sig} failed");
+    }
+
     /// Kills the server as a crash would, then starts it again on the same
     /// address and database.
     pub fn crash_and_restart(&mut self) {

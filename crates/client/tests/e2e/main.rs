@@ -479,8 +479,8 @@ fn a_message_over_the_limit_is_refused_and_the_session_goes_on() {
 }
 
 #[test]
-fn at_a_terminal_a_dropped_session_hands_over_to_the_menu_and_its_prompt() {
-    let mut server = Server::start();
+fn at_a_terminal_a_kicked_session_hands_over_to_the_menu_and_its_prompt() {
+    let server = Server::start();
     let state = tempfile::tempdir().unwrap();
     let mut c = Client::start("other device", &server.addr, &state.path().join("c"));
     let id = c.register("hana", "pw");
@@ -497,12 +497,54 @@ fn at_a_terminal_a_dropped_session_hands_over_to_the_menu_and_its_prompt() {
     t.expect("not sent, you are logged out: chat:1:hello");
     t.login(id, "pw", "hana");
     assert!(!t.text().contains("invalid choice"), "{}", t.text());
+}
 
-    // A server crash: Enter, then the saved session logs back in.
-    server.crash_and_restart();
+#[test]
+fn at_a_terminal_the_client_reconnects_and_delivers_unconfirmed_messages_once() {
+    let mut server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut c = Client::start("setup", &server.addr, &state.path().join("c"));
+    let ivan = c.register("ivan", "pw-i");
+    let hana = c.register("hana", "pw-h");
+    drop(c);
+    let mut t = Term::start_with(
+        "hana",
+        &server.addr,
+        &state.path().join("t"),
+        &["--heartbeat-secs", "1"],
+    );
+    t.login(hana, "pw-h", "hana");
+
+    // The server hangs: the message gets no ACK, the heartbeat notices, and
+    // the client keeps the message and logs back in by itself.
+    server.freeze(true);
+    t.type_in(&format!("chat:{ivan}:sent while frozen\r"));
     t.expect("connection to the server lost");
-    t.expect("press Enter for the login menu");
-    t.type_in("\r");
-    t.login(id, "", "hana");
-    assert!(!t.text().contains("invalid choice"), "{}", t.text());
+    t.expect("reconnecting…");
+    server.freeze(false);
+    t.expect("back online; sending 1 unconfirmed message again");
+    t.expect("message sent");
+
+    // The server is down for a while: what is typed meanwhile is kept, and
+    // goes out after the restart.
+    server.kill();
+    t.expect("reconnecting…");
+    t.type_in(&format!("chat:{ivan}:typed offline\r"));
+    t.expect("goes out when the client is back online");
+    server.start_again();
+    t.expect("back online; sending 1 unconfirmed message again");
+    t.expect("message sent");
+    t.type_in(&format!("chat:{ivan}:live again\r"));
+    t.expect("message sent");
+
+    // Each message arrived once.
+    let mut i = Client::start("ivan", &server.addr, &state.path().join("i"));
+    i.expect("3. quit");
+    i.login(ivan, "pw-i", "ivan");
+    i.expect("live again");
+    i.send(&format!("history:{hana}"));
+    let h = i.until("--- end of history ---").join("\n");
+    for text in ["sent while frozen", "typed offline", "live again"] {
+        assert_eq!(h.matches(text).count(), 1, "{text:?} not once in {h}");
+    }
 }

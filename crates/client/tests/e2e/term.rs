@@ -58,6 +58,11 @@ fn plain(bytes: &[u8]) -> String {
 impl Term {
     /// Starts `chat ADDR` on a new 120x40 pseudo-terminal.
     pub fn start(who: &str, addr: &str, state_dir: &Path) -> Term {
+        Term::start_with(who, addr, state_dir, &[])
+    }
+
+    /// [`Term::start`] with more command-line arguments.
+    pub fn start_with(who: &str, addr: &str, state_dir: &Path, extra: &[&str]) -> Term {
         let size = Winsize {
             ws_row: 40,
             ws_col: 120,
@@ -70,6 +75,7 @@ impl Term {
         let slave = File::from(pty.slave);
         let child = Command::new(chat_exe())
             .arg(addr)
+            .args(extra)
             .env("CHAT_STATE_DIR", state_dir)
             .env("TERM", "xterm-256color")
             .env_remove("CHAT_SERVER")
