@@ -216,6 +216,22 @@ where
         .transpose()
     }
 
+    /// [`super::UserStore::find_user_by_name`]: the unique index on
+    /// `name`, whose collation is binary on both backends.
+    pub(crate) async fn find_user_by_name(&self, name: &str) -> StoreResult<Option<Person>> {
+        let row = sqlx::query::<DB>("SELECT id, name FROM users WHERE name = ?")
+            .bind(name.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(Person {
+                id: r.try_get(0)?,
+                name: text(&r, 1)?,
+            })
+        })
+        .transpose()
+    }
+
     /// [`super::FriendStore::friends`].
     pub(crate) async fn friends(&self, user: UserId) -> StoreResult<Vec<Person>> {
         let rows = sqlx::query::<DB>(
