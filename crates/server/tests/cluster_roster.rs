@@ -28,9 +28,9 @@ async fn find_user_and_roster_across_two_nodes() {
     let alice = register(na, "alice").await;
     let bob = register(nb, "Bob").await;
 
-    let mut ca = Client::connect(na).await;
+    let mut ca = Client::connect(na).await.with_roster();
     ca.login_l2(alice, "pw").await;
-    let mut cb = Client::connect(nb).await;
+    let mut cb = Client::connect(nb).await.with_roster();
     cb.login_l2(bob, "pw").await;
 
     // FIND_USER on node A sees bob online on node B; exact name only.

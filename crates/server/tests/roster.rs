@@ -6,6 +6,12 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
+/// A new level-2 user whose client returns ROSTER pushes.
+async fn user(srv: &TestServer, name: &str) -> (i64, Client) {
+    let (id, c) = user_l2(srv, name).await;
+    (id, c.with_roster())
+}
+
 /// The frames before a barrier PONG, as `(msgid, frame)`; the ROSTER ones
 /// and the ACKs are what these tests look at.
 async fn settle(c: &mut Client) -> Vec<Value> {
@@ -27,8 +33,8 @@ fn one_roster(frames: &[Value]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn find_user_by_exact_name() {
     let srv = TestServer::start().await;
-    let (alice, mut a) = user_l2(&srv, "Alice").await;
-    let (bob, mut b) = user_l2(&srv, "李雷").await;
+    let (alice, mut a) = user(&srv, "Alice").await;
+    let (bob, mut b) = user(&srv, "李雷").await;
     let carol = srv.register("carol", "pw").await;
 
     a.send(json!({"msgid": 22, "name": "李雷", "reqid": 7}))
@@ -74,7 +80,8 @@ async fn find_user_needs_login_and_answers_level1() {
     anon.expect_error(7).await;
 
     // At level 1 too: a lookup is useless without its answer.
-    let (_, mut old) = user_l1(&srv, "old").await;
+    let (_, old) = user_l1(&srv, "old").await;
+    let mut old = old.with_roster();
     old.send(json!({"msgid": 22, "name": "bob"})).await;
     let ack = old.recv_msgid(12).await;
     assert_eq!(ack["user"]["id"], bob);
@@ -85,7 +92,7 @@ async fn find_user_counts_against_the_social_rate() {
     let mut cfg = test_config();
     cfg.quotas.social_per_min = 3;
     let srv = TestServer::start_with(cfg).await;
-    let (_, mut a) = user_l2(&srv, "alice").await;
+    let (_, mut a) = user(&srv, "alice").await;
     srv.register("bob", "pw").await;
     for _ in 0..3 {
         a.send(json!({"msgid": 22, "name": "bob"})).await;
@@ -99,9 +106,10 @@ async fn find_user_counts_against_the_social_rate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn friends_hear_roster_on_add_and_remove() {
     let srv = TestServer::start().await;
-    let (alice, mut a) = user_l2(&srv, "alice").await;
-    let (bob, mut b) = user_l2(&srv, "bob").await;
-    let (_, mut old) = user_l1(&srv, "old").await;
+    let (alice, mut a) = user(&srv, "alice").await;
+    let (bob, mut b) = user(&srv, "bob").await;
+    let (_, old) = user_l1(&srv, "old").await;
+    let mut old = old.with_roster();
 
     a.send(json!({"msgid": 7, "friendid": bob})).await;
     let frames = settle(&mut a).await;
@@ -150,9 +158,9 @@ async fn friends_hear_roster_on_add_and_remove() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_hear_roster_on_join_leave_and_disband() {
     let srv = TestServer::start().await;
-    let (alice, mut a) = user_l2(&srv, "alice").await;
-    let (bob, mut b) = user_l2(&srv, "bob").await;
-    let (carol, mut c) = user_l2(&srv, "carol").await;
+    let (alice, mut a) = user(&srv, "alice").await;
+    let (bob, mut b) = user(&srv, "bob").await;
+    let (carol, mut c) = user(&srv, "carol").await;
     let g = a.create_group("team").await;
     b.send(json!({"msgid": 9, "groupid": g})).await;
     let joined = json!({"msgid": 23, "event": "member_joined", "id": bob, "name": "bob",
