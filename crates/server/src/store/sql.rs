@@ -217,19 +217,23 @@ where
     }
 
     /// [`super::UserStore::find_user_by_name`]: the unique index on
-    /// `name`, whose collation is binary on both backends.
+    /// `name`, whose collation is binary on both backends. MariaDB's binary
+    /// collations still ignore trailing spaces (PAD SPACE), so the row's
+    /// name is compared again here, byte for byte.
     pub(crate) async fn find_user_by_name(&self, name: &str) -> StoreResult<Option<Person>> {
         let row = sqlx::query::<DB>("SELECT id, name FROM users WHERE name = ?")
             .bind(name.to_owned())
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| {
-            Ok(Person {
-                id: r.try_get(0)?,
-                name: text(&r, 1)?,
+        let found = row
+            .map(|r| {
+                Ok::<_, StoreError>(Person {
+                    id: r.try_get(0)?,
+                    name: text(&r, 1)?,
+                })
             })
-        })
-        .transpose()
+            .transpose()?;
+        Ok(found.filter(|p| p.name == name))
     }
 
     /// [`super::FriendStore::friends`].
