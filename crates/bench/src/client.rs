@@ -122,7 +122,7 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads frames until one is not a push (chat, PRESENCE) and returns it
+    /// Reads frames until one is not a push (chat, PRESENCE, ROSTER) and returns it
     /// parsed. Replies come back in request order, so this is the reply.
     pub async fn reply(&mut self, timeout: Duration) -> anyhow::Result<Value> {
         let fut = async {
@@ -133,7 +133,9 @@ impl Conn {
                     .await?
                     .ok_or_else(|| anyhow!("server closed the connection"))?;
                 match scan::msgid(&f) {
-                    Some(msgid::ONE_CHAT | msgid::GROUP_CHAT | msgid::PRESENCE) => continue,
+                    Some(msgid::ONE_CHAT | msgid::GROUP_CHAT | msgid::PRESENCE | msgid::ROSTER) => {
+                        continue
+                    }
                     _ => return Ok(serde_json::from_slice::<Value>(&f)?),
                 }
             }

@@ -65,6 +65,10 @@ pub mod msgid {
     pub const PRESENCE: i64 = 20;
     /// This session was replaced by a newer login and is being closed.
     pub const KICKED: i64 = 21;
+    /// Look a user up by exact name (level 2 addition).
+    pub const FIND_USER: i64 = 22;
+    /// A change to the user's friends or groups, pushed (level 2 only).
+    pub const ROSTER: i64 = 23;
 }
 
 /// The protocol's error numbers. Clients branch on these; `errmsg` is for people.

@@ -184,6 +184,56 @@ pub fn presence(id: i64, online: bool) -> Bytes {
     finish(&json!({"msgid": msgid::PRESENCE, "id": id, "state": state(online)}))
 }
 
+/// What changed in a ROSTER push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RosterEvent {
+    /// A friendship began; sent to both friends.
+    FriendAdded,
+    /// A friendship ended; sent to both.
+    FriendRemoved,
+    /// Someone joined a group; sent to every member.
+    MemberJoined,
+    /// Someone left a group; sent to every member, the leaver included.
+    MemberLeft,
+    /// A group was disbanded; sent to every former member.
+    GroupDisbanded,
+}
+
+impl RosterEvent {
+    /// The `event` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RosterEvent::FriendAdded => "friend_added",
+            RosterEvent::FriendRemoved => "friend_removed",
+            RosterEvent::MemberJoined => "member_joined",
+            RosterEvent::MemberLeft => "member_left",
+            RosterEvent::GroupDisbanded => "group_disbanded",
+        }
+    }
+}
+
+/// A ROSTER push: `event`, the user involved (`id`, `name`: the other friend,
+/// the member who joined or left, or who disbanded the group), the group
+/// (`groupid`, `groupname`) for group events, and `state` of that user when
+/// it is news to the recipient (friend_added, member_joined).
+pub fn roster(
+    event: RosterEvent,
+    user: (i64, &str),
+    group: Option<(i64, &str)>,
+    online: Option<bool>,
+) -> Bytes {
+    let mut v =
+        json!({"msgid": msgid::ROSTER, "event": event.as_str(), "id": user.0, "name": user.1});
+    if let Some((id, name)) = group {
+        v["groupid"] = id.into();
+        v["groupname"] = name.into();
+    }
+    if let Some(on) = online {
+        v["state"] = state(on).into();
+    }
+    finish(&v)
+}
+
 /// What KICKED says to a session replaced by a newer login.
 const KICKED_MSG: &str = "you logged in somewhere else; this session is closed";
 

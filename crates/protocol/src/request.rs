@@ -77,6 +77,11 @@ pub enum Request<'a> {
     },
     /// PING.
     Ping,
+    /// FIND_USER: a user by exact (case-sensitive) name.
+    FindUser {
+        /// The name as registered.
+        name: &'a str,
+    },
 }
 
 impl Request<'_> {
@@ -96,6 +101,7 @@ impl Request<'_> {
             Request::Delivered { .. } => msgid::DELIVERED,
             Request::History { .. } => msgid::HISTORY,
             Request::Ping => msgid::PING,
+            Request::FindUser { .. } => msgid::FIND_USER,
         }
     }
 
@@ -132,6 +138,7 @@ impl Request<'_> {
                     put("last_seq", s.into());
                 }
             }
+            Request::FindUser { name } => put("name", name.into()),
             Request::Register { name, password } => {
                 put("name", name.into());
                 put("password", password.into());

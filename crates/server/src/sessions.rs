@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +67,9 @@ pub enum Event {
     /// Storage may hold messages the session has not been pushed (a retried
     /// send whose first routing was lost): catch up from storage.
     Redeliver,
+    /// A ROSTER push (a change to the user's friends or groups), encoded;
+    /// level-2 sessions only, not stored.
+    Roster(Bytes),
 }
 
 /// Where a session catching up reads its messages from.
@@ -144,6 +148,8 @@ const END: i64 = i64::MAX;
 /// Pushes held right after the range being read, at most (frames, bytes).
 const HELD_MAX: usize = 64;
 const HELD_MAX_BYTES: usize = 512 * 1024;
+/// ROSTER pushes a session holds while its login replay runs.
+const ROSTER_HELD_MAX: usize = 64;
 
 #[derive(Debug)]
 struct Gate {
@@ -164,6 +170,9 @@ struct Gate {
     seen: i64,
     /// PRESENCE held until the login replay is done: the latest per friend.
     presence: BTreeMap<UserId, bool>,
+    /// ROSTER pushes held until the login replay is done, in order (at
+    /// most [`ROSTER_HELD_MAX`]; the next login ack has the lists anyway).
+    roster: Vec<Bytes>,
     /// The login ack is queued; until then a kick waits (the ack comes first).
     acked: bool,
     /// A newer login claimed the user before the ack was queued.
@@ -238,6 +247,7 @@ impl SessionHandle {
                 held_bytes: 0,
                 seen: 0,
                 presence: BTreeMap::new(),
+                roster: Vec::new(),
                 acked: false,
                 kick_pending: false,
                 friend_sessions: HashMap::new(),
@@ -345,6 +355,23 @@ impl SessionHandle {
                 }
             }
             Event::Redeliver => self.redeliver(),
+            Event::Roster(frame) => {
+                if self.level >= 2 {
+                    let mut g = self.gate();
+                    if !g.open {
+                        if g.roster.len() < ROSTER_HELD_MAX {
+                            g.roster.push(frame.clone());
+                        } else {
+                            tracing::debug!(
+                                user = self.user,
+                                "ROSTER dropped during the login replay"
+                            );
+                        }
+                        return;
+                    }
+                    self.try_out(Outgoing::frame(frame.clone()));
+                }
+            }
         }
     }
 
@@ -495,6 +522,9 @@ impl SessionHandle {
                         // Under the lock, so a newer PRESENCE cannot overtake these.
                         for (id, online) in std::mem::take(&mut g.presence) {
                             self.try_out(Outgoing::frame(frames::presence(id, online)));
+                        }
+                        for frame in std::mem::take(&mut g.roster) {
+                            self.try_out(Outgoing::frame(frame));
                         }
                     }
                     Step::Done

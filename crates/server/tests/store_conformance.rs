@@ -300,6 +300,7 @@ conformance!(all: [
     create_user_ids_grow,
     create_user_name_taken,
     names_unique_by_key,
+    find_user_by_exact_name,
     unicode_names_round_trip,
     add_friend_is_mutual,
     remove_friend_both_directions,
@@ -542,6 +543,22 @@ async fn create_user_name_taken(fx: Arc<Fixture>) {
     let d = user(s, "ALICE").await;
     assert!(a < b && b < c && c < d, "ids still grow after a refusal");
     assert_eq!(s.find_user(b).await.unwrap().unwrap().name, "Alice");
+}
+
+async fn find_user_by_exact_name(fx: Arc<Fixture>) {
+    let s = &*fx.store;
+    let a = s.create_user("Alice", "alice", "h1").await.unwrap();
+    let b = s.create_user("李雷", "li lei", "h2").await.unwrap();
+    let found = s.find_user_by_name("Alice").await.unwrap().unwrap();
+    assert_eq!((found.id, found.name.as_str()), (a, "Alice"));
+    assert_eq!(s.find_user_by_name("李雷").await.unwrap().unwrap().id, b);
+    // Exact and case-sensitive: no key, no prefix, no look-alike.
+    for miss in ["alice", "ALICE", "Alic", "Alice ", "\u{410}lice", "%", ""] {
+        assert!(
+            s.find_user_by_name(miss).await.unwrap().is_none(),
+            "{miss:?} found someone"
+        );
+    }
 }
 
 async fn names_unique_by_key(fx: Arc<Fixture>) {

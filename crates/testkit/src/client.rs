@@ -5,6 +5,11 @@
 //! cluster their timing is not deterministic. A client made with
 //! [`Client::presence_aside`] sets them aside in [`Client::presence`]
 //! instead of returning them from [`Client::recv`].
+//!
+//! ROSTER pushes (msgid 23) come with friend and group changes, before or
+//! after the change's ACK. Every read sets them aside in [`Client::roster`]
+//! unless the client was made with [`Client::with_roster`]: tests of other
+//! things read their replies in order, as before ROSTER existed.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -18,6 +23,8 @@ pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The PRESENCE push's msgid.
 const PRESENCE: i64 = 20;
+/// The ROSTER push's msgid.
+const ROSTER: i64 = 23;
 
 /// What one raw read produced.
 #[derive(Debug)]
@@ -50,6 +57,10 @@ pub struct Client {
     aside: bool,
     /// PRESENCE pushes set aside (or awaited), as (id, state), in arrival order.
     pub presence: Vec<(i64, String)>,
+    /// Whether reads set ROSTER pushes aside (the default).
+    roster_aside: bool,
+    /// ROSTER pushes set aside, in arrival order.
+    pub roster: Vec<Value>,
 }
 
 impl Client {
@@ -107,6 +118,8 @@ impl Client {
             eof: false,
             aside: false,
             presence: Vec::new(),
+            roster_aside: true,
+            roster: Vec::new(),
         })
     }
 
@@ -155,13 +168,29 @@ impl Client {
         self.send_raw(&frame(&v, 0)).await;
     }
 
-    /// Reads one line, waiting at most `wait`. Cancel-safe.
+    /// This client, returning ROSTER pushes from every read like any other
+    /// frame (tests of ROSTER itself).
+    pub fn with_roster(mut self) -> Client {
+        self.roster_aside = false;
+        self
+    }
+
+    /// Reads one line, waiting at most `wait` (ROSTER set aside, unless
+    /// [`Client::with_roster`]). Cancel-safe.
     pub async fn read_line(&mut self, wait: Duration) -> Read {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
                 let mut line: Vec<u8> = self.buf.drain(..=i).collect();
                 line.pop();
+                if self.roster_aside {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&line) {
+                        if v["msgid"] == ROSTER {
+                            self.roster.push(v);
+                            continue;
+                        }
+                    }
+                }
                 return Read::Line(line);
             }
             if self.eof {

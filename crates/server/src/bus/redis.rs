@@ -151,6 +151,12 @@ impl RedisBus {
             Some("r") => {
                 self.sessions.deliver(user, &Event::Redeliver);
             }
+            Some("o") => {
+                if let Some(f) = v["f"].as_str() {
+                    let frame = bytes::Bytes::copy_from_slice(f.as_bytes());
+                    self.sessions.deliver(user, &Event::Roster(frame));
+                }
+            }
             Some("p") => {
                 if let (Some(id), Some(online)) = (v["id"].as_i64(), v["on"].as_bool()) {
                     let since = v["s"].as_u64().unwrap_or(0);
@@ -205,6 +211,8 @@ fn encode_event(ev: &Event, node: &str) -> Value {
         }
         Event::Kick { sid } => json!({"t": "k", "node": node, "sid": sid}),
         Event::Redeliver => json!({"t": "r"}),
+        // The frame is JSON text: carried as a string.
+        Event::Roster(frame) => json!({"t": "o", "f": String::from_utf8_lossy(frame)}),
     }
 }
 

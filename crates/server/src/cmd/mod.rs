@@ -9,6 +9,7 @@
 //! a WebSocket would differ only in their framing.
 
 mod delivered;
+mod find_user;
 mod history;
 mod login;
 mod logout;
@@ -34,6 +35,7 @@ use crate::request::Request;
 use crate::service::{Service, Session};
 
 pub use delivered::Delivered;
+pub use find_user::FindUser;
 pub use history::History;
 pub use login::Login;
 pub use logout::Logout;
@@ -61,6 +63,8 @@ pub enum Command {
     History(History),
     /// A friend or group change.
     Social(Social),
+    /// FIND_USER.
+    FindUser(FindUser),
 }
 
 /// How a command orders against the other requests of its connection.
@@ -184,6 +188,7 @@ impl Command {
             }
             msgid::DELIVERED => Command::Delivered(Delivered::parse(req, logged_in()?)?),
             msgid::HISTORY => Command::History(History::parse(req, logged_in()?)?),
+            msgid::FIND_USER => Command::FindUser(FindUser::parse(req, logged_in()?, sh)?),
             msgid::ADD_FRIEND
             | msgid::DEL_FRIEND
             | msgid::CREATE_GROUP
@@ -197,7 +202,9 @@ impl Command {
     /// How this command orders against its neighbours.
     pub fn order(&self) -> Order {
         match self {
-            Command::Ping(_) | Command::Send(_) | Command::Delivered(_) => Order::Pipelined,
+            Command::Ping(_) | Command::Send(_) | Command::Delivered(_) | Command::FindUser(_) => {
+                Order::Pipelined
+            }
             Command::Register(_) | Command::History(_) => Order::AfterPrevious,
             Command::Login(_) | Command::Logout(_) | Command::Social(_) => Order::Exclusive,
         }
@@ -214,6 +221,7 @@ impl Command {
             Command::Send(c) => c.run(sh, to),
             Command::Delivered(c) => c.run(sh, to),
             Command::History(c) => c.run(sh, to),
+            Command::FindUser(c) => c.run(sh, to),
             Command::Social(c) => Ran::Done(to.answer(c.run(sh, &to).await)),
         }
     }

@@ -2,6 +2,7 @@
 //! QUIT_GROUP and DISBAND_GROUP. Each runs alone on its connection (see
 //! [`super::Order::Exclusive`]) and is ACKed at level 2 only.
 
+use chat_protocol::push::{self, RosterEvent};
 use chat_protocol::{msgid, Errno};
 
 use super::ReplyTo;
@@ -9,6 +10,7 @@ use crate::error::ServiceError;
 use crate::names;
 use crate::request::{check_chars, Request};
 use crate::service::{Service, Session};
+use crate::sessions::Event;
 use crate::store::{GroupId, StoreError, UserId};
 use bytes::Bytes;
 
@@ -16,6 +18,8 @@ use bytes::Bytes;
 #[derive(Debug)]
 pub struct Social {
     me: UserId,
+    /// `me`'s name, for the ROSTER pushes others get.
+    my_name: String,
     change: Change,
 }
 
@@ -71,7 +75,11 @@ impl Social {
             msgid::DISBAND_GROUP => Change::Disband(req.int("groupid")?),
             other => return Err(ServiceError::malformed(format!("unknown msgid {other}"))),
         };
-        Ok(Social { me: s.user, change })
+        Ok(Social {
+            me: s.user,
+            my_name: s.name.clone(),
+            change,
+        })
     }
 
     /// Makes the change, within the user's quotas.
@@ -91,6 +99,10 @@ impl Social {
             ));
         }
         let store = &sh.store;
+        let roster = Roster {
+            sh,
+            me: (me, &self.my_name),
+        };
         let fields = match self.change {
             Change::AddFriend(friend) => {
                 quota::friends(sh, me, friend).await?;
@@ -98,6 +110,7 @@ impl Social {
                     .add_friend(me, friend)
                     .await
                     .map_err(|e| reword(e, "no such user", "already friends", ""))?;
+                roster.friends(RosterEvent::FriendAdded, friend).await;
                 vec![]
             }
             Change::RemoveFriend(friend) => {
@@ -105,6 +118,7 @@ impl Social {
                     .remove_friend(me, friend)
                     .await
                     .map_err(|e| reword(e, "not in your friend list", "", ""))?;
+                roster.friends(RosterEvent::FriendRemoved, friend).await;
                 vec![]
             }
             Change::CreateGroup { name, key, desc } => {
@@ -121,9 +135,15 @@ impl Social {
                     .join_group(g, me)
                     .await
                     .map_err(|e| reword(e, "no such group", "you are already a member", ""))?;
+                // Every member, the newcomer too, after the join.
+                if let Some((name, members)) = roster.group(g).await {
+                    roster.group_event(RosterEvent::MemberJoined, (g, &name), &members);
+                }
                 vec![]
             }
             Change::Quit(g) => {
+                // Every member, the leaver too: read before the leaving.
+                let before = roster.group(g).await;
                 store.quit_group(g, me).await.map_err(|e| {
                     reword(
                         e,
@@ -132,10 +152,14 @@ impl Social {
                         "not a member, or the creator (who may disband instead)",
                     )
                 })?;
+                if let Some((name, members)) = before {
+                    roster.group_event(RosterEvent::MemberLeft, (g, &name), &members);
+                }
                 vec![]
             }
             Change::Disband(g) => {
-                store.disband_group(g, me).await.map_err(|e| {
+                let name = roster.group(g).await.map(|(name, _)| name);
+                let members = store.disband_group(g, me).await.map_err(|e| {
                     reword(
                         e,
                         "no such group",
@@ -143,10 +167,72 @@ impl Social {
                         "only the creator may disband a group",
                     )
                 })?;
+                if let Some(name) = name {
+                    roster.group_event(RosterEvent::GroupDisbanded, (g, &name), &members);
+                }
                 vec![]
             }
         };
         Ok(to.ack_at_level2(fields))
+    }
+}
+
+/// The ROSTER pushes of one change: they go on the bus like PRESENCE, to
+/// every affected user's level-2 session on any node, and are not stored
+/// (the next login ack carries the current lists). A change that is made
+/// but whose push cannot be worked out (a read fails) is logged, not undone.
+struct Roster<'a> {
+    sh: &'a Service,
+    /// The user making the change: id and name.
+    me: (UserId, &'a str),
+}
+
+impl Roster<'_> {
+    /// `friend_added` or `friend_removed`, to both friends, each told about
+    /// the other (with their state, for a new friend).
+    async fn friends(&self, event: RosterEvent, friend: UserId) {
+        let (me, my_name) = self.me;
+        let name = match self.sh.store.find_user(friend).await {
+            Ok(Some(u)) => u.name,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(user = me, friend, error = %e, "no ROSTER sent: cannot read the friend");
+                return;
+            }
+        };
+        let added = event == RosterEvent::FriendAdded;
+        let friend_online = if added {
+            self.sh.bus.online(&[friend]).await.first().copied()
+        } else {
+            None
+        };
+        let to_me = push::roster(event, (friend, &name), None, friend_online);
+        let to_friend = push::roster(event, (me, my_name), None, added.then_some(true));
+        self.sh.bus.send(me, Event::Roster(to_me));
+        self.sh.bus.send(friend, Event::Roster(to_friend));
+    }
+
+    /// A group's name and members, or `None` (logged) when it cannot be read.
+    async fn group(&self, g: GroupId) -> Option<(String, Vec<UserId>)> {
+        match self.sh.store.groups_of(self.me.0).await {
+            Ok(groups) => groups
+                .into_iter()
+                .find(|x| x.id == g)
+                .map(|x| (x.name, x.members.into_iter().map(|m| m.id).collect())),
+            Err(e) => {
+                tracing::warn!(user = self.me.0, group = g, error = %e, "no ROSTER sent: cannot read the group");
+                None
+            }
+        }
+    }
+
+    /// A group event about `me`, to each of `members`.
+    fn group_event(&self, event: RosterEvent, group: (GroupId, &str), members: &[UserId]) {
+        let online = (event == RosterEvent::MemberJoined).then_some(true);
+        let frame = push::roster(event, self.me, Some(group), online);
+        for &m in members {
+            self.sh.bus.send(m, Event::Roster(frame.clone()));
+        }
     }
 }
 

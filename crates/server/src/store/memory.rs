@@ -233,6 +233,16 @@ impl UserStore for MemoryStore {
     async fn find_user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
         Ok(self.state().users.get(&id).cloned())
     }
+
+    async fn find_user_by_name(&self, name: &str) -> StoreResult<Option<Person>> {
+        let st = self.state();
+        Ok(st.user_names.names.get(name).and_then(|id| {
+            st.users.get(id).map(|u| Person {
+                id: u.id,
+                name: u.name.clone(),
+            })
+        }))
+    }
 }
 
 #[async_trait]

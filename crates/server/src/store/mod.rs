@@ -473,6 +473,10 @@ pub trait UserStore: Send + Sync {
     async fn create_user(&self, name: &str, key: &str, password_hash: &str) -> StoreResult<UserId>;
     /// Looks an account up by id.
     async fn find_user(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
+    /// Looks an account up by its name exactly as registered (byte for
+    /// byte, so case-sensitive; FIND_USER). Not by key: a look-alike of a
+    /// name finds nobody.
+    async fn find_user_by_name(&self, name: &str) -> StoreResult<Option<Person>>;
 }
 
 /// Mutual friendships.

@@ -358,6 +358,10 @@ impl UserStore for MysqlStore {
     async fn find_user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
         self.reads.find_user(id).await
     }
+
+    async fn find_user_by_name(&self, name: &str) -> StoreResult<Option<Person>> {
+        self.reads.find_user_by_name(name).await
+    }
 }
 
 #[async_trait]

@@ -216,6 +216,26 @@ where
         .transpose()
     }
 
+    /// [`super::UserStore::find_user_by_name`]: the unique index on
+    /// `name`, whose collation is binary on both backends. MariaDB's binary
+    /// collations still ignore trailing spaces (PAD SPACE), so the row's
+    /// name is compared again here, byte for byte.
+    pub(crate) async fn find_user_by_name(&self, name: &str) -> StoreResult<Option<Person>> {
+        let row = sqlx::query::<DB>("SELECT id, name FROM users WHERE name = ?")
+            .bind(name.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        let found = row
+            .map(|r| {
+                Ok::<_, StoreError>(Person {
+                    id: r.try_get(0)?,
+                    name: text(&r, 1)?,
+                })
+            })
+            .transpose()?;
+        Ok(found.filter(|p| p.name == name))
+    }
+
     /// [`super::FriendStore::friends`].
     pub(crate) async fn friends(&self, user: UserId) -> StoreResult<Vec<Person>> {
         let rows = sqlx::query::<DB>(

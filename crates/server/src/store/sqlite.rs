@@ -384,6 +384,10 @@ impl UserStore for SqliteStore {
     async fn find_user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
         self.read.find_user(id).await
     }
+
+    async fn find_user_by_name(&self, name: &str) -> StoreResult<Option<Person>> {
+        self.read.find_user_by_name(name).await
+    }
 }
 
 #[async_trait]

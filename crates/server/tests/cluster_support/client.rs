@@ -27,6 +27,11 @@ impl Client {
         )
     }
 
+    /// This client, returning ROSTER pushes like any other frame.
+    pub fn with_roster(self) -> Client {
+        Client(self.0.with_roster())
+    }
+
     /// Connects, or says why not.
     pub async fn try_connect(addr: SocketAddr) -> Result<Client, String> {
         let c = chat_testkit::Client::try_connect(addr).await?;
