@@ -56,6 +56,8 @@ pub enum Command {
         /// How many messages (server default when absent).
         limit: Option<i64>,
     },
+    /// Look a user up by exact name.
+    Find(String),
     /// Show the friend list.
     Friends,
     /// Show the group list.
@@ -113,6 +115,7 @@ pub const HELP: &[(&str, &str)] = &[
         "your last N messages with user ID (default 50)",
     ),
     ("ghistory:ID[:N]", "the last N messages of group ID"),
+    ("find:NAME", "look up user NAME (exact name): id and state"),
     ("friends", "list your friends"),
     ("groups", "list your groups"),
     ("loginout", "log out and return to the menu"),
@@ -141,6 +144,7 @@ fn usage_of(name: &str) -> &'static str {
         "disband" => "disband:",
         "history" => "history:",
         "ghistory" => "ghistory:",
+        "find" => "find:",
         _ => name,
     };
     HELP.iter()
@@ -236,6 +240,18 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             group: id("a group ID")?,
             limit: limit()?,
         },
+        "find" => {
+            let who = arg.map(str::trim).unwrap_or("");
+            if who.is_empty() {
+                return Err(bad("find needs a user name".into()));
+            }
+            // A name may hold ':'; take the rest of the line as is.
+            let who = match rest {
+                Some(r) => format!("{who}:{r}"),
+                None => who.to_owned(),
+            };
+            Command::Find(who)
+        }
         "creategroup" => {
             let gname = arg.map(str::trim).unwrap_or("");
             if gname.is_empty() {
@@ -324,6 +340,9 @@ mod tests {
             }
         );
         assert_eq!(ok("friends"), Command::Friends);
+        assert_eq!(ok("find:bob"), Command::Find("bob".into()));
+        assert_eq!(ok("find: 李雷 "), Command::Find("李雷".into()));
+        assert!(err("find:").contains("needs a user name"));
         assert_eq!(ok("groups"), Command::Groups);
         assert_eq!(ok("quit"), Command::Quit);
         assert_eq!(ok("exit"), Command::Quit);

@@ -33,6 +33,8 @@ pub(super) enum Pending {
     Disband(i64),
     History(i64),
     GroupHistory(i64),
+    /// FIND_USER for this name.
+    Find(String),
     Ping,
     LoginOut,
 }
@@ -50,6 +52,7 @@ impl Pending {
             Pending::QuitGroup(g) => format!("quitgroup {g}"),
             Pending::Disband(g) => format!("disband {g}"),
             Pending::History(u) => format!("history with {u}"),
+            Pending::Find(name) => format!("find {name}"),
             Pending::GroupHistory(g) => format!("history of group {g}"),
             Pending::Ping => "ping".into(),
             Pending::LoginOut => "loginout".into(),
@@ -87,6 +90,7 @@ impl Session {
                 return Step::Continue;
             }
             Command::LoginOut => (Request::LoginOut, Pending::LoginOut),
+            Command::Find(name) => (Request::FindUser { name }, Pending::Find(name.clone())),
             Command::AddFriend(f) => (Request::AddFriend(*f), Pending::AddFriend(*f)),
             Command::DelFriend(f) => (Request::DelFriend(*f), Pending::DelFriend(*f)),
             Command::CreateGroup { name, desc } => (

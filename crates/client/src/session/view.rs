@@ -10,8 +10,9 @@ use crate::net::{int, objects, text};
 use crate::ui::clean;
 
 /// Formats a pushed (or history) chat frame for people:
-/// `[time] alice(1): hi`, or `[group 3] [time] alice(1): hi`.
-pub(super) fn format_chat(f: &Map<String, Value>) -> String {
+/// `[time] alice(1): hi`, or `[group 3 "team"] [time] alice(1): hi` (the
+/// group's name when known).
+pub(super) fn format_chat(f: &Map<String, Value>, group_name: Option<&str>) -> String {
     let sender = int(f, "id").unwrap_or(0);
     let name = clean(text(f, "name"));
     let who = if name.is_empty() {
@@ -25,7 +26,10 @@ pub(super) fn format_chat(f: &Map<String, Value>) -> String {
         clean(text(f, "msg"))
     );
     match (int(f, "msgid"), int(f, "groupid")) {
-        (Some(msgid::GROUP_CHAT), Some(g)) => format!("[group {g}] {body}"),
+        (Some(msgid::GROUP_CHAT), Some(g)) => match group_name {
+            Some(n) => format!("[group {g} \"{}\"] {body}", clean(n)),
+            None => format!("[group {g}] {body}"),
+        },
         _ => body,
     }
 }
@@ -131,7 +135,7 @@ impl Session {
         // The server sends newest first; people read oldest first.
         for m in msgs.iter().rev() {
             s.push('\n');
-            s.push_str(&format_chat(m));
+            s.push_str(&format_chat(m, None));
         }
         s.push_str("\n--- end of history ---");
         self.out.line(s);
@@ -155,17 +159,21 @@ mod tests {
         let one = obj(json!({"msgid": 6, "id": 1, "name": "alice", "toid": 2,
             "msg": "hi: there", "time": "2026-11-23 10:00:00", "mid": 5, "seq": 1}));
         assert_eq!(
-            format_chat(&one),
+            format_chat(&one, None),
             "[2026-11-23 10:00:00] alice(1): hi: there"
         );
         let grp = obj(json!({"msgid": 10, "id": 1, "userid": 1, "name": "alice",
             "groupid": 3, "msg": "hi", "time": "2026-11-23 10:00:00"}));
         assert_eq!(
-            format_chat(&grp),
+            format_chat(&grp, None),
             "[group 3] [2026-11-23 10:00:00] alice(1): hi"
         );
+        assert_eq!(
+            format_chat(&grp, Some("team")),
+            "[group 3 \"team\"] [2026-11-23 10:00:00] alice(1): hi"
+        );
         let evil = obj(json!({"msgid": 6, "id": 1, "name": "a", "msg": "\u{1b}[2J", "time": "t"}));
-        assert_eq!(format_chat(&evil), "[t] a(1): \\u{1b}[2J");
+        assert_eq!(format_chat(&evil, None), "[t] a(1): \\u{1b}[2J");
     }
 
     #[test]

@@ -83,7 +83,10 @@ fn two_users_chat_befriend_and_share_a_group() {
     b.send(&format!("groupchat:{group}:hello team"));
     b.expect("group message sent (mid ");
     let got = a.expect("hello team");
-    assert!(got.starts_with(&format!("[group {group}] [20")), "{got}");
+    assert!(
+        got.starts_with(&format!("[group {group} \"team\"] [20")),
+        "{got}"
+    );
     assert!(got.ends_with(&format!("bob({bob}): hello team")), "{got}");
     a.send(&format!("groupchat:{group}:welcome bob"));
     a.expect("group message sent");
@@ -547,4 +550,132 @@ fn at_a_terminal_the_client_reconnects_and_delivers_unconfirmed_messages_once() 
     for text in ["sent while frozen", "typed offline", "live again"] {
         assert_eq!(h.matches(text).count(), 1, "{text:?} not once in {h}");
     }
+}
+
+/// Sends `cmd` until a line of its output contains both `who` and `want`
+/// (for lists that a push updates a moment after a reply).
+fn eventually(c: &mut Client, cmd: &str, who: &str, want: &str) {
+    for _ in 0..50 {
+        c.send(cmd);
+        c.send("help");
+        let seen = c.until("show this list");
+        if seen.iter().any(|l| l.contains(who) && l.contains(want)) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    c.fail(&format!("{cmd} never showed {who} with {want:?}"));
+}
+
+#[test]
+fn friend_and_group_lists_follow_what_others_do() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut a = Client::start("alice", &server.addr, &state.path().join("a"));
+    let mut b = Client::start("bob", &server.addr, &state.path().join("b"));
+    let alice = a.register("alice", "pw-a");
+    let bob = b.register("bob", "pw-b");
+    a.expect("3. quit");
+    a.login(alice, "pw-a", "alice");
+    b.expect("3. quit");
+    b.login(bob, "pw-b", "bob");
+
+    // Alice befriends bob: bob is told, and his list has her at once.
+    a.send(&format!("addfriend:{bob}"));
+    a.expect(&format!("bob({bob}) is now your friend"));
+    b.expect(&format!("alice({alice}) added you as a friend (online)"));
+    b.send("friends");
+    b.expect("friends (1):");
+    b.expect(&format!("alice({alice}) online"));
+    // Alice sees bob's state, not "state unknown".
+    eventually(&mut a, "friends", &format!("bob({bob})"), "online");
+
+    // Groups: joins and leaves are told to the members, with the group's name.
+    a.send("creategroup:team:all of us");
+    let line = a.expect("group \"team\" created (id ");
+    let group: i64 = line
+        .rsplit("(id ")
+        .next()
+        .and_then(|r| r.trim_end_matches(')').parse().ok())
+        .unwrap();
+    b.send(&format!("addgroup:{group}"));
+    a.expect(&format!("bob({bob}) joined group {group} \"team\""));
+    b.send(&format!("groupchat:{group}:hi team"));
+    let got = a.expect("hi team");
+    assert!(
+        got.starts_with(&format!("[group {group} \"team\"] [20")),
+        "{got}"
+    );
+    a.send("groups");
+    a.expect("groups (1):");
+    a.expect(&format!("bob({bob}) normal online"));
+    b.send(&format!("quitgroup:{group}"));
+    a.expect(&format!("bob({bob}) left group {group} \"team\""));
+    b.send(&format!("addgroup:{group}"));
+    a.expect(&format!("bob({bob}) joined group {group}"));
+    a.send(&format!("disband:{group}"));
+    b.expect(&format!(
+        "group {group} \"team\" was disbanded by alice({alice})"
+    ));
+    b.send("groups");
+    b.expect("no groups yet");
+
+    // Unfriending is told too, and the list follows.
+    a.send(&format!("delfriend:{bob}"));
+    b.expect(&format!("alice({alice}) removed you from their friends"));
+    b.send("friends");
+    b.expect("no friends yet");
+}
+
+#[test]
+fn a_second_login_of_a_friend_is_announced_once() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut a = Client::start("alice", &server.addr, &state.path().join("a"));
+    let mut b = Client::start("bob", &server.addr, &state.path().join("b"));
+    let alice = a.register("alice", "pw-a");
+    let bob = b.register("bob", "pw-b");
+    a.expect("3. quit");
+    a.login(alice, "pw-a", "alice");
+    a.send(&format!("addfriend:{bob}"));
+    a.expect("is now your friend");
+    b.expect("3. quit");
+    b.login(bob, "pw-b", "bob");
+    a.expect("is now online");
+
+    // Bob logs in again elsewhere; he never went offline.
+    let mut b2 = Client::start("bob again", &server.addr, &state.path().join("b2"));
+    b2.expect("3. quit");
+    b2.login(bob, "pw-b", "bob");
+    b2.send(&format!("chat:{alice}:from my phone"));
+    let seen = a.until("from my phone");
+    a.send("help");
+    let mut seen2 = a.until("show this list");
+    seen2.extend(seen);
+    assert!(
+        !seen2.iter().any(|l| l.contains("is now online")),
+        "announced twice: {seen2:?}"
+    );
+}
+
+#[test]
+fn find_looks_people_up_by_exact_name() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut a = Client::start("alice", &server.addr, &state.path().join("a"));
+    let mut b = Client::start("bob", &server.addr, &state.path().join("b"));
+    let alice = a.register("alice", "pw-a");
+    let bob = b.register("李雷", "pw-b");
+    a.expect("3. quit");
+    a.login(alice, "pw-a", "alice");
+    a.send("find:李雷");
+    a.expect(&format!("李雷: user id {bob}, offline"));
+    b.expect("3. quit");
+    b.login(bob, "pw-b", "李雷");
+    a.send("find:李雷");
+    a.expect(&format!("李雷: user id {bob}, online"));
+    a.send("find:李");
+    a.expect("no user is called \"李\"");
+    a.send("find:alice");
+    a.expect(&format!("alice: user id {alice}, online"));
 }
