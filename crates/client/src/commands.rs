@@ -2,7 +2,9 @@
 //!
 //! The syntax is the classic ChatClient's: `name:arg:rest`. Lines are split
 //! on the first two colons only, so message texts and group descriptions may
-//! themselves contain ':'.
+//! themselves contain ':'. Where a user id is expected (`chat`, `addfriend`,
+//! `delfriend`, `history`) a user name may stand instead: the command comes
+//! as [`Command::ByName`], and the session finds the id.
 
 use std::fmt;
 
@@ -58,6 +60,14 @@ pub enum Command {
     },
     /// Look a user up by exact name.
     Find(String),
+    /// A user command given a name where the id goes: `cmd`'s user id is 0
+    /// until [`Command::with_user`] fills it in.
+    ByName {
+        /// The user's name, as typed (exact).
+        name: String,
+        /// The command, waiting for the id.
+        cmd: Box<Command>,
+    },
     /// Show the friend list.
     Friends,
     /// Show the group list.
@@ -66,6 +76,21 @@ pub enum Command {
     LoginOut,
     /// Exit the program.
     Quit,
+}
+
+impl Command {
+    /// The command with its user id set to `id` (for the commands that
+    /// take one; others are returned as they are).
+    pub fn with_user(self, id: i64) -> Command {
+        match self {
+            Command::Chat { text, .. } => Command::Chat { to: id, text },
+            Command::AddFriend(_) => Command::AddFriend(id),
+            Command::DelFriend(_) => Command::DelFriend(id),
+            Command::History { limit, .. } => Command::History { peer: id, limit },
+            Command::ByName { cmd, .. } => cmd.with_user(id),
+            other => other,
+        }
+    }
 }
 
 /// Why a line is not a command.
@@ -99,9 +124,9 @@ impl std::error::Error for ParseError {}
 /// Every command with its syntax and a one-line explanation, for `help`.
 pub const HELP: &[(&str, &str)] = &[
     ("help", "show this list"),
-    ("chat:ID:TEXT", "send TEXT to user ID"),
-    ("addfriend:ID", "make user ID your friend"),
-    ("delfriend:ID", "remove user ID from your friends"),
+    ("chat:ID:TEXT", "send TEXT to user ID (or NAME)"),
+    ("addfriend:ID", "make user ID (or NAME) your friend"),
+    ("delfriend:ID", "remove user ID (or NAME) from your friends"),
     (
         "creategroup:NAME:DESC",
         "create a group (DESC may be left out)",
@@ -158,6 +183,17 @@ pub fn parse_id(s: &str) -> Option<i64> {
     s.trim().parse::<i64>().ok().filter(|&n| n > 0)
 }
 
+/// `cmd` as it is, or waiting for the id of user `name`.
+fn by_name(name: Option<String>, cmd: Command) -> Command {
+    match name {
+        Some(name) => Command::ByName {
+            name,
+            cmd: Box::new(cmd),
+        },
+        None => cmd,
+    }
+}
+
 /// Parses one line. `Ok(None)` for a blank line.
 pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     let line = line.trim_end_matches(['\r', '\n']);
@@ -195,6 +231,21 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             _ => Err(bad("the message text is empty".into())),
         }
     };
+    // A user id, or else a name: 0 and the name, for Command::ByName.
+    let user = || -> Result<(i64, Option<String>), ParseError> {
+        let a = arg.map(str::trim).unwrap_or("");
+        if a.is_empty() || a.parse::<i64>().is_ok() {
+            return id("a user ID").map(|v| (v, None));
+        }
+        Ok((0, Some(a.to_owned())))
+    };
+    let only_user = || -> Result<(i64, Option<String>), ParseError> {
+        let v = user()?;
+        if rest.is_some() {
+            return Err(bad(format!("{name} takes only a user ID or name")));
+        }
+        Ok(v)
+    };
     let only_id = |what: &str| -> Result<i64, ParseError> {
         let v = id(what)?;
         if rest.is_some() {
@@ -219,23 +270,30 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
         "groups" => return no_args(Command::Groups),
         "loginout" | "logout" => return no_args(Command::LoginOut),
         "quit" | "exit" => return no_args(Command::Quit),
-        "chat" => Command::Chat {
-            to: id("a user ID")?,
-            text: text()?,
-        },
+        "chat" => {
+            let (to, who) = user()?;
+            by_name(who, Command::Chat { to, text: text()? })
+        }
         "groupchat" => Command::GroupChat {
             group: id("a group ID")?,
             text: text()?,
         },
-        "addfriend" => Command::AddFriend(only_id("a user ID")?),
-        "delfriend" => Command::DelFriend(only_id("a user ID")?),
+        "addfriend" => {
+            let (id, who) = only_user()?;
+            by_name(who, Command::AddFriend(id))
+        }
+        "delfriend" => {
+            let (id, who) = only_user()?;
+            by_name(who, Command::DelFriend(id))
+        }
         "addgroup" => Command::AddGroup(only_id("a group ID")?),
         "quitgroup" => Command::QuitGroup(only_id("a group ID")?),
         "disband" => Command::Disband(only_id("a group ID")?),
-        "history" => Command::History {
-            peer: id("a user ID")?,
-            limit: limit()?,
-        },
+        "history" => {
+            let (peer, who) = user()?;
+            let limit = limit()?;
+            by_name(who, Command::History { peer, limit })
+        }
         "ghistory" => Command::GroupHistory {
             group: id("a group ID")?,
             limit: limit()?,
@@ -393,6 +451,41 @@ mod tests {
     }
 
     #[test]
+    fn a_name_may_stand_for_a_user_id() {
+        let c = ok("chat:bob:hi: there");
+        assert_eq!(
+            c,
+            Command::ByName {
+                name: "bob".into(),
+                cmd: Box::new(Command::Chat {
+                    to: 0,
+                    text: "hi: there".into()
+                })
+            }
+        );
+        assert_eq!(
+            c.with_user(2),
+            Command::Chat {
+                to: 2,
+                text: "hi: there".into()
+            }
+        );
+        assert_eq!(ok("addfriend: 李雷 ").with_user(7), Command::AddFriend(7));
+        assert_eq!(ok("delfriend:bob").with_user(7), Command::DelFriend(7));
+        assert_eq!(
+            ok("history:bob:5").with_user(2),
+            Command::History {
+                peer: 2,
+                limit: Some(5)
+            }
+        );
+        assert!(err("addfriend:bob:x").contains("takes only"));
+        assert!(err("addfriend:0").contains("positive number"));
+        // Groups still take ids only.
+        assert!(err("groupchat:team:hi").contains("positive number"));
+    }
+
+    #[test]
     fn blank_lines_are_nothing() {
         assert_eq!(parse(""), Ok(None));
         assert_eq!(parse("   \r\n"), Ok(None));
@@ -408,7 +501,7 @@ mod tests {
 
     #[test]
     fn bad_arguments_show_usage() {
-        let e = err("chat:bob:hi");
+        let e = err("chat:-2:hi");
         assert!(e.contains("positive number"), "{e}");
         assert!(e.contains("usage: chat:ID:TEXT"), "{e}");
         assert!(err("chat:2").contains("text is empty"));

@@ -95,6 +95,8 @@ enum Step {
     Kicked(String),
     /// The client cannot log back in after a lost connection.
     Refused(String),
+    /// Run this command now (one whose user name was just looked up).
+    Run(Box<crate::commands::Command>),
 }
 
 /// The state of one logged-in user.
@@ -272,7 +274,10 @@ impl Session {
                     self.on_input(input, conn.as_mut()).await
                 }
                 ev = recv_opt(&mut conn) => match ev {
-                    Event::Frame(f) => self.on_frame(&f),
+                    Event::Frame(f) => match self.on_frame(&f) {
+                        Step::Run(cmd) => self.exec(*cmd, conn.as_mut()).await,
+                        step => step,
+                    },
                     Event::Closed(why) => Step::Lost(why.unwrap_or_else(|| "the server closed the connection".into())),
                 },
                 _ = heartbeat.tick(), if conn.is_some() => match conn.as_mut() {
@@ -320,7 +325,7 @@ impl Session {
             };
             let exiting = matches!(phase, Phase::Exiting(_));
             match step {
-                Step::Continue => {}
+                Step::Continue | Step::Run(_) => {}
                 Step::LoggingOut => phase = Phase::LoggingOut(Instant::now() + REPLY_WAIT),
                 Step::LoggedOut => {
                     // LOGINOUT revoked every token of this user.

@@ -45,7 +45,7 @@ impl Session {
                     Some(Pending::Ping) => {
                         self.ping_outstanding = false;
                     }
-                    Some(Pending::Find(name)) if errno == 3 => {
+                    Some(Pending::Find(name) | Pending::Resolve { name, .. }) if errno == 3 => {
                         self.out
                             .line(format!("no user is called \"{}\"", clean(&name)));
                     }
@@ -269,6 +269,21 @@ impl Session {
                         };
                         self.out
                             .line(format!("{}: user id {id}, {state}", clean(found)));
+                    }
+                    None => self
+                        .out
+                        .line(format!("no user is called \"{}\"", clean(&name))),
+                }
+            }
+            Pending::Resolve { name, cmd } => {
+                let found = f
+                    .get("user")
+                    .and_then(Value::as_object)
+                    .and_then(|u| int(u, "id"));
+                match found {
+                    Some(id) => {
+                        self.names.insert(id, name);
+                        return Step::Run(Box::new(cmd.with_user(id)));
                     }
                     None => self
                         .out

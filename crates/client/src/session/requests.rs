@@ -35,6 +35,11 @@ pub(super) enum Pending {
     GroupHistory(i64),
     /// FIND_USER for this name.
     Find(String),
+    /// FIND_USER to find the id a command named a user by.
+    Resolve {
+        name: String,
+        cmd: Box<Command>,
+    },
     Ping,
     LoginOut,
 }
@@ -53,6 +58,7 @@ impl Pending {
             Pending::Disband(g) => format!("disband {g}"),
             Pending::History(u) => format!("history with {u}"),
             Pending::Find(name) => format!("find {name}"),
+            Pending::Resolve { name, .. } => format!("find {name}"),
             Pending::GroupHistory(g) => format!("history of group {g}"),
             Pending::Ping => "ping".into(),
             Pending::LoginOut => "loginout".into(),
@@ -64,6 +70,18 @@ impl Session {
     /// Runs one command: local ones at once, the others as a request whose
     /// reply is matched later by its reqid.
     pub(super) async fn exec(&mut self, cmd: Command, conn: Option<&mut Conn>) -> Step {
+        let cmd = match cmd {
+            Command::ByName { name, cmd } => match self.known_user(&name) {
+                Ok(id) => cmd.with_user(id),
+                Err(Some(why)) => {
+                    self.out.line(why);
+                    return Step::Continue;
+                }
+                // Not known here: ask the server, then run it.
+                Err(None) => Command::ByName { name, cmd },
+            },
+            cmd => cmd,
+        };
         let (req, pending) = match &cmd {
             Command::Help => {
                 self.out.line(commands::help_text());
@@ -91,6 +109,13 @@ impl Session {
             }
             Command::LoginOut => (Request::LoginOut, Pending::LoginOut),
             Command::Find(name) => (Request::FindUser { name }, Pending::Find(name.clone())),
+            Command::ByName { name, cmd } => (
+                Request::FindUser { name },
+                Pending::Resolve {
+                    name: name.clone(),
+                    cmd: cmd.clone(),
+                },
+            ),
             Command::AddFriend(f) => (Request::AddFriend(*f), Pending::AddFriend(*f)),
             Command::DelFriend(f) => (Request::DelFriend(*f), Pending::DelFriend(*f)),
             Command::CreateGroup { name, desc } => (
@@ -146,6 +171,31 @@ impl Session {
 }
 
 impl Session {
+    /// The id of the user called exactly `name`, among the users this
+    /// session knows; `Err(None)` when it knows none, `Err(Some(why))` when
+    /// the name is ambiguous.
+    fn known_user(&self, name: &str) -> Result<i64, Option<String>> {
+        let mut ids: Vec<i64> = self
+            .names
+            .iter()
+            .filter(|(_, n)| n.as_str() == name)
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        match ids.as_slice() {
+            [] => Err(None),
+            [id] => Ok(*id),
+            many => {
+                let list: Vec<String> = many.iter().map(|&id| self.who(id)).collect();
+                Err(Some(format!(
+                    "\"{}\" could be {}: use the id",
+                    crate::ui::clean(name),
+                    list.join(" or ")
+                )))
+            }
+        }
+    }
+
     /// Puts a message in the outbox, and sends it when connected.
     async fn chat(
         &mut self,

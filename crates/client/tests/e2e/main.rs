@@ -679,3 +679,29 @@ fn find_looks_people_up_by_exact_name() {
     a.send("find:alice");
     a.expect(&format!("alice: user id {alice}, online"));
 }
+
+#[test]
+fn chat_and_addfriend_take_a_name_for_the_id() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut a = Client::start("alice", &server.addr, &state.path().join("a"));
+    let mut b = Client::start("bob", &server.addr, &state.path().join("b"));
+    let alice = a.register("alice", "pw-a");
+    let bob = b.register("李雷", "pw-b");
+    a.expect("3. quit");
+    a.login(alice, "pw-a", "alice");
+    b.expect("3. quit");
+    b.login(bob, "pw-b", "李雷");
+    // Not known to alice yet: the client asks the server for the id.
+    a.send("chat:李雷:你好: 10:30");
+    a.expect("message sent");
+    b.expect(&format!("alice({alice}): 你好: 10:30"));
+    a.send("addfriend:李雷");
+    a.expect(&format!("李雷({bob}) is now your friend"));
+    b.send("chat:alice:hi");
+    a.expect(&format!("李雷({bob}): hi"));
+    a.send("history:李雷:1");
+    a.expect("--- history with 李雷");
+    a.send("chat:nobody:hi");
+    a.expect("no user is called \"nobody\"");
+}
