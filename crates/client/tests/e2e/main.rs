@@ -705,3 +705,27 @@ fn chat_and_addfriend_take_a_name_for_the_id() {
     a.send("chat:nobody:hi");
     a.expect("no user is called \"nobody\"");
 }
+
+#[test]
+fn passwords_are_not_shown_at_a_terminal() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut t = Term::start("terminal", &server.addr, state.path());
+    t.expect("choice: ");
+    t.type_in("2\r");
+    t.expect("name: ");
+    t.type_in("vera\r");
+    t.expect("password: ");
+    // Typed key by key, as a person does, and as a whole line.
+    for c in "s3cret-".chars() {
+        t.type_in(&c.to_string());
+        thread::sleep(Duration::from_millis(20));
+    }
+    t.type_in("pw\r");
+    t.expect("registered vera: your id is 1");
+    t.login(1, "s3cret-pw", "vera");
+    let screen = t.text();
+    for shown in ["s3cret", "cret-pw", "-pw"] {
+        assert!(!screen.contains(shown), "the password shows: {screen}");
+    }
+}
