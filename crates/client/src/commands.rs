@@ -110,16 +110,75 @@ pub enum ParseError {
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ParseError::Unknown(name) => write!(
-                f,
-                "unknown command \"{name}\"; type help to see the commands"
-            ),
+            ParseError::Unknown(name) => match did_you_mean(name) {
+                Some(near) => write!(
+                    f,
+                    "unknown command \"{name}\"; did you mean {near}? type help to see the commands"
+                ),
+                None => write!(
+                    f,
+                    "unknown command \"{name}\"; type help to see the commands"
+                ),
+            },
             ParseError::Usage { problem, usage } => write!(f, "{problem}; usage: {usage}"),
         }
     }
 }
 
 impl std::error::Error for ParseError {}
+
+/// Every command name, for "did you mean".
+const NAMES: &[&str] = &[
+    "help",
+    "chat",
+    "addfriend",
+    "delfriend",
+    "creategroup",
+    "addgroup",
+    "groupchat",
+    "quitgroup",
+    "disband",
+    "history",
+    "ghistory",
+    "find",
+    "friends",
+    "groups",
+    "loginout",
+    "quit",
+];
+
+/// The command a mistyped name most likely meant: the nearest by edit
+/// distance, when it is at most 2 edits away (1 for short names).
+fn did_you_mean(typed: &str) -> Option<&'static str> {
+    let typed = typed.to_lowercase();
+    let most = if typed.chars().count() <= 4 { 1 } else { 2 };
+    NAMES
+        .iter()
+        .map(|&n| (edit_distance(&typed, n), n))
+        .filter(|&(d, _)| d > 0 && d <= most)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, n)| n)
+}
+
+/// Levenshtein distance between two strings, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
 
 /// Every command with its syntax and a one-line explanation, for `help`.
 pub const HELP: &[(&str, &str)] = &[
@@ -497,6 +556,23 @@ mod tests {
         assert!(e.contains("unknown command \"hello\""), "{e}");
         assert!(e.contains("help"), "{e}");
         assert!(err("sendmsg:2:x").contains("\"sendmsg\""));
+        assert!(!err("dance").contains("did you mean"));
+    }
+
+    #[test]
+    fn near_misses_get_a_suggestion() {
+        assert!(
+            err("chatt:2:hi").contains("did you mean chat?"),
+            "{}",
+            err("chatt:2:hi")
+        );
+        assert!(err("frends").contains("did you mean friends?"));
+        assert!(err("addfreind:2").contains("did you mean addfriend?"));
+        assert!(err("logout:x").contains("takes no arguments"));
+        assert!(err("histroy:2").contains("did you mean history?"));
+        assert!(!err("xyz").contains("did you mean"));
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
     }
 
     #[test]
