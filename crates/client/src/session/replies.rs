@@ -192,24 +192,20 @@ impl Session {
 
     /// Reports a successful reply and updates what the session knows.
     fn on_ack(&mut self, p: Pending, f: &Map<String, Value>) -> Step {
-        let mid = || {
-            int(f, "mid")
-                .map(|m| format!(" (mid {m})"))
-                .unwrap_or_default()
-        };
         match p {
             Pending::Ping => self.ping_outstanding = false,
             Pending::LoginOut => {
                 self.out.line(format!("{} logged out", self.who(self.me)));
                 return Step::LoggedOut;
             }
-            Pending::Chat { key, .. } => {
+            Pending::Chat { to, key } => {
                 self.outbox.done(key);
-                self.out.line(format!("message sent{}", mid()));
+                self.out.line(format!("message sent to {}", self.who(to)));
             }
-            Pending::GroupChat { key, .. } => {
+            Pending::GroupChat { group, key } => {
                 self.outbox.done(key);
-                self.out.line(format!("group message sent{}", mid()));
+                let title = self.group_title(group);
+                self.out.line(format!("group message sent to {title}"));
             }
             Pending::AddFriend(u) => {
                 self.friends.insert(u);

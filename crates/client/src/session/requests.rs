@@ -210,11 +210,22 @@ impl Session {
             return Step::Continue;
         }
         let key = self.outbox.add(target, text.to_owned());
+        // The user's own message shows at once, marked pending until the
+        // server's ACK ("message sent to ...").
+        let to = match target {
+            ChatTarget::User(u) => self.who(u),
+            ChatTarget::Group(g) => self.group_title(g),
+        };
+        let echo = format!("you → {to}: {}", crate::ui::clean(text));
         match conn {
-            Some(c) => self.send_chat(c, key).await,
+            Some(c) => {
+                self.out.line(format!("{echo} (sending…)"));
+                self.send_chat(c, key).await
+            }
             None => {
-                self.out
-                    .line("not connected: the message is kept and goes out when the client is back online");
+                self.out.line(format!(
+                    "{echo} (not connected: kept, goes out when the client is back online)"
+                ));
                 Step::Continue
             }
         }

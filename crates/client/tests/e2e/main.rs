@@ -14,14 +14,6 @@ use std::time::Duration;
 use harness::{chat_exe, free_port, Client, Server};
 use term::Term;
 
-/// The mid in "message sent (mid N)".
-fn mid_of(line: &str) -> i64 {
-    line.split("(mid ")
-        .nth(1)
-        .and_then(|r| r.trim_end_matches(')').parse().ok())
-        .unwrap_or_else(|| panic!("no mid in {line:?}"))
-}
-
 #[test]
 fn two_users_chat_befriend_and_share_a_group() {
     let server = Server::start();
@@ -40,8 +32,10 @@ fn two_users_chat_befriend_and_share_a_group() {
 
     // One to one, both ways; the text keeps its colons.
     a.send(&format!("chat:{bob}:hello bob: it is 10:30"));
-    let sent = a.expect("message sent (mid ");
-    assert!(mid_of(&sent) > 0);
+    a.expect(&format!(
+        "you → user {bob}: hello bob: it is 10:30 (sending…)"
+    ));
+    a.expect(&format!("message sent to user {bob}"));
     let got = b.expect("hello bob");
     assert!(
         got.ends_with(&format!("alice({alice}): hello bob: it is 10:30")),
@@ -49,7 +43,7 @@ fn two_users_chat_befriend_and_share_a_group() {
     );
     assert!(got.starts_with("[20"), "a timestamp comes first: {got}");
     b.send(&format!("chat:{alice}:hi alice"));
-    b.expect("message sent (mid ");
+    b.expect(&format!("message sent to alice({alice})"));
     let got = a.expect("hi alice");
     assert!(got.ends_with(&format!("bob({bob}): hi alice")), "{got}");
 
@@ -81,7 +75,7 @@ fn two_users_chat_befriend_and_share_a_group() {
     b.send(&format!("addgroup:{group}"));
     b.expect(&format!("joined group {group}"));
     b.send(&format!("groupchat:{group}:hello team"));
-    b.expect("group message sent (mid ");
+    b.expect(&format!("group message sent to group {group}"));
     let got = a.expect("hello team");
     assert!(
         got.starts_with(&format!("[group {group} \"team\"] [20")),
@@ -261,11 +255,11 @@ fn a_script_sees_the_replies_before_quit_exits() {
     let seen = a.until("bye");
     let sent = seen
         .iter()
-        .position(|l| l.starts_with("message sent (mid "))
+        .position(|l| l.starts_with("message sent to "))
         .unwrap_or_else(|| panic!("{seen:?}"));
     assert!(
         seen.iter()
-            .any(|l| l.contains(&format!("erin({id}): note to self"))),
+            .any(|l| l.contains(&format!("] erin({id}): note to self"))),
         "{seen:?}"
     );
     assert!(
