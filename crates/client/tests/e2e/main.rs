@@ -66,12 +66,7 @@ fn two_users_chat_befriend_and_share_a_group() {
 
     // A group: alice creates it, bob joins, both talk in it.
     a.send("creategroup:team:the team: all of us");
-    let line = a.expect("group \"team\" created (id ");
-    let group: i64 = line
-        .rsplit("(id ")
-        .next()
-        .and_then(|r| r.trim_end_matches(')').parse().ok())
-        .unwrap();
+    let group = group_id(&a.expect("group \"team\" created (id "));
     b.send(&format!("addgroup:{group}"));
     b.expect(&format!("joined group {group}"));
     b.send(&format!("groupchat:{group}:hello team"));
@@ -546,6 +541,44 @@ fn at_a_terminal_the_client_reconnects_and_delivers_unconfirmed_messages_once() 
     }
 }
 
+/// The group id in "group \"NAME\" created (id N)".
+fn group_id(line: &str) -> i64 {
+    line.rsplit("(id ")
+        .next()
+        .and_then(|r| r.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no group id in {line:?}"))
+}
+
+/// alice (password "pw-a") and a second user named `b_name` (password
+/// "pw-b"), each registered with their own client and state directory; only
+/// alice is logged in, the other is at the menu: (alice's client, her id,
+/// the other's client, their id).
+fn registered_pair(
+    server: &Server,
+    state: &std::path::Path,
+    b_name: &str,
+) -> (Client, i64, Client, i64) {
+    let mut a = Client::start("alice", &server.addr, &state.join("a"));
+    let mut b = Client::start(b_name, &server.addr, &state.join("b"));
+    let alice = a.register("alice", "pw-a");
+    let bob = b.register(b_name, "pw-b");
+    a.expect("3. quit");
+    a.login(alice, "pw-a", "alice");
+    b.expect("3. quit");
+    (a, alice, b, bob)
+}
+
+/// [`registered_pair`] with both logged in.
+fn logged_in_pair(
+    server: &Server,
+    state: &std::path::Path,
+    b_name: &str,
+) -> (Client, i64, Client, i64) {
+    let (a, alice, mut b, bob) = registered_pair(server, state, b_name);
+    b.login(bob, "pw-b", b_name);
+    (a, alice, b, bob)
+}
+
 /// Sends `cmd` until a line of its output contains both `who` and `want`
 /// (for lists that a push updates a moment after a reply).
 fn eventually(c: &mut Client, cmd: &str, who: &str, want: &str) {
@@ -565,14 +598,7 @@ fn eventually(c: &mut Client, cmd: &str, who: &str, want: &str) {
 fn friend_and_group_lists_follow_what_others_do() {
     let server = Server::start();
     let state = tempfile::tempdir().unwrap();
-    let mut a = Client::start("alice", &server.addr, &state.path().join("a"));
-    let mut b = Client::start("bob", &server.addr, &state.path().join("b"));
-    let alice = a.register("alice", "pw-a");
-    let bob = b.register("bob", "pw-b");
-    a.expect("3. quit");
-    a.login(alice, "pw-a", "alice");
-    b.expect("3. quit");
-    b.login(bob, "pw-b", "bob");
+    let (mut a, alice, mut b, bob) = logged_in_pair(&server, state.path(), "bob");
 
     // Alice befriends bob: bob is told, and his list has her at once.
     a.send(&format!("addfriend:{bob}"));
@@ -586,12 +612,7 @@ fn friend_and_group_lists_follow_what_others_do() {
 
     // Groups: joins and leaves are told to the members, with the group's name.
     a.send("creategroup:team:all of us");
-    let line = a.expect("group \"team\" created (id ");
-    let group: i64 = line
-        .rsplit("(id ")
-        .next()
-        .and_then(|r| r.trim_end_matches(')').parse().ok())
-        .unwrap();
+    let group = group_id(&a.expect("group \"team\" created (id "));
     b.send(&format!("addgroup:{group}"));
     a.expect(&format!("bob({bob}) joined group {group} \"team\""));
     b.send(&format!("groupchat:{group}:hi team"));
@@ -625,15 +646,9 @@ fn friend_and_group_lists_follow_what_others_do() {
 fn a_second_login_of_a_friend_is_announced_once() {
     let server = Server::start();
     let state = tempfile::tempdir().unwrap();
-    let mut a = Client::start("alice", &server.addr, &state.path().join("a"));
-    let mut b = Client::start("bob", &server.addr, &state.path().join("b"));
-    let alice = a.register("alice", "pw-a");
-    let bob = b.register("bob", "pw-b");
-    a.expect("3. quit");
-    a.login(alice, "pw-a", "alice");
+    let (mut a, alice, mut b, bob) = registered_pair(&server, state.path(), "bob");
     a.send(&format!("addfriend:{bob}"));
     a.expect("is now your friend");
-    b.expect("3. quit");
     b.login(bob, "pw-b", "bob");
     a.expect("is now online");
 
@@ -656,15 +671,9 @@ fn a_second_login_of_a_friend_is_announced_once() {
 fn find_looks_people_up_by_exact_name() {
     let server = Server::start();
     let state = tempfile::tempdir().unwrap();
-    let mut a = Client::start("alice", &server.addr, &state.path().join("a"));
-    let mut b = Client::start("bob", &server.addr, &state.path().join("b"));
-    let alice = a.register("alice", "pw-a");
-    let bob = b.register("李雷", "pw-b");
-    a.expect("3. quit");
-    a.login(alice, "pw-a", "alice");
+    let (mut a, alice, mut b, bob) = registered_pair(&server, state.path(), "李雷");
     a.send("find:李雷");
     a.expect(&format!("李雷: user id {bob}, offline"));
-    b.expect("3. quit");
     b.login(bob, "pw-b", "李雷");
     a.send("find:李雷");
     a.expect(&format!("李雷: user id {bob}, online"));
@@ -678,14 +687,7 @@ fn find_looks_people_up_by_exact_name() {
 fn chat_and_addfriend_take_a_name_for_the_id() {
     let server = Server::start();
     let state = tempfile::tempdir().unwrap();
-    let mut a = Client::start("alice", &server.addr, &state.path().join("a"));
-    let mut b = Client::start("bob", &server.addr, &state.path().join("b"));
-    let alice = a.register("alice", "pw-a");
-    let bob = b.register("李雷", "pw-b");
-    a.expect("3. quit");
-    a.login(alice, "pw-a", "alice");
-    b.expect("3. quit");
-    b.login(bob, "pw-b", "李雷");
+    let (mut a, alice, mut b, bob) = logged_in_pair(&server, state.path(), "李雷");
     // Not known to alice yet: the client asks the server for the id.
     a.send("chat:李雷:你好: 10:30");
     a.expect("message sent");
