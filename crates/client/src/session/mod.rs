@@ -41,6 +41,35 @@ const CONFIRM_DELAY: Duration = Duration::from_millis(50);
 /// How long outstanding replies are awaited at loginout and exit.
 const REPLY_WAIT: Duration = Duration::from_secs(10);
 
+/// How soon after a login the backlog arrives (it is pushed right after the
+/// login ack); a message arriving later is live.
+const BACKLOG_WINDOW: Duration = Duration::from_secs(2);
+
+/// When a login happened, to tell the backlog from live messages.
+#[derive(Debug, Clone)]
+struct LoginMoment {
+    /// In the format of a chat frame's `time` (UTC), so the two compare as
+    /// strings.
+    utc: String,
+    at: Instant,
+}
+
+impl LoginMoment {
+    fn now() -> LoginMoment {
+        LoginMoment {
+            utc: chat_protocol::time::format_utc(chat_protocol::time::unix_now()),
+            at: Instant::now(),
+        }
+    }
+
+    /// Whether a message written at `time` and arriving now was written
+    /// before the login (a whole second before, so a message of the login's
+    /// own second counts as live) and came with the backlog.
+    fn is_backlog(&self, time: &str) -> bool {
+        !time.is_empty() && time < self.utc.as_str() && self.at.elapsed() < BACKLOG_WINDOW
+    }
+}
+
 /// What comes after a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
@@ -115,6 +144,9 @@ pub struct Session {
     heartbeat: Duration,
     ping_outstanding: bool,
     warned_store: bool,
+    /// The login moment, until the backlog that follows a login has been
+    /// marked or ruled out.
+    away_since: Option<LoginMoment>,
     outbox: Outbox,
     server: String,
 }
@@ -146,6 +178,7 @@ impl Session {
             heartbeat,
             ping_outstanding: false,
             warned_store: false,
+            away_since: Some(LoginMoment::now()),
             outbox: Outbox::new(),
             server,
         };
@@ -499,5 +532,23 @@ impl Session {
             }
             Ok(Some(cmd)) => self.exec(cmd, conn).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backlog_is_what_was_written_before_the_login_second() {
+        let login = LoginMoment {
+            utc: "2026-11-30 10:00:05".into(),
+            at: Instant::now(),
+        };
+        assert!(login.is_backlog("2026-11-30 10:00:04"));
+        assert!(login.is_backlog("2026-11-29 23:59:59"));
+        assert!(!login.is_backlog("2026-11-30 10:00:05"));
+        assert!(!login.is_backlog("2026-11-30 10:00:06"));
+        assert!(!login.is_backlog(""));
     }
 }

@@ -20,6 +20,13 @@ impl Session {
         match int(f, "msgid") {
             Some(msgid::ONE_CHAT) | Some(msgid::GROUP_CHAT) => {
                 if self.delivery.receive(int(f, "mid"), int(f, "seq")) {
+                    // The first message after a login: one written before
+                    // the login is the backlog, and gets a marker.
+                    if let Some(login) = self.away_since.take() {
+                        if login.is_backlog(text(f, "time")) {
+                            self.out.line("--- while you were away ---");
+                        }
+                    }
                     if let Some(id) = int(f, "id") {
                         let name = text(f, "name");
                         if !name.is_empty() {

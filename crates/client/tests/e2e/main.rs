@@ -42,6 +42,12 @@ fn two_users_chat_befriend_and_share_a_group() {
         "{got}"
     );
     assert!(got.starts_with("[20"), "a timestamp comes first: {got}");
+    // A live message gets no "while you were away" marker.
+    assert!(
+        !b.seen_text().contains("while you were away"),
+        "{}",
+        b.seen_text()
+    );
     b.send(&format!("chat:{alice}:hi alice"));
     b.expect(&format!("message sent to alice({alice})"));
     let got = a.expect("hi alice");
@@ -150,10 +156,18 @@ fn offline_messages_arrive_at_next_login_once() {
     a.expect("message sent");
     a.send(&format!("chat:{bob}:second: still here"));
     a.expect("message sent");
+    // The backlog is what was written before the login's second.
+    thread::sleep(Duration::from_millis(1100));
 
     b.expect("3. quit");
     b.login(bob, "pw-b", "bob");
-    let first = b.expect("are you there?");
+    let seen = b.until("are you there?");
+    assert_eq!(
+        seen[seen.len() - 2],
+        "--- while you were away ---",
+        "{seen:?}"
+    );
+    let first = seen[seen.len() - 1].clone();
     assert!(
         first.ends_with(&format!("alice({alice}): are you there?")),
         "{first}"
