@@ -8,7 +8,8 @@
 //! flushed line at a time, so the client is scriptable.
 //!
 //! At a terminal, passwords are not shown: while a secret is read, the
-//! editor draws the line as blanks of the same width.
+//! editor draws the line as blanks of the same width. Tab completes
+//! commands, user names and group ids ([`crate::complete`]).
 
 use std::borrow::Cow;
 use std::io::{BufRead, IsTerminal, Write};
@@ -16,7 +17,7 @@ use std::sync::mpsc as std_mpsc;
 use std::thread;
 use std::time::Duration;
 
-use rustyline::completion::Completer;
+use rustyline::completion::{Completer, Pair};
 use rustyline::config::Configurer;
 use rustyline::error::ReadlineError;
 use rustyline::highlight::{CmdKind, Highlighter};
@@ -25,6 +26,8 @@ use rustyline::validate::Validator;
 use rustyline::{ColorMode, ExternalPrinter, Helper};
 use tokio::sync::mpsc;
 use unicode_width::UnicodeWidthStr;
+
+use crate::complete::{complete, SharedWords, Words};
 
 /// One answer from the input side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,10 +46,12 @@ struct Request {
     secret: bool,
 }
 
-/// The line editor's helper: hides the line while a secret is typed.
+/// The line editor's helper: hides the line while a secret is typed, and
+/// completes words otherwise.
 #[derive(Default)]
 struct Masking {
     on: bool,
+    words: SharedWords,
 }
 
 impl Highlighter for Masking {
@@ -64,7 +69,20 @@ impl Highlighter for Masking {
 }
 
 impl Completer for Masking {
-    type Candidate = String;
+    type Candidate = Pair;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
+        if self.on {
+            return Ok((pos, Vec::new()));
+        }
+        let words = self.words.lock().map(|w| w.clone()).unwrap_or_default();
+        Ok(complete(&line[..pos], &words))
+    }
 }
 
 impl Hinter for Masking {
@@ -127,6 +145,7 @@ pub struct Ui {
     pending: bool,
     out: Printer,
     interactive: bool,
+    words: SharedWords,
 }
 
 impl Ui {
@@ -145,6 +164,15 @@ impl Ui {
     /// which must fail fast rather than wait at a menu.
     pub fn interactive(&self) -> bool {
         self.interactive
+    }
+
+    /// Sets what Tab completes after a command.
+    pub fn set_words(&self, words: Words) {
+        if let Ok(mut w) = self.words.lock() {
+            if *w != words {
+                *w = words;
+            }
+        }
     }
 
     /// A printer for output that may arrive at any time.
@@ -185,6 +213,7 @@ impl Ui {
             pending: false,
             out: Printer { tty: None },
             interactive: false,
+            words: SharedWords::default(),
         }
     }
 
@@ -192,6 +221,8 @@ impl Ui {
         let (req_tx, mut req_rx) = mpsc::unbounded_channel::<Request>();
         let (resp_tx, resp_rx) = mpsc::unbounded_channel();
         let (setup_tx, setup_rx) = std_mpsc::channel();
+        let words = SharedWords::default();
+        let editor_words = words.clone();
         thread::Builder::new()
             .name("readline".into())
             .spawn(move || {
@@ -213,7 +244,10 @@ impl Ui {
                 // is written directly.
                 let printer = editor.create_external_printer().ok();
                 let _ = setup_tx.send(Ok(printer));
-                editor.set_helper(Some(Masking::default()));
+                editor.set_helper(Some(Masking {
+                    on: false,
+                    words: editor_words,
+                }));
                 while let Some(r) = req_rx.blocking_recv() {
                     if let Some(h) = editor.helper_mut() {
                         h.on = r.secret;
@@ -273,6 +307,7 @@ impl Ui {
             pending: false,
             out: Printer { tty },
             interactive: true,
+            words,
         })
     }
 

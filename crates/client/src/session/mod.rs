@@ -28,6 +28,7 @@ use serde_json::{Map, Value};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::commands;
+use crate::complete::Words;
 use crate::delivery::Delivery;
 use crate::net::{int, objects, recv_opt, text, Conn, Event};
 use crate::state::{StateStore, UserState};
@@ -275,6 +276,7 @@ impl Session {
     /// back in (or is piped), a lost connection.
     pub async fn run(mut self, conn: Conn, ui: &mut Ui) -> Outcome {
         self.save_state();
+        ui.set_words(self.words());
         let mut conn = Some(conn);
         let prompt = format!("{}> ", self.name);
         let period = self.heartbeat.max(Duration::from_secs(1));
@@ -408,6 +410,7 @@ impl Session {
             if matches!(phase, Phase::Exiting(_)) && !self.awaiting_replies() {
                 return self.exit(conn).await;
             }
+            ui.set_words(self.words());
             if confirm_at.is_none() && self.delivery.to_confirm().is_some() {
                 confirm_at = Some(Instant::now() + CONFIRM_DELAY);
             }
@@ -468,6 +471,25 @@ impl Session {
             }
             _ => Next::Dropped(why),
         }
+    }
+
+    /// What Tab completes: the names of the users this session knows, and
+    /// its groups.
+    fn words(&self) -> Words {
+        let mut users: Vec<String> = self
+            .names
+            .iter()
+            .filter(|(&id, _)| id != self.me)
+            .map(|(_, n)| n.clone())
+            .collect();
+        users.sort();
+        users.dedup();
+        let groups = self
+            .groups
+            .iter()
+            .map(|(&id, g)| (id, g.name.clone().unwrap_or_default()))
+            .collect();
+        Words { users, groups }
     }
 
     /// True while a request other than PING waits for its reply.

@@ -739,3 +739,25 @@ fn passwords_are_not_shown_at_a_terminal() {
         assert!(!screen.contains(shown), "the password shows: {screen}");
     }
 }
+
+#[test]
+fn tab_completes_commands_and_names_at_a_terminal() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut c = Client::start("setup", &server.addr, &state.path().join("c"));
+    let lei = c.register("李雷", "pw-l");
+    let vera = c.register("vera", "pw-v");
+    drop(c);
+    let mut t = Term::start("vera", &server.addr, &state.path().join("t"));
+    t.login(vera, "pw-v", "vera");
+    t.type_in("frie\t");
+    thread::sleep(Duration::from_millis(200));
+    t.type_in("\r");
+    t.expect("no friends yet");
+    t.type_in("find:李雷\r");
+    t.expect(&format!("李雷: user id {lei}"));
+    t.type_in("chat:李\t");
+    thread::sleep(Duration::from_millis(200));
+    t.type_in("hi from tab\r");
+    t.expect(&format!("message sent to 李雷({lei})"));
+}
