@@ -227,6 +227,12 @@ impl App {
                 if !self.ui.interactive() {
                     return Choice::Fail(f);
                 }
+                // The error said what went wrong; a short reminder, not the
+                // whole menu again.
+                if !f.message.starts_with("invalid choice") {
+                    self.out.line("(1 login, 2 register, 3 quit)");
+                }
+                continue;
             }
             self.print_menu();
         }

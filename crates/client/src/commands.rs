@@ -188,7 +188,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("delfriend:ID", "remove user ID (or NAME) from your friends"),
     (
         "creategroup:NAME:DESC",
-        "create a group (DESC may be left out)",
+        "create a group (DESC may be left out; a NAME with ':' goes in \"quotes\")",
     ),
     ("addgroup:ID", "join group ID"),
     ("groupchat:ID:TEXT", "send TEXT to group ID"),
@@ -370,6 +370,30 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             Command::Find(who)
         }
         "creategroup" => {
+            // A name that holds ':' goes in double quotes.
+            let after = line.split_once(':').map(|(_, a)| a.trim_start());
+            if let Some(quoted) = after.and_then(|a| a.strip_prefix('"')) {
+                let Some((gname, tail)) = quoted.split_once('"') else {
+                    return Err(bad("the group name's closing quote is missing".into()));
+                };
+                let tail = tail.trim_start();
+                let desc = match tail.strip_prefix(':') {
+                    Some(d) => d.trim(),
+                    None if tail.is_empty() => "",
+                    None => {
+                        return Err(bad(
+                            "put ':' between the quoted group name and the description".into(),
+                        ))
+                    }
+                };
+                if gname.trim().is_empty() {
+                    return Err(bad("creategroup needs a group name".into()));
+                }
+                return Ok(Some(Command::CreateGroup {
+                    name: gname.trim().to_owned(),
+                    desc: desc.to_owned(),
+                }));
+            }
             let gname = arg.map(str::trim).unwrap_or("");
             if gname.is_empty() {
                 return Err(bad("creategroup needs a group name".into()));
@@ -488,6 +512,27 @@ mod tests {
                 desc: "on call: 24/7".into()
             }
         );
+    }
+
+    #[test]
+    fn a_quoted_group_name_may_hold_colons() {
+        assert_eq!(
+            ok("creategroup:\"10:30 club\":we meet: daily"),
+            Command::CreateGroup {
+                name: "10:30 club".into(),
+                desc: "we meet: daily".into()
+            }
+        );
+        assert_eq!(
+            ok("creategroup: \"a:b\""),
+            Command::CreateGroup {
+                name: "a:b".into(),
+                desc: String::new()
+            }
+        );
+        assert!(err("creategroup:\"a:b").contains("closing quote"));
+        assert!(err("creategroup:\"a\"b").contains("put ':'"));
+        assert!(err("creategroup:\"\":x").contains("needs a group name"));
     }
 
     #[test]

@@ -648,6 +648,9 @@ fn friend_and_group_lists_follow_what_others_do() {
     ));
     b.send("groups");
     b.expect("no groups yet");
+    // A ':' in a group name works when the name is quoted.
+    a.send("creategroup:\"10:30 club\":we meet: daily");
+    a.expect("group \"10:30 club\" created (id ");
 
     // Unfriending is told too, and the list follows.
     a.send(&format!("delfriend:{bob}"));
