@@ -58,6 +58,8 @@ pub enum Command {
         /// How many messages (server default when absent).
         limit: Option<i64>,
     },
+    /// The page of history before the last one shown.
+    More,
     /// Look a user up by exact name.
     Find(String),
     /// A user command given a name where the id goes: `cmd`'s user id is 0
@@ -141,6 +143,7 @@ const NAMES: &[&str] = &[
     "history",
     "ghistory",
     "find",
+    "more",
     "friends",
     "groups",
     "loginout",
@@ -199,6 +202,7 @@ pub const HELP: &[(&str, &str)] = &[
         "your last N messages with user ID (default 50)",
     ),
     ("ghistory:ID[:N]", "the last N messages of group ID"),
+    ("more", "older messages of the last history shown"),
     ("find:NAME", "look up user NAME (exact name): id and state"),
     ("friends", "list your friends"),
     ("groups", "list your groups"),
@@ -326,6 +330,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     let cmd = match name.as_str() {
         "help" | "?" => return no_args(Command::Help),
         "friends" => return no_args(Command::Friends),
+        "more" => return no_args(Command::More),
         "groups" => return no_args(Command::Groups),
         "loginout" | "logout" => return no_args(Command::LoginOut),
         "quit" | "exit" => return no_args(Command::Quit),

@@ -148,6 +148,9 @@ pub struct Session {
     /// The login moment, until the backlog that follows a login has been
     /// marked or ruled out.
     away_since: Option<LoginMoment>,
+    /// Where the last HISTORY page ended, when older messages remain: the
+    /// conversation and the smallest mid shown.
+    older: Option<(chat_protocol::ChatTarget, i64)>,
     outbox: Outbox,
     server: String,
 }
@@ -180,6 +183,7 @@ impl Session {
             ping_outstanding: false,
             warned_store: false,
             away_since: Some(LoginMoment::now()),
+            older: None,
             outbox: Outbox::new(),
             server,
         };

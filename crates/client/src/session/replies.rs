@@ -5,7 +5,7 @@
 //! what others did (befriended you, joined your group, ...). What this
 //! user's own request caused is said once, by the reply to that request.
 
-use chat_protocol::msgid;
+use chat_protocol::{msgid, ChatTarget};
 use serde_json::{Map, Value};
 
 use super::requests::Pending;
@@ -295,11 +295,11 @@ impl Session {
             }
             Pending::History(u) => {
                 let title = format!("history with {}", self.who(u));
-                self.print_history(&title, f);
+                self.print_history(&title, ChatTarget::User(u), f);
             }
             Pending::GroupHistory(g) => {
                 let title = format!("history of {}", self.group_title(g));
-                self.print_history(&title, f);
+                self.print_history(&title, ChatTarget::Group(g), f);
             }
         }
         Step::Continue

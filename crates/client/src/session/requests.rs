@@ -108,6 +108,29 @@ impl Session {
                 return Step::Continue;
             }
             Command::LoginOut => (Request::LoginOut, Pending::LoginOut),
+            Command::More => {
+                let Some((with, before)) = self.older else {
+                    self.out
+                        .line("nothing older to show: history:ID or ghistory:ID shows the latest");
+                    return Step::Continue;
+                };
+                let Some(conn) = conn else {
+                    return Step::Continue;
+                };
+                let mut obj = Request::History { with, limit: None }.to_object(None);
+                obj.insert("before".into(), before.into());
+                let pending = match with {
+                    ChatTarget::User(u) => Pending::History(u),
+                    ChatTarget::Group(g) => Pending::GroupHistory(g),
+                };
+                return match conn.request_object(obj).await {
+                    Ok(reqid) => {
+                        self.pending.insert(reqid, pending);
+                        Step::Continue
+                    }
+                    Err(e) => Step::Lost(format!("{e:#}")),
+                };
+            }
             Command::Find(name) => (Request::FindUser { name }, Pending::Find(name.clone())),
             Command::ByName { name, cmd } => (
                 Request::FindUser { name },

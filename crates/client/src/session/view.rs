@@ -2,7 +2,7 @@
 //! groups lists, and HISTORY pages. Every string from the server goes
 //! through `clean` before it reaches the terminal.
 
-use chat_protocol::msgid;
+use chat_protocol::{msgid, ChatTarget};
 use serde_json::{Map, Value};
 
 use super::Session;
@@ -124,8 +124,9 @@ impl Session {
         self.out.line(s);
     }
 
-    /// Prints a HISTORY page, oldest first.
-    pub(super) fn print_history(&mut self, title: &str, f: &Map<String, Value>) {
+    /// Prints a HISTORY page, oldest first, and remembers where the next
+    /// (older) page starts, for `more`.
+    pub(super) fn print_history(&mut self, title: &str, with: ChatTarget, f: &Map<String, Value>) {
         let msgs: Vec<&Map<String, Value>> = objects(f, "messages").collect();
         let mut s = format!(
             "--- {title}: {} message{} ---",
@@ -137,7 +138,17 @@ impl Session {
             s.push('\n');
             s.push_str(&format_chat(m, None));
         }
-        s.push_str("\n--- end of history ---");
+        let oldest = msgs.iter().filter_map(|m| int(m, "mid")).min();
+        let more = f.get("more").and_then(Value::as_bool).unwrap_or(false);
+        self.older = match oldest {
+            Some(mid) if more => Some((with, mid)),
+            _ => None,
+        };
+        s.push_str(if self.older.is_some() {
+            "\n--- end of history page: type more for older messages ---"
+        } else {
+            "\n--- end of history: nothing older ---"
+        });
         self.out.line(s);
     }
 }

@@ -97,13 +97,13 @@ fn two_users_chat_befriend_and_share_a_group() {
     // History, oldest first.
     a.send(&format!("history:{bob}"));
     a.expect(&format!("--- history with bob({bob}): 2 messages ---"));
-    let h = a.until("--- end of history ---");
+    let h = a.until("--- end of history");
     assert_eq!(h.len(), 3, "{h:?}");
     assert!(h[0].contains("hello bob: it is 10:30"), "{h:?}");
     assert!(h[1].contains("hi alice"), "{h:?}");
     b.send(&format!("ghistory:{group}"));
     b.expect("history of group");
-    let h = b.until("--- end of history ---");
+    let h = b.until("--- end of history");
     assert!(h[0].contains("hello team"), "{h:?}");
     assert!(h[1].contains("welcome bob"), "{h:?}");
 
@@ -206,7 +206,7 @@ fn offline_messages_arrive_at_next_login_once() {
     );
     // History replies come after any replayed message: a marker.
     b.send(&format!("history:{alice}"));
-    let seen = b.until("--- end of history ---");
+    let seen = b.until("--- end of history");
     let header = seen
         .iter()
         .position(|l| l.starts_with("--- history with"))
@@ -242,7 +242,7 @@ fn offline_messages_arrive_at_next_login_once() {
     b.expect("3. quit");
     b.login(bob, "pw-b", "bob");
     b.send(&format!("history:{alice}"));
-    let seen = b.until("--- end of history ---");
+    let seen = b.until("--- end of history");
     assert!(
         !seen[0].contains("while you were out") && seen[0].starts_with("--- history with"),
         "delivered messages came again: {seen:?}"
@@ -549,7 +549,7 @@ fn at_a_terminal_the_client_reconnects_and_delivers_unconfirmed_messages_once() 
     i.login(ivan, "pw-i", "ivan");
     i.expect("live again");
     i.send(&format!("history:{hana}"));
-    let h = i.until("--- end of history ---").join("\n");
+    let h = i.until("--- end of history").join("\n");
     for text in ["sent while frozen", "typed offline", "live again"] {
         assert_eq!(h.matches(text).count(), 1, "{text:?} not once in {h}");
     }
@@ -763,4 +763,26 @@ fn tab_completes_commands_and_names_at_a_terminal() {
     thread::sleep(Duration::from_millis(200));
     t.type_in("hi from tab\r");
     t.expect(&format!("message sent to 李雷({lei})"));
+}
+
+#[test]
+fn history_pages_back_with_more() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let (mut a, _alice, _b, bob) = logged_in_pair(&server, state.path(), "bob");
+    for n in 1..=3 {
+        a.send(&format!("chat:{bob}:note {n}"));
+        a.expect("message sent");
+    }
+    a.send(&format!("history:{bob}:2"));
+    let page = a.until("--- end of history");
+    assert!(page[page.len() - 3].contains("note 2"), "{page:?}");
+    assert!(page[page.len() - 2].contains("note 3"), "{page:?}");
+    assert!(page[page.len() - 1].contains("type more"), "{page:?}");
+    a.send("more");
+    let page = a.until("--- end of history");
+    assert!(page[page.len() - 2].contains("note 1"), "{page:?}");
+    assert!(page[page.len() - 1].contains("nothing older"), "{page:?}");
+    a.send("more");
+    a.expect("nothing older to show");
 }
