@@ -207,7 +207,15 @@ impl Session {
             }
             Pending::Chat { to, key } => {
                 self.outbox.done(key);
-                self.out.line(format!("message sent to {}", self.who(to)));
+                // The presence already known: a friend who is offline gets
+                // it at their next login.
+                let later = if to != self.me && self.online.get(&to) == Some(&false) {
+                    " (offline: stored for later)"
+                } else {
+                    ""
+                };
+                self.out
+                    .line(format!("message sent to {}{later}", self.who(to)));
             }
             Pending::GroupChat { group, key } => {
                 self.outbox.done(key);

@@ -666,6 +666,11 @@ fn a_second_login_of_a_friend_is_announced_once() {
     let (mut a, alice, mut b, bob) = registered_pair(&server, state.path(), "bob");
     a.send(&format!("addfriend:{bob}"));
     a.expect("is now your friend");
+    // Bob is offline, as alice knows from the friend list.
+    a.send(&format!("chat:{bob}:see you"));
+    a.expect(&format!(
+        "message sent to bob({bob}) (offline: stored for later)"
+    ));
     b.login(bob, "pw-b", "bob");
     a.expect("is now online");
 
