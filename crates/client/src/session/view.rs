@@ -3,13 +3,28 @@
 //! through `clean` before it reaches the terminal.
 
 use chat_protocol::{msgid, ChatTarget};
+use jiff::tz::TimeZone;
 use serde_json::{Map, Value};
 
 use super::Session;
 use crate::net::{int, objects, text};
 use crate::ui::clean;
 
-/// Formats a pushed (or history) chat frame for people:
+/// A chat frame's `time` (UTC, `YYYY-MM-DD HH:MM:SS`) in the time zone
+/// `tz`, in the same format; as it came when it does not parse.
+pub(super) fn local_time(utc: &str, tz: &TimeZone) -> String {
+    const FORMAT: &str = "%Y-%m-%d %H:%M:%S";
+    let Ok(dt) = jiff::civil::DateTime::strptime(FORMAT, utc) else {
+        return utc.to_owned();
+    };
+    match TimeZone::UTC.to_timestamp(dt) {
+        Ok(t) => t.to_zoned_datetime(tz.clone()).strftime(FORMAT).to_string(),
+        Err(_) => utc.to_owned(),
+    }
+}
+
+/// Formats a pushed (or history) chat frame for people, its time in the
+/// terminal's time zone (`TZ`, else the system's):
 /// `[time] alice(1): hi`, or `[group 3 "team"] [time] alice(1): hi` (the
 /// group's name when known).
 pub(super) fn format_chat(f: &Map<String, Value>, group_name: Option<&str>) -> String {
@@ -20,11 +35,8 @@ pub(super) fn format_chat(f: &Map<String, Value>, group_name: Option<&str>) -> S
     } else {
         format!("{name}({sender})")
     };
-    let body = format!(
-        "[{}] {who}: {}",
-        clean(text(f, "time")),
-        clean(text(f, "msg"))
-    );
+    let time = local_time(text(f, "time"), &TimeZone::system());
+    let body = format!("[{}] {who}: {}", clean(&time), clean(text(f, "msg")));
     match (int(f, "msgid"), int(f, "groupid")) {
         (Some(msgid::GROUP_CHAT), Some(g)) => match group_name {
             Some(n) => format!("[group {g} \"{}\"] {body}", clean(n)),
@@ -185,6 +197,20 @@ mod tests {
         );
         let evil = obj(json!({"msgid": 6, "id": 1, "name": "a", "msg": "\u{1b}[2J", "time": "t"}));
         assert_eq!(format_chat(&evil, None), "[t] a(1): \\u{1b}[2J");
+    }
+
+    #[test]
+    fn times_are_shown_in_the_local_time_zone() {
+        let shanghai = TimeZone::fixed(jiff::tz::offset(8));
+        assert_eq!(
+            local_time("2026-11-30 20:00:00", &shanghai),
+            "2026-12-01 04:00:00"
+        );
+        assert_eq!(
+            local_time("2026-11-30 20:00:00", &TimeZone::UTC),
+            "2026-11-30 20:00:00"
+        );
+        assert_eq!(local_time("not a time", &shanghai), "not a time");
     }
 
     #[test]
