@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::commands::parse_id;
 use crate::delivery::Delivery;
-use crate::net::{int, recv_opt, text, Conn, Event};
+use crate::net::{int, reason, recv_opt, text, Conn, Event};
 use crate::session::{Next, Session};
 use crate::state::{StateStore, UserState};
 use crate::ui::{clean, Input, Printer, Ui};
@@ -422,11 +422,7 @@ impl App {
     }
 
     fn login_failed(&mut self, ack: &Map<String, Value>) {
-        let msg = format!(
-            "login failed: error {}: {}",
-            int(ack, "errno").unwrap_or(-1),
-            clean(text(ack, "errmsg"))
-        );
+        let msg = format!("login failed: {}", reason(ack));
         self.fail(exit::REFUSED, msg);
     }
 
@@ -479,12 +475,8 @@ impl App {
                 ));
                 Attempt::Done(())
             }
-            (errno, _) => {
-                let msg = format!(
-                    "register failed: error {}: {}",
-                    errno.unwrap_or(-1),
-                    clean(text(&ack, "errmsg"))
-                );
+            _ => {
+                let msg = format!("register failed: {}", reason(&ack));
                 self.fail(exit::REFUSED, msg);
                 Attempt::Failed
             }

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::requests::Pending;
 use super::view::format_chat;
 use super::{Group, Session, Step};
-use crate::net::{int, text};
+use crate::net::{int, reason, text};
 use crate::ui::clean;
 
 impl Session {
@@ -47,7 +47,7 @@ impl Session {
             },
             Some(msgid::ERROR) => {
                 let errno = int(f, "errno").unwrap_or(-1);
-                let msg = clean(text(f, "errmsg"));
+                let msg = reason(f);
                 match self.take_pending(f) {
                     Some(Pending::Ping) => {
                         self.ping_outstanding = false;
@@ -57,7 +57,7 @@ impl Session {
                             .line(format!("no user is called \"{}\"", clean(&name)));
                     }
                     Some(Pending::LoginOut) => {
-                        self.out.line(format!("error {errno}: {msg} (loginout)"));
+                        self.out.line(format!("loginout failed: {msg}"));
                         return Step::LoggedOut;
                     }
                     Some(p) => {
@@ -65,10 +65,9 @@ impl Session {
                             // Refused, not lost: sending it again would not help.
                             self.outbox.done(key);
                         }
-                        self.out
-                            .line(format!("error {errno}: {msg} ({})", p.describe()))
+                        self.out.line(format!("{} failed: {msg}", p.describe()))
                     }
-                    None => self.out.line(format!("server error {errno}: {msg}")),
+                    None => self.out.line(format!("the server says: {msg}")),
                 }
                 Step::Continue
             }
