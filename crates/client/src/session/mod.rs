@@ -44,7 +44,7 @@ const REPLY_WAIT: Duration = Duration::from_secs(10);
 
 /// How soon after a login the backlog arrives (it is pushed right after the
 /// login ack); a message arriving later is live.
-const BACKLOG_WINDOW: Duration = Duration::from_secs(2);
+const BACKLOG_WINDOW: Duration = Duration::from_secs(5);
 
 /// When a login happened, to tell the backlog from live messages.
 #[derive(Debug, Clone)]
