@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::commands::parse_id;
 use crate::delivery::Delivery;
-use crate::net::{int, recv_opt, text, Conn, Event};
+use crate::net::{int, reason, recv_opt, text, Conn, Event};
 use crate::session::{Next, Session};
 use crate::state::{StateStore, UserState};
 use crate::ui::{clean, Input, Printer, Ui};
@@ -155,12 +155,19 @@ impl App {
         );
     }
 
-    /// Reads one line at the menu, noticing meanwhile when the server drops
-    /// the idle connection.
-    async fn read(&mut self, prompt: &str) -> Input {
+    /// Reads one line at the menu (a secret: not shown), noticing meanwhile
+    /// when the server drops the idle connection.
+    async fn read(&mut self, prompt: &str, secret: bool) -> Input {
         loop {
+            let read = async {
+                if secret {
+                    self.ui.read_secret(prompt).await
+                } else {
+                    self.ui.read(prompt, false).await
+                }
+            };
             tokio::select! {
-                input = self.ui.read(prompt, false) => return input,
+                input = read => return input,
                 ev = recv_opt(&mut self.conn) => {
                     if let Event::Closed(_) = ev {
                         self.conn = None;
@@ -172,7 +179,16 @@ impl App {
 
     /// A prompt inside a menu action: Ctrl-C cancels the action.
     async fn ask(&mut self, prompt: &str) -> Attempt<String> {
-        match self.read(prompt).await {
+        self.ask_as(prompt, false).await
+    }
+
+    /// A password prompt inside a menu action: what is typed is not shown.
+    async fn ask_secret(&mut self, prompt: &str) -> Attempt<String> {
+        self.ask_as(prompt, true).await
+    }
+
+    async fn ask_as(&mut self, prompt: &str, secret: bool) -> Attempt<String> {
+        match self.read(prompt, secret).await {
             Input::Line(l) => Attempt::Done(l),
             Input::Interrupted => Attempt::Failed,
             Input::Eof => Attempt::Quit,
@@ -182,7 +198,7 @@ impl App {
     async fn menu(&mut self) -> Choice {
         self.print_menu();
         loop {
-            let line = match self.read("choice: ").await {
+            let line = match self.read("choice: ", false).await {
                 Input::Line(l) => l,
                 Input::Eof | Input::Interrupted => return Choice::Quit,
             };
@@ -211,6 +227,12 @@ impl App {
                 if !self.ui.interactive() {
                     return Choice::Fail(f);
                 }
+                // The error said what went wrong; a short reminder, not the
+                // whole menu again.
+                if !f.message.starts_with("invalid choice") {
+                    self.out.line("(1 login, 2 register, 3 quit)");
+                }
+                continue;
             }
             self.print_menu();
         }
@@ -325,7 +347,7 @@ impl App {
         } else {
             "password: "
         };
-        let password = match self.ask(prompt).await {
+        let password = match self.ask_secret(prompt).await {
             Attempt::Done(l) => l,
             Attempt::Failed => return Attempt::Failed,
             Attempt::Quit => return Attempt::Quit,
@@ -352,7 +374,7 @@ impl App {
             self.save_state(id, &saved);
             self.out
                 .line("the saved session has expired; log in with your password");
-            let password = match self.ask("password: ").await {
+            let password = match self.ask_secret("password: ").await {
                 Attempt::Done(l) if !l.is_empty() => l,
                 Attempt::Quit => return Attempt::Quit,
                 _ => return Attempt::Failed,
@@ -400,11 +422,7 @@ impl App {
     }
 
     fn login_failed(&mut self, ack: &Map<String, Value>) {
-        let msg = format!(
-            "login failed: error {}: {}",
-            int(ack, "errno").unwrap_or(-1),
-            clean(text(ack, "errmsg"))
-        );
+        let msg = format!("login failed: {}", reason(ack));
         self.fail(exit::REFUSED, msg);
     }
 
@@ -433,7 +451,7 @@ impl App {
             self.fail(exit::REFUSED, "the name must not be empty".into());
             return Attempt::Failed;
         }
-        let password = match self.ask("password: ").await {
+        let password = match self.ask_secret("password: ").await {
             Attempt::Done(l) => l,
             Attempt::Failed => return Attempt::Failed,
             Attempt::Quit => return Attempt::Quit,
@@ -457,12 +475,8 @@ impl App {
                 ));
                 Attempt::Done(())
             }
-            (errno, _) => {
-                let msg = format!(
-                    "register failed: error {}: {}",
-                    errno.unwrap_or(-1),
-                    clean(text(&ack, "errmsg"))
-                );
+            _ => {
+                let msg = format!("register failed: {}", reason(&ack));
                 self.fail(exit::REFUSED, msg);
                 Attempt::Failed
             }

@@ -2,7 +2,9 @@
 //!
 //! The syntax is the classic ChatClient's: `name:arg:rest`. Lines are split
 //! on the first two colons only, so message texts and group descriptions may
-//! themselves contain ':'.
+//! themselves contain ':'. Where a user id is expected (`chat`, `addfriend`,
+//! `delfriend`, `history`) a user name may stand instead: the command comes
+//! as [`Command::ByName`], and the session finds the id.
 
 use std::fmt;
 
@@ -56,6 +58,18 @@ pub enum Command {
         /// How many messages (server default when absent).
         limit: Option<i64>,
     },
+    /// The page of history before the last one shown.
+    More,
+    /// Look a user up by exact name.
+    Find(String),
+    /// A user command given a name where the id goes: `cmd`'s user id is 0
+    /// until [`Command::with_user`] fills it in.
+    ByName {
+        /// The user's name, as typed (exact).
+        name: String,
+        /// The command, waiting for the id.
+        cmd: Box<Command>,
+    },
     /// Show the friend list.
     Friends,
     /// Show the group list.
@@ -64,6 +78,21 @@ pub enum Command {
     LoginOut,
     /// Exit the program.
     Quit,
+}
+
+impl Command {
+    /// The command with its user id set to `id` (for the commands that
+    /// take one; others are returned as they are).
+    pub fn with_user(self, id: i64) -> Command {
+        match self {
+            Command::Chat { text, .. } => Command::Chat { to: id, text },
+            Command::AddFriend(_) => Command::AddFriend(id),
+            Command::DelFriend(_) => Command::DelFriend(id),
+            Command::History { limit, .. } => Command::History { peer: id, limit },
+            Command::ByName { cmd, .. } => cmd.with_user(id),
+            other => other,
+        }
+    }
 }
 
 /// Why a line is not a command.
@@ -83,10 +112,16 @@ pub enum ParseError {
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ParseError::Unknown(name) => write!(
-                f,
-                "unknown command \"{name}\"; type help to see the commands"
-            ),
+            ParseError::Unknown(name) => match did_you_mean(name) {
+                Some(near) => write!(
+                    f,
+                    "unknown command \"{name}\"; did you mean {near}? type help to see the commands"
+                ),
+                None => write!(
+                    f,
+                    "unknown command \"{name}\"; type help to see the commands"
+                ),
+            },
             ParseError::Usage { problem, usage } => write!(f, "{problem}; usage: {usage}"),
         }
     }
@@ -94,15 +129,69 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
+/// Every command name, for "did you mean".
+const NAMES: &[&str] = &[
+    "help",
+    "chat",
+    "addfriend",
+    "delfriend",
+    "creategroup",
+    "addgroup",
+    "groupchat",
+    "quitgroup",
+    "disband",
+    "history",
+    "ghistory",
+    "find",
+    "more",
+    "friends",
+    "groups",
+    "loginout",
+    "quit",
+];
+
+/// The command a mistyped name most likely meant: the nearest by edit
+/// distance, when it is at most 2 edits away (1 for short names).
+fn did_you_mean(typed: &str) -> Option<&'static str> {
+    let typed = typed.to_lowercase();
+    let most = if typed.chars().count() <= 4 { 1 } else { 2 };
+    NAMES
+        .iter()
+        .map(|&n| (edit_distance(&typed, n), n))
+        .filter(|&(d, _)| d > 0 && d <= most)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, n)| n)
+}
+
+/// Levenshtein distance between two strings, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 /// Every command with its syntax and a one-line explanation, for `help`.
 pub const HELP: &[(&str, &str)] = &[
     ("help", "show this list"),
-    ("chat:ID:TEXT", "send TEXT to user ID"),
-    ("addfriend:ID", "make user ID your friend"),
-    ("delfriend:ID", "remove user ID from your friends"),
+    ("chat:ID:TEXT", "send TEXT to user ID (or NAME)"),
+    ("addfriend:ID", "make user ID (or NAME) your friend"),
+    ("delfriend:ID", "remove user ID (or NAME) from your friends"),
     (
         "creategroup:NAME:DESC",
-        "create a group (DESC may be left out)",
+        "create a group (DESC may be left out; a NAME with ':' goes in \"quotes\")",
     ),
     ("addgroup:ID", "join group ID"),
     ("groupchat:ID:TEXT", "send TEXT to group ID"),
@@ -113,6 +202,8 @@ pub const HELP: &[(&str, &str)] = &[
         "your last N messages with user ID (default 50)",
     ),
     ("ghistory:ID[:N]", "the last N messages of group ID"),
+    ("more", "older messages of the last history shown"),
+    ("find:NAME", "look up user NAME (exact name): id and state"),
     ("friends", "list your friends"),
     ("groups", "list your groups"),
     ("loginout", "log out and return to the menu"),
@@ -141,6 +232,7 @@ fn usage_of(name: &str) -> &'static str {
         "disband" => "disband:",
         "history" => "history:",
         "ghistory" => "ghistory:",
+        "find" => "find:",
         _ => name,
     };
     HELP.iter()
@@ -152,6 +244,17 @@ fn usage_of(name: &str) -> &'static str {
 /// Parses a positive id.
 pub fn parse_id(s: &str) -> Option<i64> {
     s.trim().parse::<i64>().ok().filter(|&n| n > 0)
+}
+
+/// `cmd` as it is, or waiting for the id of user `name`.
+fn by_name(name: Option<String>, cmd: Command) -> Command {
+    match name {
+        Some(name) => Command::ByName {
+            name,
+            cmd: Box::new(cmd),
+        },
+        None => cmd,
+    }
 }
 
 /// Parses one line. `Ok(None)` for a blank line.
@@ -191,6 +294,21 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             _ => Err(bad("the message text is empty".into())),
         }
     };
+    // A user id, or else a name: 0 and the name, for Command::ByName.
+    let user = || -> Result<(i64, Option<String>), ParseError> {
+        let a = arg.map(str::trim).unwrap_or("");
+        if a.is_empty() || a.parse::<i64>().is_ok() {
+            return id("a user ID").map(|v| (v, None));
+        }
+        Ok((0, Some(a.to_owned())))
+    };
+    let only_user = || -> Result<(i64, Option<String>), ParseError> {
+        let v = user()?;
+        if rest.is_some() {
+            return Err(bad(format!("{name} takes only a user ID or name")));
+        }
+        Ok(v)
+    };
     let only_id = |what: &str| -> Result<i64, ParseError> {
         let v = id(what)?;
         if rest.is_some() {
@@ -212,31 +330,75 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     let cmd = match name.as_str() {
         "help" | "?" => return no_args(Command::Help),
         "friends" => return no_args(Command::Friends),
+        "more" => return no_args(Command::More),
         "groups" => return no_args(Command::Groups),
         "loginout" | "logout" => return no_args(Command::LoginOut),
         "quit" | "exit" => return no_args(Command::Quit),
-        "chat" => Command::Chat {
-            to: id("a user ID")?,
-            text: text()?,
-        },
+        "chat" => {
+            let (to, who) = user()?;
+            by_name(who, Command::Chat { to, text: text()? })
+        }
         "groupchat" => Command::GroupChat {
             group: id("a group ID")?,
             text: text()?,
         },
-        "addfriend" => Command::AddFriend(only_id("a user ID")?),
-        "delfriend" => Command::DelFriend(only_id("a user ID")?),
+        "addfriend" => {
+            let (id, who) = only_user()?;
+            by_name(who, Command::AddFriend(id))
+        }
+        "delfriend" => {
+            let (id, who) = only_user()?;
+            by_name(who, Command::DelFriend(id))
+        }
         "addgroup" => Command::AddGroup(only_id("a group ID")?),
         "quitgroup" => Command::QuitGroup(only_id("a group ID")?),
         "disband" => Command::Disband(only_id("a group ID")?),
-        "history" => Command::History {
-            peer: id("a user ID")?,
-            limit: limit()?,
-        },
+        "history" => {
+            let (peer, who) = user()?;
+            let limit = limit()?;
+            by_name(who, Command::History { peer, limit })
+        }
         "ghistory" => Command::GroupHistory {
             group: id("a group ID")?,
             limit: limit()?,
         },
+        "find" => {
+            let who = arg.map(str::trim).unwrap_or("");
+            if who.is_empty() {
+                return Err(bad("find needs a user name".into()));
+            }
+            // A name may hold ':'; take the rest of the line as is.
+            let who = match rest {
+                Some(r) => format!("{who}:{r}"),
+                None => who.to_owned(),
+            };
+            Command::Find(who)
+        }
         "creategroup" => {
+            // A name that holds ':' goes in double quotes.
+            let after = line.split_once(':').map(|(_, a)| a.trim_start());
+            if let Some(quoted) = after.and_then(|a| a.strip_prefix('"')) {
+                let Some((gname, tail)) = quoted.split_once('"') else {
+                    return Err(bad("the group name's closing quote is missing".into()));
+                };
+                let tail = tail.trim_start();
+                let desc = match tail.strip_prefix(':') {
+                    Some(d) => d.trim(),
+                    None if tail.is_empty() => "",
+                    None => {
+                        return Err(bad(
+                            "put ':' between the quoted group name and the description".into(),
+                        ))
+                    }
+                };
+                if gname.trim().is_empty() {
+                    return Err(bad("creategroup needs a group name".into()));
+                }
+                return Ok(Some(Command::CreateGroup {
+                    name: gname.trim().to_owned(),
+                    desc: desc.to_owned(),
+                }));
+            }
             let gname = arg.map(str::trim).unwrap_or("");
             if gname.is_empty() {
                 return Err(bad("creategroup needs a group name".into()));
@@ -324,6 +486,9 @@ mod tests {
             }
         );
         assert_eq!(ok("friends"), Command::Friends);
+        assert_eq!(ok("find:bob"), Command::Find("bob".into()));
+        assert_eq!(ok("find: 李雷 "), Command::Find("李雷".into()));
+        assert!(err("find:").contains("needs a user name"));
         assert_eq!(ok("groups"), Command::Groups);
         assert_eq!(ok("quit"), Command::Quit);
         assert_eq!(ok("exit"), Command::Quit);
@@ -355,6 +520,27 @@ mod tests {
     }
 
     #[test]
+    fn a_quoted_group_name_may_hold_colons() {
+        assert_eq!(
+            ok("creategroup:\"10:30 club\":we meet: daily"),
+            Command::CreateGroup {
+                name: "10:30 club".into(),
+                desc: "we meet: daily".into()
+            }
+        );
+        assert_eq!(
+            ok("creategroup: \"a:b\""),
+            Command::CreateGroup {
+                name: "a:b".into(),
+                desc: String::new()
+            }
+        );
+        assert!(err("creategroup:\"a:b").contains("closing quote"));
+        assert!(err("creategroup:\"a\"b").contains("put ':'"));
+        assert!(err("creategroup:\"\":x").contains("needs a group name"));
+    }
+
+    #[test]
     fn names_are_trimmed_and_case_insensitive() {
         assert_eq!(ok("  HELP  "), Command::Help);
         assert_eq!(
@@ -374,6 +560,41 @@ mod tests {
     }
 
     #[test]
+    fn a_name_may_stand_for_a_user_id() {
+        let c = ok("chat:bob:hi: there");
+        assert_eq!(
+            c,
+            Command::ByName {
+                name: "bob".into(),
+                cmd: Box::new(Command::Chat {
+                    to: 0,
+                    text: "hi: there".into()
+                })
+            }
+        );
+        assert_eq!(
+            c.with_user(2),
+            Command::Chat {
+                to: 2,
+                text: "hi: there".into()
+            }
+        );
+        assert_eq!(ok("addfriend: 李雷 ").with_user(7), Command::AddFriend(7));
+        assert_eq!(ok("delfriend:bob").with_user(7), Command::DelFriend(7));
+        assert_eq!(
+            ok("history:bob:5").with_user(2),
+            Command::History {
+                peer: 2,
+                limit: Some(5)
+            }
+        );
+        assert!(err("addfriend:bob:x").contains("takes only"));
+        assert!(err("addfriend:0").contains("positive number"));
+        // Groups still take ids only.
+        assert!(err("groupchat:team:hi").contains("positive number"));
+    }
+
+    #[test]
     fn blank_lines_are_nothing() {
         assert_eq!(parse(""), Ok(None));
         assert_eq!(parse("   \r\n"), Ok(None));
@@ -385,11 +606,28 @@ mod tests {
         assert!(e.contains("unknown command \"hello\""), "{e}");
         assert!(e.contains("help"), "{e}");
         assert!(err("sendmsg:2:x").contains("\"sendmsg\""));
+        assert!(!err("dance").contains("did you mean"));
+    }
+
+    #[test]
+    fn near_misses_get_a_suggestion() {
+        assert!(
+            err("chatt:2:hi").contains("did you mean chat?"),
+            "{}",
+            err("chatt:2:hi")
+        );
+        assert!(err("frends").contains("did you mean friends?"));
+        assert!(err("addfreind:2").contains("did you mean addfriend?"));
+        assert!(err("logout:x").contains("takes no arguments"));
+        assert!(err("histroy:2").contains("did you mean history?"));
+        assert!(!err("xyz").contains("did you mean"));
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
     }
 
     #[test]
     fn bad_arguments_show_usage() {
-        let e = err("chat:bob:hi");
+        let e = err("chat:-2:hi");
         assert!(e.contains("positive number"), "{e}");
         assert!(e.contains("usage: chat:ID:TEXT"), "{e}");
         assert!(err("chat:2").contains("text is empty"));

@@ -5,10 +5,11 @@
 //! Module map: [`app`] (menu and login), [`session`] (a logged-in user),
 //! [`commands`] (command parsing), [`net`] (the connection), [`delivery`] and
 //! [`state`] (what was received, and what is saved between runs), [`ui`]
-//! (terminal or plain stdin/stdout).
+//! (terminal or plain stdin/stdout) and [`complete`] (Tab completion).
 
 mod app;
 mod commands;
+mod complete;
 mod delivery;
 mod net;
 mod session;

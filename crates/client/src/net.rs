@@ -144,6 +144,17 @@ pub fn objects<'a>(
         .filter_map(Value::as_object)
 }
 
+/// Why the server refused a request, in words: its `errmsg`, or the errno
+/// when it sent none.
+pub fn reason(m: &Map<String, Value>) -> String {
+    let msg = crate::ui::clean(text(m, "errmsg"));
+    if msg.is_empty() {
+        format!("error {}", int(m, "errno").unwrap_or(-1))
+    } else {
+        msg
+    }
+}
+
 /// A string field of a server frame, or "" when absent.
 pub fn text<'a>(m: &'a Map<String, Value>, key: &str) -> &'a str {
     m.get(key).and_then(Value::as_str).unwrap_or("")

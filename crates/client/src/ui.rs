@@ -6,15 +6,28 @@
 //! stdin is not a terminal (scripts, pipes, tests), lines are read plainly
 //! from stdin, no prompts are shown, and output is written to stdout one
 //! flushed line at a time, so the client is scriptable.
+//!
+//! At a terminal, passwords are not shown: while a secret is read, the
+//! editor draws the line as blanks of the same width. Tab completes
+//! commands, user names and group ids ([`crate::complete`]).
 
+use std::borrow::Cow;
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::mpsc as std_mpsc;
 use std::thread;
 use std::time::Duration;
 
+use rustyline::completion::{Completer, Pair};
+use rustyline::config::Configurer;
 use rustyline::error::ReadlineError;
-use rustyline::ExternalPrinter;
+use rustyline::highlight::{CmdKind, Highlighter};
+use rustyline::hint::Hinter;
+use rustyline::validate::Validator;
+use rustyline::{ColorMode, ExternalPrinter, Helper};
 use tokio::sync::mpsc;
+use unicode_width::UnicodeWidthStr;
+
+use crate::complete::{complete, SharedWords, Words};
 
 /// One answer from the input side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +43,55 @@ pub enum Input {
 struct Request {
     prompt: String,
     history: bool,
+    secret: bool,
 }
+
+/// The line editor's helper: hides the line while a secret is typed, and
+/// completes words otherwise.
+#[derive(Default)]
+struct Masking {
+    on: bool,
+    words: SharedWords,
+}
+
+impl Highlighter for Masking {
+    fn highlight<'l>(&self, line: &'l str, _pos: usize) -> Cow<'l, str> {
+        if self.on {
+            Cow::Owned(" ".repeat(line.width()))
+        } else {
+            Cow::Borrowed(line)
+        }
+    }
+
+    fn highlight_char(&self, _line: &str, _pos: usize, kind: CmdKind) -> bool {
+        self.on && kind != CmdKind::MoveCursor
+    }
+}
+
+impl Completer for Masking {
+    type Candidate = Pair;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
+        if self.on {
+            return Ok((pos, Vec::new()));
+        }
+        let words = self.words.lock().map(|w| w.clone()).unwrap_or_default();
+        Ok(complete(&line[..pos], &words))
+    }
+}
+
+impl Hinter for Masking {
+    type Hint = String;
+}
+
+impl Validator for Masking {}
+
+impl Helper for Masking {}
 
 enum PrintJob {
     Text(String),
@@ -84,6 +145,7 @@ pub struct Ui {
     pending: bool,
     out: Printer,
     interactive: bool,
+    words: SharedWords,
 }
 
 impl Ui {
@@ -102,6 +164,15 @@ impl Ui {
     /// which must fail fast rather than wait at a menu.
     pub fn interactive(&self) -> bool {
         self.interactive
+    }
+
+    /// Sets what Tab completes after a command.
+    pub fn set_words(&self, words: Words) {
+        if let Ok(mut w) = self.words.lock() {
+            if *w != words {
+                *w = words;
+            }
+        }
     }
 
     /// A printer for output that may arrive at any time.
@@ -142,6 +213,7 @@ impl Ui {
             pending: false,
             out: Printer { tty: None },
             interactive: false,
+            words: SharedWords::default(),
         }
     }
 
@@ -149,6 +221,8 @@ impl Ui {
         let (req_tx, mut req_rx) = mpsc::unbounded_channel::<Request>();
         let (resp_tx, resp_rx) = mpsc::unbounded_channel();
         let (setup_tx, setup_rx) = std_mpsc::channel();
+        let words = SharedWords::default();
+        let editor_words = words.clone();
         thread::Builder::new()
             .name("readline".into())
             .spawn(move || {
@@ -156,7 +230,9 @@ impl Ui {
                     .auto_add_history(false)
                     .max_history_size(1000)
                     .map(|b| b.build());
-                let editor = config.and_then(rustyline::DefaultEditor::with_config);
+                let editor = config.and_then(
+                    rustyline::Editor::<Masking, rustyline::history::DefaultHistory>::with_config,
+                );
                 let mut editor = match editor {
                     Ok(e) => e,
                     Err(e) => {
@@ -168,7 +244,21 @@ impl Ui {
                 // is written directly.
                 let printer = editor.create_external_printer().ok();
                 let _ = setup_tx.send(Ok(printer));
+                editor.set_helper(Some(Masking {
+                    on: false,
+                    words: editor_words,
+                }));
                 while let Some(r) = req_rx.blocking_recv() {
+                    if let Some(h) = editor.helper_mut() {
+                        h.on = r.secret;
+                    }
+                    // The masked line is drawn as a highlight, which needs
+                    // colours on even under NO_COLOR.
+                    editor.set_color_mode(if r.secret {
+                        ColorMode::Forced
+                    } else {
+                        ColorMode::Enabled
+                    });
                     let answer = match editor.readline(&r.prompt) {
                         Ok(line) => {
                             if r.history && !line.trim().is_empty() {
@@ -217,6 +307,7 @@ impl Ui {
             pending: false,
             out: Printer { tty },
             interactive: true,
+            words,
         })
     }
 
@@ -225,10 +316,21 @@ impl Ui {
     /// prompt. `history` says whether the line may go to the editor's history
     /// (not for passwords).
     pub async fn read(&mut self, prompt: &str, history: bool) -> Input {
+        self.read_as(prompt, history, false).await
+    }
+
+    /// Reads a secret (a password): not shown at a terminal, never kept in
+    /// the history. Cancel-safe like [`Ui::read`].
+    pub async fn read_secret(&mut self, prompt: &str) -> Input {
+        self.read_as(prompt, false, true).await
+    }
+
+    async fn read_as(&mut self, prompt: &str, history: bool, secret: bool) -> Input {
         if !self.pending {
             let r = Request {
                 prompt: prompt.to_owned(),
                 history,
+                secret,
             };
             if self.req.send(r).is_err() {
                 return Input::Eof;

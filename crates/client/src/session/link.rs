@@ -121,6 +121,7 @@ impl Session {
             .and_then(serde_json::Value::as_str)
             .map(str::to_owned);
         self.delivery.start_session(last_seq);
+        self.away_since = Some(super::LoginMoment::now());
         self.load_lists(&ack);
         self.save_state();
         Ok(conn)

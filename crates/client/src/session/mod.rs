@@ -28,6 +28,7 @@ use serde_json::{Map, Value};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::commands;
+use crate::complete::Words;
 use crate::delivery::Delivery;
 use crate::net::{int, objects, recv_opt, text, Conn, Event};
 use crate::state::{StateStore, UserState};
@@ -40,6 +41,35 @@ use requests::Pending;
 const CONFIRM_DELAY: Duration = Duration::from_millis(50);
 /// How long outstanding replies are awaited at loginout and exit.
 const REPLY_WAIT: Duration = Duration::from_secs(10);
+
+/// How soon after a login the backlog arrives (it is pushed right after the
+/// login ack); a message arriving later is live.
+const BACKLOG_WINDOW: Duration = Duration::from_secs(5);
+
+/// When a login happened, to tell the backlog from live messages.
+#[derive(Debug, Clone)]
+struct LoginMoment {
+    /// In the format of a chat frame's `time` (UTC), so the two compare as
+    /// strings.
+    utc: String,
+    at: Instant,
+}
+
+impl LoginMoment {
+    fn now() -> LoginMoment {
+        LoginMoment {
+            utc: chat_protocol::time::format_utc(chat_protocol::time::unix_now()),
+            at: Instant::now(),
+        }
+    }
+
+    /// Whether a message written at `time` and arriving now was written
+    /// before the login (a whole second before, so a message of the login's
+    /// own second counts as live) and came with the backlog.
+    fn is_backlog(&self, time: &str) -> bool {
+        !time.is_empty() && time < self.utc.as_str() && self.at.elapsed() < BACKLOG_WINDOW
+    }
+}
 
 /// What comes after a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +125,8 @@ enum Step {
     Kicked(String),
     /// The client cannot log back in after a lost connection.
     Refused(String),
+    /// Run this command now (one whose user name was just looked up).
+    Run(Box<crate::commands::Command>),
 }
 
 /// The state of one logged-in user.
@@ -113,6 +145,12 @@ pub struct Session {
     heartbeat: Duration,
     ping_outstanding: bool,
     warned_store: bool,
+    /// The login moment, until the backlog that follows a login has been
+    /// marked or ruled out.
+    away_since: Option<LoginMoment>,
+    /// Where the last HISTORY page ended, when older messages remain: the
+    /// conversation and the smallest mid shown.
+    older: Option<(chat_protocol::ChatTarget, i64)>,
     outbox: Outbox,
     server: String,
 }
@@ -144,6 +182,8 @@ impl Session {
             heartbeat,
             ping_outstanding: false,
             warned_store: false,
+            away_since: Some(LoginMoment::now()),
+            older: None,
             outbox: Outbox::new(),
             server,
         };
@@ -240,6 +280,7 @@ impl Session {
     /// back in (or is piped), a lost connection.
     pub async fn run(mut self, conn: Conn, ui: &mut Ui) -> Outcome {
         self.save_state();
+        ui.set_words(self.words());
         let mut conn = Some(conn);
         let prompt = format!("{}> ", self.name);
         let period = self.heartbeat.max(Duration::from_secs(1));
@@ -272,7 +313,10 @@ impl Session {
                     self.on_input(input, conn.as_mut()).await
                 }
                 ev = recv_opt(&mut conn) => match ev {
-                    Event::Frame(f) => self.on_frame(&f),
+                    Event::Frame(f) => match self.on_frame(&f) {
+                        Step::Run(cmd) => self.exec(*cmd, conn.as_mut()).await,
+                        step => step,
+                    },
                     Event::Closed(why) => Step::Lost(why.unwrap_or_else(|| "the server closed the connection".into())),
                 },
                 _ = heartbeat.tick(), if conn.is_some() => match conn.as_mut() {
@@ -320,7 +364,7 @@ impl Session {
             };
             let exiting = matches!(phase, Phase::Exiting(_));
             match step {
-                Step::Continue => {}
+                Step::Continue | Step::Run(_) => {}
                 Step::LoggingOut => phase = Phase::LoggingOut(Instant::now() + REPLY_WAIT),
                 Step::LoggedOut => {
                     // LOGINOUT revoked every token of this user.
@@ -370,6 +414,7 @@ impl Session {
             if matches!(phase, Phase::Exiting(_)) && !self.awaiting_replies() {
                 return self.exit(conn).await;
             }
+            ui.set_words(self.words());
             if confirm_at.is_none() && self.delivery.to_confirm().is_some() {
                 confirm_at = Some(Instant::now() + CONFIRM_DELAY);
             }
@@ -430,6 +475,25 @@ impl Session {
             }
             _ => Next::Dropped(why),
         }
+    }
+
+    /// What Tab completes: the names of the users this session knows, and
+    /// its groups.
+    fn words(&self) -> Words {
+        let mut users: Vec<String> = self
+            .names
+            .iter()
+            .filter(|(&id, _)| id != self.me)
+            .map(|(_, n)| n.clone())
+            .collect();
+        users.sort();
+        users.dedup();
+        let groups = self
+            .groups
+            .iter()
+            .map(|(&id, g)| (id, g.name.clone().unwrap_or_default()))
+            .collect();
+        Words { users, groups }
     }
 
     /// True while a request other than PING waits for its reply.
@@ -494,5 +558,23 @@ impl Session {
             }
             Ok(Some(cmd)) => self.exec(cmd, conn).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backlog_is_what_was_written_before_the_login_second() {
+        let login = LoginMoment {
+            utc: "2026-11-30 10:00:05".into(),
+            at: Instant::now(),
+        };
+        assert!(login.is_backlog("2026-11-30 10:00:04"));
+        assert!(login.is_backlog("2026-11-29 23:59:59"));
+        assert!(!login.is_backlog("2026-11-30 10:00:05"));
+        assert!(!login.is_backlog("2026-11-30 10:00:06"));
+        assert!(!login.is_backlog(""));
     }
 }

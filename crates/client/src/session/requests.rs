@@ -33,6 +33,13 @@ pub(super) enum Pending {
     Disband(i64),
     History(i64),
     GroupHistory(i64),
+    /// FIND_USER for this name.
+    Find(String),
+    /// FIND_USER to find the id a command named a user by.
+    Resolve {
+        name: String,
+        cmd: Box<Command>,
+    },
     Ping,
     LoginOut,
 }
@@ -50,6 +57,8 @@ impl Pending {
             Pending::QuitGroup(g) => format!("quitgroup {g}"),
             Pending::Disband(g) => format!("disband {g}"),
             Pending::History(u) => format!("history with {u}"),
+            Pending::Find(name) => format!("find {name}"),
+            Pending::Resolve { name, .. } => format!("find {name}"),
             Pending::GroupHistory(g) => format!("history of group {g}"),
             Pending::Ping => "ping".into(),
             Pending::LoginOut => "loginout".into(),
@@ -61,6 +70,18 @@ impl Session {
     /// Runs one command: local ones at once, the others as a request whose
     /// reply is matched later by its reqid.
     pub(super) async fn exec(&mut self, cmd: Command, conn: Option<&mut Conn>) -> Step {
+        let cmd = match cmd {
+            Command::ByName { name, cmd } => match self.known_user(&name) {
+                Ok(id) => cmd.with_user(id),
+                Err(Some(why)) => {
+                    self.out.line(why);
+                    return Step::Continue;
+                }
+                // Not known here: ask the server, then run it.
+                Err(None) => Command::ByName { name, cmd },
+            },
+            cmd => cmd,
+        };
         let (req, pending) = match &cmd {
             Command::Help => {
                 self.out.line(commands::help_text());
@@ -87,6 +108,37 @@ impl Session {
                 return Step::Continue;
             }
             Command::LoginOut => (Request::LoginOut, Pending::LoginOut),
+            Command::More => {
+                let Some((with, before)) = self.older else {
+                    self.out
+                        .line("nothing older to show: history:ID or ghistory:ID shows the latest");
+                    return Step::Continue;
+                };
+                let Some(conn) = conn else {
+                    return Step::Continue;
+                };
+                let mut obj = Request::History { with, limit: None }.to_object(None);
+                obj.insert("before".into(), before.into());
+                let pending = match with {
+                    ChatTarget::User(u) => Pending::History(u),
+                    ChatTarget::Group(g) => Pending::GroupHistory(g),
+                };
+                return match conn.request_object(obj).await {
+                    Ok(reqid) => {
+                        self.pending.insert(reqid, pending);
+                        Step::Continue
+                    }
+                    Err(e) => Step::Lost(format!("{e:#}")),
+                };
+            }
+            Command::Find(name) => (Request::FindUser { name }, Pending::Find(name.clone())),
+            Command::ByName { name, cmd } => (
+                Request::FindUser { name },
+                Pending::Resolve {
+                    name: name.clone(),
+                    cmd: cmd.clone(),
+                },
+            ),
             Command::AddFriend(f) => (Request::AddFriend(*f), Pending::AddFriend(*f)),
             Command::DelFriend(f) => (Request::DelFriend(*f), Pending::DelFriend(*f)),
             Command::CreateGroup { name, desc } => (
@@ -142,6 +194,31 @@ impl Session {
 }
 
 impl Session {
+    /// The id of the user called exactly `name`, among the users this
+    /// session knows; `Err(None)` when it knows none, `Err(Some(why))` when
+    /// the name is ambiguous.
+    fn known_user(&self, name: &str) -> Result<i64, Option<String>> {
+        let mut ids: Vec<i64> = self
+            .names
+            .iter()
+            .filter(|(_, n)| n.as_str() == name)
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        match ids.as_slice() {
+            [] => Err(None),
+            [id] => Ok(*id),
+            many => {
+                let list: Vec<String> = many.iter().map(|&id| self.who(id)).collect();
+                Err(Some(format!(
+                    "\"{}\" could be {}: use the id",
+                    crate::ui::clean(name),
+                    list.join(" or ")
+                )))
+            }
+        }
+    }
+
     /// Puts a message in the outbox, and sends it when connected.
     async fn chat(
         &mut self,
@@ -156,11 +233,22 @@ impl Session {
             return Step::Continue;
         }
         let key = self.outbox.add(target, text.to_owned());
+        // The user's own message shows at once, marked pending until the
+        // server's ACK ("message sent to ...").
+        let to = match target {
+            ChatTarget::User(u) => self.who(u),
+            ChatTarget::Group(g) => self.group_title(g),
+        };
+        let echo = format!("you → {to}: {}", crate::ui::clean(text));
         match conn {
-            Some(c) => self.send_chat(c, key).await,
+            Some(c) => {
+                self.out.line(format!("{echo} (sending…)"));
+                self.send_chat(c, key).await
+            }
             None => {
-                self.out
-                    .line("not connected: the message is kept and goes out when the client is back online");
+                self.out.line(format!(
+                    "{echo} (not connected: kept, goes out when the client is back online)"
+                ));
                 Step::Continue
             }
         }

@@ -2,16 +2,32 @@
 //! groups lists, and HISTORY pages. Every string from the server goes
 //! through `clean` before it reaches the terminal.
 
-use chat_protocol::msgid;
+use chat_protocol::{msgid, ChatTarget};
+use jiff::tz::TimeZone;
 use serde_json::{Map, Value};
 
 use super::Session;
 use crate::net::{int, objects, text};
 use crate::ui::clean;
 
-/// Formats a pushed (or history) chat frame for people:
-/// `[time] alice(1): hi`, or `[group 3] [time] alice(1): hi`.
-pub(super) fn format_chat(f: &Map<String, Value>) -> String {
+/// A chat frame's `time` (UTC, `YYYY-MM-DD HH:MM:SS`) in the time zone
+/// `tz`, in the same format; as it came when it does not parse.
+pub(super) fn local_time(utc: &str, tz: &TimeZone) -> String {
+    const FORMAT: &str = "%Y-%m-%d %H:%M:%S";
+    let Ok(dt) = jiff::civil::DateTime::strptime(FORMAT, utc) else {
+        return utc.to_owned();
+    };
+    match TimeZone::UTC.to_timestamp(dt) {
+        Ok(t) => t.to_zoned_datetime(tz.clone()).strftime(FORMAT).to_string(),
+        Err(_) => utc.to_owned(),
+    }
+}
+
+/// Formats a pushed (or history) chat frame for people, its time in the
+/// terminal's time zone (`TZ`, else the system's):
+/// `[time] alice(1): hi`, or `[group 3 "team"] [time] alice(1): hi` (the
+/// group's name when known).
+pub(super) fn format_chat(f: &Map<String, Value>, group_name: Option<&str>) -> String {
     let sender = int(f, "id").unwrap_or(0);
     let name = clean(text(f, "name"));
     let who = if name.is_empty() {
@@ -19,13 +35,13 @@ pub(super) fn format_chat(f: &Map<String, Value>) -> String {
     } else {
         format!("{name}({sender})")
     };
-    let body = format!(
-        "[{}] {who}: {}",
-        clean(text(f, "time")),
-        clean(text(f, "msg"))
-    );
+    let time = local_time(text(f, "time"), &TimeZone::system());
+    let body = format!("[{}] {who}: {}", clean(&time), clean(text(f, "msg")));
     match (int(f, "msgid"), int(f, "groupid")) {
-        (Some(msgid::GROUP_CHAT), Some(g)) => format!("[group {g}] {body}"),
+        (Some(msgid::GROUP_CHAT), Some(g)) => match group_name {
+            Some(n) => format!("[group {g} \"{}\"] {body}", clean(n)),
+            None => format!("[group {g}] {body}"),
+        },
         _ => body,
     }
 }
@@ -120,8 +136,9 @@ impl Session {
         self.out.line(s);
     }
 
-    /// Prints a HISTORY page, oldest first.
-    pub(super) fn print_history(&mut self, title: &str, f: &Map<String, Value>) {
+    /// Prints a HISTORY page, oldest first, and remembers where the next
+    /// (older) page starts, for `more`.
+    pub(super) fn print_history(&mut self, title: &str, with: ChatTarget, f: &Map<String, Value>) {
         let msgs: Vec<&Map<String, Value>> = objects(f, "messages").collect();
         let mut s = format!(
             "--- {title}: {} message{} ---",
@@ -131,9 +148,19 @@ impl Session {
         // The server sends newest first; people read oldest first.
         for m in msgs.iter().rev() {
             s.push('\n');
-            s.push_str(&format_chat(m));
+            s.push_str(&format_chat(m, None));
         }
-        s.push_str("\n--- end of history ---");
+        let oldest = msgs.iter().filter_map(|m| int(m, "mid")).min();
+        let more = f.get("more").and_then(Value::as_bool).unwrap_or(false);
+        self.older = match oldest {
+            Some(mid) if more => Some((with, mid)),
+            _ => None,
+        };
+        s.push_str(if self.older.is_some() {
+            "\n--- end of history page: type more for older messages ---"
+        } else {
+            "\n--- end of history: nothing older ---"
+        });
         self.out.line(s);
     }
 }
@@ -155,17 +182,35 @@ mod tests {
         let one = obj(json!({"msgid": 6, "id": 1, "name": "alice", "toid": 2,
             "msg": "hi: there", "time": "2026-11-23 10:00:00", "mid": 5, "seq": 1}));
         assert_eq!(
-            format_chat(&one),
+            format_chat(&one, None),
             "[2026-11-23 10:00:00] alice(1): hi: there"
         );
         let grp = obj(json!({"msgid": 10, "id": 1, "userid": 1, "name": "alice",
             "groupid": 3, "msg": "hi", "time": "2026-11-23 10:00:00"}));
         assert_eq!(
-            format_chat(&grp),
+            format_chat(&grp, None),
             "[group 3] [2026-11-23 10:00:00] alice(1): hi"
         );
+        assert_eq!(
+            format_chat(&grp, Some("team")),
+            "[group 3 \"team\"] [2026-11-23 10:00:00] alice(1): hi"
+        );
         let evil = obj(json!({"msgid": 6, "id": 1, "name": "a", "msg": "\u{1b}[2J", "time": "t"}));
-        assert_eq!(format_chat(&evil), "[t] a(1): \\u{1b}[2J");
+        assert_eq!(format_chat(&evil, None), "[t] a(1): \\u{1b}[2J");
+    }
+
+    #[test]
+    fn times_are_shown_in_the_local_time_zone() {
+        let shanghai = TimeZone::fixed(jiff::tz::offset(8));
+        assert_eq!(
+            local_time("2026-11-30 20:00:00", &shanghai),
+            "2026-12-01 04:00:00"
+        );
+        assert_eq!(
+            local_time("2026-11-30 20:00:00", &TimeZone::UTC),
+            "2026-11-30 20:00:00"
+        );
+        assert_eq!(local_time("not a time", &shanghai), "not a time");
     }
 
     #[test]

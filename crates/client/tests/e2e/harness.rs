@@ -202,6 +202,11 @@ impl Client {
         )
     }
 
+    /// Every stdout line read so far, one text.
+    pub fn seen_text(&self) -> String {
+        self.seen.join("\n")
+    }
+
     /// What the client wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()

@@ -14,14 +14,6 @@ use std::time::Duration;
 use harness::{chat_exe, free_port, Client, Server};
 use term::Term;
 
-/// The mid in "message sent (mid N)".
-fn mid_of(line: &str) -> i64 {
-    line.split("(mid ")
-        .nth(1)
-        .and_then(|r| r.trim_end_matches(')').parse().ok())
-        .unwrap_or_else(|| panic!("no mid in {line:?}"))
-}
-
 #[test]
 fn two_users_chat_befriend_and_share_a_group() {
     let server = Server::start();
@@ -40,22 +32,30 @@ fn two_users_chat_befriend_and_share_a_group() {
 
     // One to one, both ways; the text keeps its colons.
     a.send(&format!("chat:{bob}:hello bob: it is 10:30"));
-    let sent = a.expect("message sent (mid ");
-    assert!(mid_of(&sent) > 0);
+    a.expect(&format!(
+        "you → user {bob}: hello bob: it is 10:30 (sending…)"
+    ));
+    a.expect(&format!("message sent to user {bob}"));
     let got = b.expect("hello bob");
     assert!(
         got.ends_with(&format!("alice({alice}): hello bob: it is 10:30")),
         "{got}"
     );
     assert!(got.starts_with("[20"), "a timestamp comes first: {got}");
+    // A live message gets no "while you were away" marker.
+    assert!(
+        !b.seen_text().contains("while you were away"),
+        "{}",
+        b.seen_text()
+    );
     b.send(&format!("chat:{alice}:hi alice"));
-    b.expect("message sent (mid ");
+    b.expect(&format!("message sent to alice({alice})"));
     let got = a.expect("hi alice");
     assert!(got.ends_with(&format!("bob({bob}): hi alice")), "{got}");
 
     // Errors are explained, and the session goes on.
     a.send("chat:999999:anyone?");
-    a.expect("error 3: no such user");
+    a.expect("chat to 999999 failed: no such user");
     a.send("dance");
     a.expect("unknown command \"dance\"; type help");
     a.send("help");
@@ -65,25 +65,23 @@ fn two_users_chat_befriend_and_share_a_group() {
     a.send(&format!("addfriend:{bob}"));
     a.expect(&format!("bob({bob}) is now your friend"));
     a.send(&format!("addfriend:{bob}"));
-    a.expect("error 5");
+    a.expect(&format!("addfriend {bob} failed: already friends"));
     a.send("friends");
     a.expect("friends (1):");
     a.expect(&format!("bob({bob})"));
 
     // A group: alice creates it, bob joins, both talk in it.
     a.send("creategroup:team:the team: all of us");
-    let line = a.expect("group \"team\" created (id ");
-    let group: i64 = line
-        .rsplit("(id ")
-        .next()
-        .and_then(|r| r.trim_end_matches(')').parse().ok())
-        .unwrap();
+    let group = group_id(&a.expect("group \"team\" created (id "));
     b.send(&format!("addgroup:{group}"));
     b.expect(&format!("joined group {group}"));
     b.send(&format!("groupchat:{group}:hello team"));
-    b.expect("group message sent (mid ");
+    b.expect(&format!("group message sent to group {group}"));
     let got = a.expect("hello team");
-    assert!(got.starts_with(&format!("[group {group}] [20")), "{got}");
+    assert!(
+        got.starts_with(&format!("[group {group} \"team\"] [20")),
+        "{got}"
+    );
     assert!(got.ends_with(&format!("bob({bob}): hello team")), "{got}");
     a.send(&format!("groupchat:{group}:welcome bob"));
     a.expect("group message sent");
@@ -99,13 +97,13 @@ fn two_users_chat_befriend_and_share_a_group() {
     // History, oldest first.
     a.send(&format!("history:{bob}"));
     a.expect(&format!("--- history with bob({bob}): 2 messages ---"));
-    let h = a.until("--- end of history ---");
+    let h = a.until("--- end of history");
     assert_eq!(h.len(), 3, "{h:?}");
     assert!(h[0].contains("hello bob: it is 10:30"), "{h:?}");
     assert!(h[1].contains("hi alice"), "{h:?}");
     b.send(&format!("ghistory:{group}"));
     b.expect("history of group");
-    let h = b.until("--- end of history ---");
+    let h = b.until("--- end of history");
     assert!(h[0].contains("hello team"), "{h:?}");
     assert!(h[1].contains("welcome bob"), "{h:?}");
 
@@ -124,7 +122,7 @@ fn two_users_chat_befriend_and_share_a_group() {
 
     // Group management: only the creator may disband; bob may quit.
     b.send(&format!("disband:{group}"));
-    b.expect("error 4");
+    b.expect(&format!("disband {group} failed: "));
     b.send(&format!("quitgroup:{group}"));
     b.expect(&format!("left group {group}"));
     a.send(&format!("delfriend:{bob}"));
@@ -158,10 +156,18 @@ fn offline_messages_arrive_at_next_login_once() {
     a.expect("message sent");
     a.send(&format!("chat:{bob}:second: still here"));
     a.expect("message sent");
+    // The backlog is what was written before the login's second.
+    thread::sleep(Duration::from_millis(1100));
 
     b.expect("3. quit");
     b.login(bob, "pw-b", "bob");
-    let first = b.expect("are you there?");
+    let seen = b.until("are you there?");
+    assert_eq!(
+        seen[seen.len() - 2],
+        "--- while you were away ---",
+        "{seen:?}"
+    );
+    let first = seen[seen.len() - 1].clone();
     assert!(
         first.ends_with(&format!("alice({alice}): are you there?")),
         "{first}"
@@ -200,7 +206,7 @@ fn offline_messages_arrive_at_next_login_once() {
     );
     // History replies come after any replayed message: a marker.
     b.send(&format!("history:{alice}"));
-    let seen = b.until("--- end of history ---");
+    let seen = b.until("--- end of history");
     let header = seen
         .iter()
         .position(|l| l.starts_with("--- history with"))
@@ -236,7 +242,7 @@ fn offline_messages_arrive_at_next_login_once() {
     b.expect("3. quit");
     b.login(bob, "pw-b", "bob");
     b.send(&format!("history:{alice}"));
-    let seen = b.until("--- end of history ---");
+    let seen = b.until("--- end of history");
     assert!(
         !seen[0].contains("while you were out") && seen[0].starts_with("--- history with"),
         "delivered messages came again: {seen:?}"
@@ -258,17 +264,17 @@ fn a_script_sees_the_replies_before_quit_exits() {
     let seen = a.until("bye");
     let sent = seen
         .iter()
-        .position(|l| l.starts_with("message sent (mid "))
+        .position(|l| l.starts_with("message sent to "))
         .unwrap_or_else(|| panic!("{seen:?}"));
     assert!(
         seen.iter()
-            .any(|l| l.contains(&format!("erin({id}): note to self"))),
+            .any(|l| l.contains(&format!("] erin({id}): note to self"))),
         "{seen:?}"
     );
     assert!(
         seen[sent..]
             .iter()
-            .any(|l| l.starts_with("error 3: no such user")),
+            .any(|l| l.starts_with("addfriend 999999 failed: no such user")),
         "{seen:?}"
     );
     assert!(a.wait_exit().success());
@@ -302,12 +308,12 @@ fn a_script_stops_at_a_refused_login_or_registration_with_status_3() {
         (
             "wrong password",
             format!("1\n{id}\nwrong\n2\nmore\npw\nquit\n"),
-            "login failed: error 1",
+            "login failed: ",
         ),
         (
             "taken name",
             "2\nerin\nwhatever\n1\nquit\n".to_owned(),
-            "register failed: error 1",
+            "register failed: ",
         ),
         (
             "not an id",
@@ -543,8 +549,245 @@ fn at_a_terminal_the_client_reconnects_and_delivers_unconfirmed_messages_once() 
     i.login(ivan, "pw-i", "ivan");
     i.expect("live again");
     i.send(&format!("history:{hana}"));
-    let h = i.until("--- end of history ---").join("\n");
+    let h = i.until("--- end of history").join("\n");
     for text in ["sent while frozen", "typed offline", "live again"] {
         assert_eq!(h.matches(text).count(), 1, "{text:?} not once in {h}");
     }
+}
+
+/// The group id in "group \"NAME\" created (id N)".
+fn group_id(line: &str) -> i64 {
+    line.rsplit("(id ")
+        .next()
+        .and_then(|r| r.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no group id in {line:?}"))
+}
+
+/// alice (password "pw-a") and a second user named `b_name` (password
+/// "pw-b"), each registered with their own client and state directory; only
+/// alice is logged in, the other is at the menu: (alice's client, her id,
+/// the other's client, their id).
+fn registered_pair(
+    server: &Server,
+    state: &std::path::Path,
+    b_name: &str,
+) -> (Client, i64, Client, i64) {
+    let mut a = Client::start("alice", &server.addr, &state.join("a"));
+    let mut b = Client::start(b_name, &server.addr, &state.join("b"));
+    let alice = a.register("alice", "pw-a");
+    let bob = b.register(b_name, "pw-b");
+    a.expect("3. quit");
+    a.login(alice, "pw-a", "alice");
+    b.expect("3. quit");
+    (a, alice, b, bob)
+}
+
+/// [`registered_pair`] with both logged in.
+fn logged_in_pair(
+    server: &Server,
+    state: &std::path::Path,
+    b_name: &str,
+) -> (Client, i64, Client, i64) {
+    let (a, alice, mut b, bob) = registered_pair(server, state, b_name);
+    b.login(bob, "pw-b", b_name);
+    (a, alice, b, bob)
+}
+
+/// Sends `cmd` until a line of its output contains both `who` and `want`
+/// (for lists that a push updates a moment after a reply).
+fn eventually(c: &mut Client, cmd: &str, who: &str, want: &str) {
+    for _ in 0..50 {
+        c.send(cmd);
+        c.send("help");
+        let seen = c.until("show this list");
+        if seen.iter().any(|l| l.contains(who) && l.contains(want)) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    c.fail(&format!("{cmd} never showed {who} with {want:?}"));
+}
+
+#[test]
+fn friend_and_group_lists_follow_what_others_do() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let (mut a, alice, mut b, bob) = logged_in_pair(&server, state.path(), "bob");
+
+    // Alice befriends bob: bob is told, and his list has her at once.
+    a.send(&format!("addfriend:{bob}"));
+    a.expect(&format!("bob({bob}) is now your friend"));
+    b.expect(&format!("alice({alice}) added you as a friend (online)"));
+    b.send("friends");
+    b.expect("friends (1):");
+    b.expect(&format!("alice({alice}) online"));
+    // Alice sees bob's state, not "state unknown".
+    eventually(&mut a, "friends", &format!("bob({bob})"), "online");
+
+    // Groups: joins and leaves are told to the members, with the group's name.
+    a.send("creategroup:team:all of us");
+    let group = group_id(&a.expect("group \"team\" created (id "));
+    b.send(&format!("addgroup:{group}"));
+    a.expect(&format!("bob({bob}) joined group {group} \"team\""));
+    b.send(&format!("groupchat:{group}:hi team"));
+    let got = a.expect("hi team");
+    assert!(
+        got.starts_with(&format!("[group {group} \"team\"] [20")),
+        "{got}"
+    );
+    a.send("groups");
+    a.expect("groups (1):");
+    a.expect(&format!("bob({bob}) normal online"));
+    b.send(&format!("quitgroup:{group}"));
+    a.expect(&format!("bob({bob}) left group {group} \"team\""));
+    b.send(&format!("addgroup:{group}"));
+    a.expect(&format!("bob({bob}) joined group {group}"));
+    a.send(&format!("disband:{group}"));
+    b.expect(&format!(
+        "group {group} \"team\" was disbanded by alice({alice})"
+    ));
+    b.send("groups");
+    b.expect("no groups yet");
+    // A ':' in a group name works when the name is quoted.
+    a.send("creategroup:\"10:30 club\":we meet: daily");
+    a.expect("group \"10:30 club\" created (id ");
+
+    // Unfriending is told too, and the list follows.
+    a.send(&format!("delfriend:{bob}"));
+    b.expect(&format!("alice({alice}) removed you from their friends"));
+    b.send("friends");
+    b.expect("no friends yet");
+}
+
+#[test]
+fn a_second_login_of_a_friend_is_announced_once() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let (mut a, alice, mut b, bob) = registered_pair(&server, state.path(), "bob");
+    a.send(&format!("addfriend:{bob}"));
+    a.expect("is now your friend");
+    // Bob is offline, as alice knows from the friend list.
+    a.send(&format!("chat:{bob}:see you"));
+    a.expect(&format!(
+        "message sent to bob({bob}) (offline: stored for later)"
+    ));
+    b.login(bob, "pw-b", "bob");
+    a.expect("is now online");
+
+    // Bob logs in again elsewhere; he never went offline.
+    let mut b2 = Client::start("bob again", &server.addr, &state.path().join("b2"));
+    b2.expect("3. quit");
+    b2.login(bob, "pw-b", "bob");
+    b2.send(&format!("chat:{alice}:from my phone"));
+    let seen = a.until("from my phone");
+    a.send("help");
+    let mut seen2 = a.until("show this list");
+    seen2.extend(seen);
+    assert!(
+        !seen2.iter().any(|l| l.contains("is now online")),
+        "announced twice: {seen2:?}"
+    );
+}
+
+#[test]
+fn find_looks_people_up_by_exact_name() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let (mut a, alice, mut b, bob) = registered_pair(&server, state.path(), "李雷");
+    a.send("find:李雷");
+    a.expect(&format!("李雷: user id {bob}, offline"));
+    b.login(bob, "pw-b", "李雷");
+    a.send("find:李雷");
+    a.expect(&format!("李雷: user id {bob}, online"));
+    a.send("find:李");
+    a.expect("no user is called \"李\"");
+    a.send("find:alice");
+    a.expect(&format!("alice: user id {alice}, online"));
+}
+
+#[test]
+fn chat_and_addfriend_take_a_name_for_the_id() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let (mut a, alice, mut b, bob) = logged_in_pair(&server, state.path(), "李雷");
+    // Not known to alice yet: the client asks the server for the id.
+    a.send("chat:李雷:你好: 10:30");
+    a.expect("message sent");
+    b.expect(&format!("alice({alice}): 你好: 10:30"));
+    a.send("addfriend:李雷");
+    a.expect(&format!("李雷({bob}) is now your friend"));
+    b.send("chat:alice:hi");
+    a.expect(&format!("李雷({bob}): hi"));
+    a.send("history:李雷:1");
+    a.expect("--- history with 李雷");
+    a.send("chat:nobody:hi");
+    a.expect("no user is called \"nobody\"");
+}
+
+#[test]
+fn passwords_are_not_shown_at_a_terminal() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut t = Term::start("terminal", &server.addr, state.path());
+    t.expect("choice: ");
+    t.type_in("2\r");
+    t.expect("name: ");
+    t.type_in("vera\r");
+    t.expect("password: ");
+    // Typed key by key, as a person does, and as a whole line.
+    for c in "s3cret-".chars() {
+        t.type_in(&c.to_string());
+        thread::sleep(Duration::from_millis(20));
+    }
+    t.type_in("pw\r");
+    t.expect("registered vera: your id is 1");
+    t.login(1, "s3cret-pw", "vera");
+    let screen = t.text();
+    for shown in ["s3cret", "cret-pw", "-pw"] {
+        assert!(!screen.contains(shown), "the password shows: {screen}");
+    }
+}
+
+#[test]
+fn tab_completes_commands_and_names_at_a_terminal() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut c = Client::start("setup", &server.addr, &state.path().join("c"));
+    let lei = c.register("李雷", "pw-l");
+    let vera = c.register("vera", "pw-v");
+    drop(c);
+    let mut t = Term::start("vera", &server.addr, &state.path().join("t"));
+    t.login(vera, "pw-v", "vera");
+    t.type_in("frie\t");
+    thread::sleep(Duration::from_millis(200));
+    t.type_in("\r");
+    t.expect("no friends yet");
+    t.type_in("find:李雷\r");
+    t.expect(&format!("李雷: user id {lei}"));
+    t.type_in("chat:李\t");
+    thread::sleep(Duration::from_millis(200));
+    t.type_in("hi from tab\r");
+    t.expect(&format!("message sent to 李雷({lei})"));
+}
+
+#[test]
+fn history_pages_back_with_more() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let (mut a, _alice, _b, bob) = logged_in_pair(&server, state.path(), "bob");
+    for n in 1..=3 {
+        a.send(&format!("chat:{bob}:note {n}"));
+        a.expect("message sent");
+    }
+    a.send(&format!("history:{bob}:2"));
+    let page = a.until("--- end of history");
+    assert!(page[page.len() - 3].contains("note 2"), "{page:?}");
+    assert!(page[page.len() - 2].contains("note 3"), "{page:?}");
+    assert!(page[page.len() - 1].contains("type more"), "{page:?}");
+    a.send("more");
+    let page = a.until("--- end of history");
+    assert!(page[page.len() - 2].contains("note 1"), "{page:?}");
+    assert!(page[page.len() - 1].contains("nothing older"), "{page:?}");
+    a.send("more");
+    a.expect("nothing older to show");
 }
