@@ -80,7 +80,7 @@ start_server() {
   nstart=$((nstart + 1))
   local db="${server_db:-$tmp/db-$nstart.sqlite}" log="$tmp/server-$nstart.log"
   # All load comes from one address: per-address limits off.
-  "$server_bin" --listen 127.0.0.1:0 --database-url "sqlite://$db" \
+  "$server_bin" --listen 127.0.0.1:0 --http-listen off --database-url "sqlite://$db" \
     --max-connections-per-ip 0 --reg-per-ip-per-min 0 --login-failures-per-ip 0 \
     --prelogin-per-ip-per-sec 0 \
     --social-per-min 0 --fanout-per-sec 0 \

@@ -152,6 +152,13 @@ pub struct Config {
     pub backlog_reads: usize,
     /// Field limits.
     pub limits: Limits,
+    /// The web origins (`scheme://host[:port]`) whose pages may open the
+    /// WebSocket; empty: only pages served from the same host and port.
+    /// `*` allows any.
+    pub http_allow_origins: Vec<String>,
+    /// How often a WebSocket is pinged; one that answers nothing for two
+    /// and a half rounds is closed.
+    pub ws_ping_every: Duration,
 }
 
 impl Default for Config {
@@ -182,6 +189,8 @@ impl Default for Config {
             backlog_page: 256,
             backlog_reads: 16,
             limits: Limits::default(),
+            http_allow_origins: Vec::new(),
+            ws_ping_every: Duration::from_secs(30),
         }
     }
 }

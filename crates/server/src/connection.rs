@@ -2,6 +2,10 @@
 //! a writer that drains the bounded outbound queue, coalescing frames into few
 //! writes.
 //!
+//! The reader is generic over its [`Source`] of frames: the TCP byte stream
+//! cut at terminators here, or WebSocket messages (`http::ws`). Everything
+//! after the framing (limits, pipelining, the commands) is the same code.
+//!
 //! Requests are pipelined: up to `max_inflight` run at once, and their replies
 //! go out in request order. LOGIN and LOGINOUT change the session, and friend
 //! and group changes change what later requests may do, so they wait for
@@ -60,7 +64,29 @@ impl Bucket {
     }
 }
 
-struct Conn {
+/// Where a connection's frames come from.
+pub trait Source: Send + 'static {
+    /// The next frame; None at the end of the stream.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ReadError>>>;
+    /// Whether part of a frame is buffered.
+    fn buffered(&self) -> bool;
+    /// Gives read buffers back while the connection is idle.
+    fn release(&mut self);
+}
+
+/// Why a [`Source`] could not give a frame.
+#[derive(Debug)]
+pub enum ReadError {
+    /// A frame over the limit (the limit): errno 8, then the connection closes.
+    TooLarge(usize),
+    /// A frame the transport refuses (a binary WebSocket message): this
+    /// error, then the connection closes.
+    Refused(ServiceError),
+    /// The transport failed; the connection closes without a word.
+    Io(std::io::Error),
+}
+
+struct Conn<S> {
     sh: Arc<Service>,
     out: Arc<Outbox>,
     close: CancellationToken,
@@ -70,13 +96,34 @@ struct Conn {
     pending: Option<Box<FuturesOrdered<ReplyFuture>>>,
     bucket: Bucket,
     peer: SocketAddr,
-    frames: Frames,
+    frames: S,
     writer: JoinHandle<()>,
     /// The connection's slots, held until it closes.
     _permits: (OwnedSemaphorePermit, AddrPermit),
 }
 
 type Frames = FramedRead<OwnedReadHalf, FrameCodec>;
+
+impl Source for Frames {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ReadError>>> {
+        poll_frame(self, cx).map(|f| {
+            f.map(|r| {
+                r.map_err(|e| match e {
+                    FrameError::TooLarge(n) => ReadError::TooLarge(n),
+                    FrameError::Io(e) => ReadError::Io(e),
+                })
+            })
+        })
+    }
+
+    fn buffered(&self) -> bool {
+        !self.read_buffer().is_empty()
+    }
+
+    fn release(&mut self) {
+        *self.read_buffer_mut() = BytesMut::new();
+    }
+}
 
 /// Serves one accepted connection until it closes. `shutdown` is the server's.
 /// `peer` is the client's address (from the PROXY header behind a load
@@ -95,13 +142,7 @@ pub fn serve(
     permits: (OwnedSemaphorePermit, AddrPermit),
 ) -> impl Future<Output = ()> + Send + 'static {
     let _ = sock.set_nodelay(true);
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(5);
-    if let Err(e) = socket2::SockRef::from(&sock).set_tcp_keepalive(&ka) {
-        tracing::debug!(%peer, error = %e, "could not enable TCP keepalive");
-    }
+    keepalive(&sock, peer);
     let (rd, wr) = sock.into_split();
     // No read buffer until there is something to read (see `poll_frame`).
     let frames = FramedRead::with_capacity(rd, FrameCodec::new(sh.cfg.max_frame), 0);
@@ -115,6 +156,33 @@ pub fn serve(
         sh.cfg.shutdown_grace,
     ));
     tracing::debug!(%peer, "connected");
+    run(frames, writer, out, close, peer, sh, permits)
+}
+
+/// Turns on TCP keepalive, so a peer that vanished is found out within
+/// about two minutes even while nothing is sent.
+pub fn keepalive(sock: &TcpStream, peer: SocketAddr) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(5);
+    if let Err(e) = socket2::SockRef::from(sock).set_tcp_keepalive(&ka) {
+        tracing::debug!(%peer, error = %e, "could not enable TCP keepalive");
+    }
+}
+
+/// Runs the commands of one connection whose frames come from `frames` and
+/// whose `writer` drains `out`, until it closes. See [`serve`] for why this
+/// returns an async block.
+pub fn run<S: Source>(
+    frames: S,
+    writer: JoinHandle<()>,
+    out: Arc<Outbox>,
+    close: CancellationToken,
+    peer: SocketAddr,
+    sh: Arc<Service>,
+    permits: (OwnedSemaphorePermit, AddrPermit),
+) -> impl Future<Output = ()> + Send + 'static {
     let mut conn = Conn {
         bucket: Bucket {
             tokens: sh.cfg.rate_burst.max(1) as f64,
@@ -138,7 +206,7 @@ pub fn serve(
     }
 }
 
-impl Conn {
+impl<S: Source> Conn<S> {
     async fn read_loop(&mut self) {
         // The login deadline: set at connect and at LOGINOUT, never
         // extended by other frames (junk must not hold a slot), dropped
@@ -146,10 +214,10 @@ impl Conn {
         let mut idle = Some(Box::pin(tokio::time::sleep(self.sh.cfg.login_idle_timeout)));
         loop {
             let in_flight = self.pending.as_ref().map_or(0, |p| p.len());
-            if in_flight == 0 && self.frames.read_buffer().is_empty() {
+            if in_flight == 0 && !self.frames.buffered() {
                 // Idle: give the memory back.
                 self.pending = None;
-                *self.frames.read_buffer_mut() = BytesMut::new();
+                self.frames.release();
             }
             let can_read = in_flight < self.sh.cfg.max_inflight.max(1);
             let frames = &mut self.frames;
@@ -159,7 +227,7 @@ impl Conn {
                 Some(reply) = std::future::poll_fn(|cx| poll_reply(&mut self.pending, cx)), if in_flight > 0 => {
                     if !self.emit(reply).await { break }
                 }
-                f = std::future::poll_fn(|cx| poll_frame(frames, cx)), if can_read => match f {
+                f = std::future::poll_fn(|cx| frames.poll_frame(cx)), if can_read => match f {
                     None => break,
                     Some(Ok(frame)) => {
                         Box::pin(self.on_frame(frame)).await;
@@ -170,13 +238,18 @@ impl Conn {
                             _ => {}
                         }
                     }
-                    Some(Err(FrameError::TooLarge(n))) => {
+                    Some(Err(ReadError::TooLarge(n))) => {
                         tracing::info!(peer = %self.peer, limit = n, "frame too large; closing");
                         let e = ServiceError::new(Errno::FrameTooLarge, format!("frame longer than {n} bytes; closing"));
                         Box::pin(self.fail_and_close(e)).await;
                         break;
                     }
-                    Some(Err(FrameError::Io(e))) => {
+                    Some(Err(ReadError::Refused(e))) => {
+                        tracing::info!(peer = %self.peer, error = %e, "frame refused; closing");
+                        Box::pin(self.fail_and_close(e)).await;
+                        break;
+                    }
+                    Some(Err(ReadError::Io(e))) => {
                         tracing::debug!(peer = %self.peer, error = %e, "read failed");
                         break;
                     }
@@ -392,20 +465,13 @@ fn write_loop(
                 // write buffer.
                 let len: usize = batch.iter().map(Outgoing::len).sum();
                 let mut buf = BytesMut::with_capacity(len);
-                let mut barriers = Vec::new();
-                let mut confirm: Vec<(UserId, i64)> = Vec::new();
-                for o in batch.drain(..) {
+                let mut receipt = Receipt::default();
+                for mut o in batch.drain(..) {
                     buf.extend_from_slice(&o.bytes);
                     if let Some(t) = &o.tail {
                         buf.extend_from_slice(t);
                     }
-                    barriers.extend(o.flushed);
-                    if let Some((u, s)) = o.l1_delivered {
-                        match confirm.last_mut() {
-                            Some((lu, ls)) if *lu == u => *ls = (*ls).max(s),
-                            _ => confirm.push((u, s)),
-                        }
-                    }
+                    receipt.note(&mut o);
                 }
                 let (wr, report, close) = (&mut wr, &written, &close);
                 Box::pin(async move {
@@ -414,12 +480,7 @@ fn write_loop(
                         _ = async { close.cancelled().await; tokio::time::sleep(grace).await } => false,
                     };
                     if written {
-                        for (user, seq) in confirm {
-                            report.written(user, seq, !barriers.is_empty()).await;
-                        }
-                        for b in barriers {
-                            let _ = b.send(());
-                        }
+                        receipt.settle(report.as_ref()).await;
                     }
                     written
                 })
@@ -431,6 +492,37 @@ fn write_loop(
         // Senders must not wait for space that will never come.
         outbox.close();
         let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), wr.shutdown())).await;
+    }
+}
+
+/// What a batch of frames settles once it is written: the level-1
+/// confirmations and the flush barriers it carries.
+#[derive(Default)]
+pub struct Receipt {
+    barriers: Vec<tokio::sync::oneshot::Sender<()>>,
+    confirm: Vec<(UserId, i64)>,
+}
+
+impl Receipt {
+    /// Takes what `o` settles (call for every frame of the batch, in order).
+    pub fn note(&mut self, o: &mut Outgoing) {
+        self.barriers.extend(o.flushed.take());
+        if let Some((u, s)) = o.l1_delivered {
+            match self.confirm.last_mut() {
+                Some((lu, ls)) if *lu == u => *ls = (*ls).max(s),
+                _ => self.confirm.push((u, s)),
+            }
+        }
+    }
+
+    /// After the batch is written: confirms, then fires the barriers.
+    pub async fn settle(self, written: &dyn Written) {
+        for (user, seq) in self.confirm {
+            written.written(user, seq, !self.barriers.is_empty()).await;
+        }
+        for b in self.barriers {
+            let _ = b.send(());
+        }
     }
 }
 

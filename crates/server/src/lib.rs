@@ -12,6 +12,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod frames;
+pub mod http;
 pub mod names;
 pub mod outbox;
 pub mod password;

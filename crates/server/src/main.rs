@@ -1,6 +1,7 @@
 //! `chat-server`: runs one clusterchat node.
 //!
-//! With no arguments it listens on 127.0.0.1:6000 and keeps its data in
+//! With no arguments it listens on 127.0.0.1:6000 for chat clients, serves
+//! the web client on http://127.0.0.1:8080, and keeps its data in
 //! `./clusterchat.db` (SQLite, WAL), creating and migrating it as needed.
 
 use std::net::SocketAddr;
@@ -69,6 +70,23 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:6000")]
     listen: SocketAddr,
+
+    /// Address of the HTTP listener: the web client at `/` and its WebSocket
+    /// at `/ws`. `off` turns it off. Default: 127.0.0.1:8080 on a single
+    /// node, off in cluster mode (give each node its own).
+    #[arg(long, env = "CHAT_HTTP_LISTEN", value_name = "ADDR|off")]
+    http_listen: Option<String>,
+
+    /// Web origins (`https://chat.example.com`) whose pages may open the
+    /// WebSocket, comma-separated; `*` allows any. Default: only pages
+    /// served from the same host and port.
+    #[arg(long, env = "CHAT_HTTP_ALLOW_ORIGINS", value_delimiter = ',')]
+    http_allow_origin: Vec<String>,
+
+    /// Seconds between WebSocket pings; a client silent for 2.5 rounds is
+    /// dropped.
+    #[arg(long, env = "CHAT_WS_PING_SECS", default_value_t = cfg().ws_ping_every.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    ws_ping_secs: u64,
 
     /// Database URL: sqlite://PATH (created if missing) or mysql://USER:PASS@HOST:PORT/DB.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://clusterchat.db")]
@@ -164,7 +182,8 @@ struct Args {
 
     /// Load balancer addresses whose connections start with a PROXY protocol
     /// (v1 or v2) header naming the real client, comma-separated (nginx:
-    /// `proxy_protocol on`). Only these may send one, and they must.
+    /// `proxy_protocol on`). Only these may send one, and they must. On the
+    /// HTTP listener their `X-Real-IP` header names the client.
     #[arg(long, env = "CHAT_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<std::net::IpAddr>,
 
@@ -297,6 +316,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         l1_offline_in_ack: args.l1_offline_in_ack,
         backlog_page: args.backlog_page,
         backlog_reads: args.backlog_reads,
+        http_allow_origins: args.http_allow_origin.clone(),
+        ws_ping_every: Duration::from_secs(args.ws_ping_secs),
         ..cfg().clone()
     };
     let opts = StoreOptions {
@@ -308,6 +329,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open database {}", redact_url(&args.database_url)))?;
     let listener =
         listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let http = match http_addr(args.http_listen.as_deref(), args.redis_url.is_some())? {
+        None => None,
+        Some(addr) => Some(listen(addr).with_context(|| {
+            format!("cannot listen on {addr} for the web client (choose another with --http-listen ADDR, or turn it off with --http-listen off)")
+        })?),
+    };
     let node = match &args.redis_url {
         None => Node::single(cfg, store)?,
         Some(url) => {
@@ -329,15 +356,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
             )?
         }
     };
+    let http_at = match &http {
+        Some(l) => l.local_addr()?.to_string(),
+        None => "off".to_owned(),
+    };
     tracing::info!(
         listen = %listener.local_addr()?,
+        http = %http_at,
         database = %redact_url(&args.database_url),
         max_connections = args.max_connections,
         "clusterchat server ready"
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
-    node.run(listener, shutdown).await
+    node.run_with_http(listener, http, shutdown).await
+}
+
+/// The HTTP listener's address from `--http-listen`: its default depends on
+/// the mode, and `off` turns it off.
+fn http_addr(arg: Option<&str>, clustered: bool) -> anyhow::Result<Option<SocketAddr>> {
+    match arg.map(str::trim) {
+        None if clustered => Ok(None),
+        None => Ok(Some(SocketAddr::from(([127, 0, 0, 1], 8080)))),
+        Some(a) if a.eq_ignore_ascii_case("off") || a.eq_ignore_ascii_case("none") => Ok(None),
+        Some(a) => a.parse().map(Some).with_context(|| {
+            format!("--http-listen {a:?}: expected an address like 127.0.0.1:8080, or off")
+        }),
+    }
 }
 
 /// `url` with any password replaced by `***`, for logs and error messages.

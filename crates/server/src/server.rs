@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -87,9 +86,28 @@ impl Node {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
+        self.run_with_http(listener, None, shutdown).await
+    }
+
+    /// [`Node::run`], and serves the web client and its WebSocket on `http`
+    /// too (see [`crate::http`]).
+    pub async fn run_with_http(
+        self,
+        listener: TcpListener,
+        http: Option<TcpListener>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let sh = self.service;
         let tracker = TaskTracker::new();
-        let slots = Arc::new(Semaphore::new(sh.cfg.max_connections.max(1)));
+        if let Some(http) = http {
+            tracker.spawn(crate::http::run(
+                http,
+                sh.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        let slots = sh.guards.slots.clone();
         let sweeper = tokio::spawn(sweep_tokens(sh.store.clone(), shutdown.clone()));
         loop {
             tokio::select! {

@@ -130,7 +130,14 @@ impl Server {
         }
         let url = format!("sqlite://{}", db.display());
         cmd.env("NO_COLOR", "1")
-            .args(["--listen", "127.0.0.1:0", "--database-url", &url])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "off",
+                "--database-url",
+                &url,
+            ])
             .args(["--sqlite-synchronous", "full", "--log", "info"])
             .args(["--argon2-m-kib", "1024", "--argon2-t", "1"])
             .args(["--max-connections-per-ip", "0", "--reg-per-ip-per-min", "0"])

@@ -14,9 +14,10 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
 
 /// How long any single connect, write or expected frame may take.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,9 +49,14 @@ pub enum Recv {
     Timeout,
 }
 
+/// A byte stream a client talks over: a TCP socket, or its end of a pipe
+/// to a WebSocket (see [`Client::connect_ws`]).
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
 /// A test client speaking LF-terminated JSON.
 pub struct Client {
-    sock: TcpStream,
+    sock: Box<dyn Io>,
     buf: Vec<u8>,
     eof: bool,
     /// Whether [`Client::recv`] sets PRESENCE pushes aside.
@@ -112,7 +118,11 @@ impl Client {
             .map_err(|e| format!("connect failed: {e}"))?;
         sock.set_nodelay(true)
             .map_err(|e| format!("nodelay: {e}"))?;
-        Ok(Client {
+        Ok(Self::over(Box::new(sock)))
+    }
+
+    fn over(sock: Box<dyn Io>) -> Client {
+        Client {
             sock,
             buf: Vec::new(),
             eof: false,
@@ -120,7 +130,26 @@ impl Client {
             presence: Vec::new(),
             roster_aside: true,
             roster: Vec::new(),
-        })
+        }
+    }
+
+    /// Connects over a WebSocket to the HTTP listener at `http` (`/ws`).
+    /// Every helper works as over TCP: each line written becomes one text
+    /// message, and each message received reads as one line. The server
+    /// closing the WebSocket reads as EOF.
+    pub async fn connect_ws(http: SocketAddr) -> Client {
+        Self::try_connect_ws(http, None)
+            .await
+            .unwrap_or_else(|e| panic!("WebSocket to {http}: {e}"))
+    }
+
+    /// Connects over a WebSocket, sending `origin` as the page's origin; or
+    /// says why the server refused.
+    pub async fn try_connect_ws(http: SocketAddr, origin: Option<&str>) -> Result<Client, String> {
+        let ws = ws_connect(http, origin).await?;
+        let (near, far) = tokio::io::duplex(256 * 1024);
+        tokio::spawn(bridge(ws, far));
+        Ok(Self::over(Box::new(near)))
     }
 
     /// This client, setting PRESENCE pushes aside in [`Client::presence`]
@@ -458,4 +487,69 @@ fn parse(line: &[u8]) -> Value {
             String::from_utf8_lossy(line)
         )
     })
+}
+
+/// A client-side WebSocket.
+pub type WebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `ws://{http}/ws`, with `origin` as the page's origin if given; the
+/// error says the HTTP status of a refusal.
+pub async fn ws_connect(http: SocketAddr, origin: Option<&str>) -> Result<WebSocket, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{http}/ws")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    if let Some(o) = origin {
+        req.headers_mut()
+            .insert("origin", o.parse().map_err(|_| "bad origin".to_owned())?);
+    }
+    match tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(req)).await {
+        Err(_) => Err("WebSocket handshake timed out".to_owned()),
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+            Err(format!("refused with HTTP {}", resp.status().as_u16()))
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+    }
+}
+
+/// Pumps frames between a WebSocket and a pipe: lines (ended by LF or NUL)
+/// from the pipe go out as text messages; messages come back as lines.
+async fn bridge(ws: WebSocket, pipe: tokio::io::DuplexStream) {
+    let (mut tx, mut rx) = ws.split();
+    let (mut prd, mut pwr) = tokio::io::split(pipe);
+    let up = async move {
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 8192];
+            match prd.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            while let Some(i) = buf.iter().position(|&b| b == b'\n' || b == 0) {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                if tx.send(Message::text(text)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = tx.close().await;
+    };
+    let down = async move {
+        while let Some(Ok(m)) = rx.next().await {
+            let bytes = match m {
+                Message::Text(t) => t.as_bytes().to_vec(),
+                Message::Binary(b) => b.to_vec(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if pwr.write_all(&bytes).await.is_err() || pwr.write_all(b"\n").await.is_err() {
+                break;
+            }
+        }
+        let _ = pwr.shutdown().await;
+    };
+    tokio::join!(up, down);
 }

@@ -8,5 +8,5 @@
 mod client;
 mod server;
 
-pub use client::{Client, Read, Recv, RECV_TIMEOUT};
+pub use client::{ws_connect, Client, Read, Recv, WebSocket, RECV_TIMEOUT};
 pub use server::{test_config, user_l1, user_l2, TestServer};

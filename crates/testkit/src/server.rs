@@ -39,6 +39,8 @@ pub fn test_config() -> Config {
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its HTTP listener (web client, WebSocket) listens.
+    pub http: SocketAddr,
     /// Cancel for graceful shutdown.
     pub shutdown: CancellationToken,
     /// The `Node::run` task.
@@ -80,10 +82,14 @@ impl TestServer {
         let shared = node.service().clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let http = http_listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(node.run(listener, shutdown.clone()));
+        let handle =
+            tokio::spawn(node.run_with_http(listener, Some(http_listener), shutdown.clone()));
         TestServer {
             addr,
+            http,
             shutdown,
             handle,
             store,
@@ -96,6 +102,11 @@ impl TestServer {
     /// A new client connection.
     pub async fn connect(&self) -> Client {
         Client::connect(self.addr).await
+    }
+
+    /// A new client connection over a WebSocket.
+    pub async fn connect_ws(&self) -> Client {
+        Client::connect_ws(self.http).await
     }
 
     /// Cancels the server and waits (bounded) for `Node::run` to return.

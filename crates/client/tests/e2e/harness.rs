@@ -95,7 +95,7 @@ impl Server {
         let exe = server_exe();
         let db = dir.join("chat.db");
         let mut child = Command::new(&exe)
-            .args(["--listen", addr])
+            .args(["--listen", addr, "--http-listen", "off"])
             .arg("--database-url")
             .arg(format!("sqlite://{}", db.display()))
             .args(["--argon2-m-kib", "1024", "--argon2-t", "1"])

@@ -96,6 +96,8 @@ pub struct Guards {
     pub login_addr: FailureThrottle<IpAddr>,
     /// Open connections per client address.
     pub conns: AddrConns,
+    /// Open connections of the node, TCP and WebSocket alike.
+    pub slots: Arc<tokio::sync::Semaphore>,
     /// Frames before login, per client address.
     pub prelogin: RateLimiter<IpAddr>,
     /// Re-routing of retried sends per sender: each one costs reads.
@@ -132,6 +134,7 @@ impl Guards {
                 forget,
             ),
             conns: AddrConns::new(cfg.max_connections_per_ip),
+            slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1))),
             reroute: RateLimiter::new(10.0, 100),
             prelogin: RateLimiter::new(
                 f64::from(cfg.prelogin_per_ip_per_sec),
