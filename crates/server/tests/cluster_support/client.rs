@@ -17,6 +17,15 @@ impl Client {
         Client(chat_testkit::Client::connect(addr).await.presence_aside())
     }
 
+    /// Connects over a WebSocket to an HTTP listener, as the web client does.
+    pub async fn connect_ws(http: SocketAddr) -> Client {
+        Client(
+            chat_testkit::Client::connect_ws(http)
+                .await
+                .presence_aside(),
+        )
+    }
+
     /// Connects from a chosen loopback address, to tell clients apart by
     /// address behind nginx.
     pub async fn connect_from(addr: SocketAddr, local: Ipv4Addr) -> Client {

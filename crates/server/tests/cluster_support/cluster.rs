@@ -69,7 +69,12 @@ impl Cluster {
             cluster.nodes.push(Some(node));
         }
         if nginx {
-            let nodes: Vec<SocketAddr> = cluster.nodes.iter().flatten().map(|n| n.addr).collect();
+            let nodes: Vec<(SocketAddr, SocketAddr)> = cluster
+                .nodes
+                .iter()
+                .flatten()
+                .map(|n| (n.addr, n.http))
+                .collect();
             cluster.nginx = Some(Nginx::start(&bins, &cluster.path, &nodes).await);
         }
         println!(
@@ -94,6 +99,16 @@ impl Cluster {
     /// Where nginx listens.
     pub fn nginx(&self) -> SocketAddr {
         self.nginx.as_ref().expect("no nginx").addr
+    }
+
+    /// Where node `i`'s HTTP listener (web client, WebSocket) listens.
+    pub fn node_http(&self, i: usize) -> SocketAddr {
+        self.nodes[i].as_ref().expect("node was killed").http
+    }
+
+    /// Where nginx's HTTP proxy listens.
+    pub fn nginx_http(&self) -> SocketAddr {
+        self.nginx.as_ref().expect("no nginx").http
     }
 
     /// Kills node `i` with SIGKILL.

@@ -22,6 +22,8 @@ pub struct NodeProc {
     pub name: String,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its HTTP listener (web client, WebSocket) listens.
+    pub http: SocketAddr,
     log: PathBuf,
     proc: Proc,
 }
@@ -39,6 +41,7 @@ impl NodeProc {
         let name = node_name(i);
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = dir.join(format!("{name}.log"));
         let mut cmd = Command::new(bin);
         cmd.env_remove("DATABASE_URL")
@@ -46,6 +49,8 @@ impl NodeProc {
             .env("NO_COLOR", "1")
             .arg("--listen")
             .arg(addr.to_string())
+            .arg("--http-listen")
+            .arg(http.to_string())
             .arg("--database-url")
             .arg(db_url)
             .arg("--redis-url")
@@ -84,6 +89,7 @@ impl NodeProc {
         NodeProc {
             name,
             addr,
+            http,
             log,
             proc,
         }
@@ -95,21 +101,25 @@ impl NodeProc {
     }
 }
 
-/// nginx in the foreground, with the stream config from the repository.
+/// nginx in the foreground, with the config from the repository.
 pub struct Nginx {
-    /// Where clients connect.
+    /// Where chat clients connect (the stream proxy).
     pub addr: SocketAddr,
+    /// Where browsers connect (the HTTP proxy).
+    pub http: SocketAddr,
     dir: PathBuf,
     proc: Proc,
 }
 
 impl Nginx {
-    /// Starts nginx in front of `nodes` (two of them), with its files in
-    /// `dir`/nginx, and waits (bounded) until it listens.
-    pub async fn start(bins: &Bins, dir: &Path, nodes: &[SocketAddr]) -> Nginx {
+    /// Starts nginx in front of `nodes` (two of them, with their chat and
+    /// HTTP addresses), with its files in `dir`/nginx, and waits (bounded)
+    /// until it listens.
+    pub async fn start(bins: &Bins, dir: &Path, nodes: &[(SocketAddr, SocketAddr)]) -> Nginx {
         let dir = dir.join("nginx");
         std::fs::create_dir_all(dir.join("logs")).expect("mkdir nginx");
         let port = free_port();
+        let http_port = free_port();
         let mut conf = String::new();
         if let Some(m) = &bins.stream_module {
             conf.push_str(&format!("load_module {};\n", m.display()));
@@ -119,7 +129,7 @@ impl Nginx {
              error_log {d}/logs/error.log info;\nevents {{ worker_connections 1024; }}\n",
             d = dir.display()
         ));
-        conf.push_str(&nginx_stream_conf(port, nodes));
+        conf.push_str(&nginx_conf(port, http_port, nodes));
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf).expect("write nginx.conf");
         let mut cmd = Command::new(&bins.nginx);
@@ -134,11 +144,12 @@ impl Nginx {
             Duration::from_secs(15),
             Duration::from_millis(50),
             &[&dir.join("logs/stdout.log"), &dir.join("logs/error.log")],
-            async || port_open(port).await,
+            async || port_open(port).await && port_open(http_port).await,
         )
         .await;
         Nginx {
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            http: format!("127.0.0.1:{http_port}").parse().unwrap(),
             dir,
             proc,
         }
@@ -146,23 +157,32 @@ impl Nginx {
 }
 
 /// The shipped nginx config with its example addresses replaced: nodes
-/// 127.0.0.1:6000, :6002 and the listener 127.0.0.1:8000.
-fn nginx_stream_conf(listen: u16, nodes: &[SocketAddr]) -> String {
+/// 127.0.0.1:6000 and :6002 (web :6001 and :6003), the stream listener
+/// 127.0.0.1:8000 and the HTTP one 127.0.0.1:8080.
+fn nginx_conf(listen: u16, http: u16, nodes: &[(SocketAddr, SocketAddr)]) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/clusterchat.conf");
     let conf = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let examples = [
+        "127.0.0.1:6000",
+        "127.0.0.1:6002",
+        "127.0.0.1:6001",
+        "127.0.0.1:6003",
+        "listen 127.0.0.1:8000",
+        "listen 127.0.0.1:8080",
+    ];
     assert!(
-        nodes.len() == 2
-            && conf.contains("127.0.0.1:6000")
-            && conf.contains("127.0.0.1:6002")
-            && conf.contains("listen 127.0.0.1:8000"),
-        "deploy/nginx/clusterchat.conf no longer names nodes 127.0.0.1:6000 and :6002 and \
-         listens on 127.0.0.1:8000; update the cluster test harness"
+        nodes.len() == 2 && examples.iter().all(|e| conf.contains(e)),
+        "deploy/nginx/clusterchat.conf no longer names all of {examples:?}; update the cluster \
+         test harness"
     );
-    conf.replace("127.0.0.1:6000", &nodes[0].to_string())
-        .replace("127.0.0.1:6002", &nodes[1].to_string())
+    conf.replace("127.0.0.1:6000", &nodes[0].0.to_string())
+        .replace("127.0.0.1:6002", &nodes[1].0.to_string())
+        .replace("127.0.0.1:6001", &nodes[0].1.to_string())
+        .replace("127.0.0.1:6003", &nodes[1].1.to_string())
         .replace(
             "listen 127.0.0.1:8000",
             &format!("listen 127.0.0.1:{listen}"),
         )
+        .replace("listen 127.0.0.1:8080", &format!("listen 127.0.0.1:{http}"))
 }
