@@ -4,7 +4,8 @@
 #   scripts/test.sh
 #
 # - As root, installs missing Debian packages with apt-get: MariaDB (MySQL
-#   store tests), Redis and nginx with its stream module (cluster tests).
+#   store tests), Redis and nginx with its stream module (cluster tests),
+#   Chromium and chromedriver (the web client's browser tests).
 #   As another user it says which ones to install.
 # - Starts a private MariaDB on 127.0.0.1:3307 (data in ./var/), so the store
 #   conformance suite runs against both SQLite and MariaDB.
@@ -21,6 +22,9 @@ command -v mariadb-install-db >/dev/null 2>&1 || [[ " ${missing[*]} " == *" mari
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 [[ -e /usr/lib/nginx/modules/ngx_stream_module.so ]] || missing+=(libnginx-mod-stream)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+[[ -d /usr/share/fonts/truetype/liberation ]] || missing+=(fonts-liberation)
 if ((${#missing[@]})); then
   if [[ $(id -u) == 0 ]]; then
     say "installing ${missing[*]}"
