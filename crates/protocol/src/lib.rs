@@ -105,6 +105,23 @@ impl Errno {
         self as i64
     }
 
+    /// A short snake_case name, for metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Errno::Ok => "ok",
+            Errno::BadCredentials => "bad_credentials",
+            Errno::AlreadyOnline => "already_online",
+            Errno::NotFound => "not_found",
+            Errno::Forbidden => "forbidden",
+            Errno::Exists => "exists",
+            Errno::Malformed => "malformed",
+            Errno::NotLoggedIn => "not_logged_in",
+            Errno::FrameTooLarge => "frame_too_large",
+            Errno::RateLimited => "rate_limited",
+            Errno::Unavailable => "unavailable",
+        }
+    }
+
     /// Parses a wire errno; unknown numbers give `None`.
     pub fn from_code(code: i64) -> Option<Errno> {
         Some(match code {

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{KindLabels, Metrics};
 use crate::store::{
     Appended, Fanout, NewMessage, Store, StoreError, StoreResult, TokenIssued, TokenRequest,
     UserId, WriteOp, WriteOutcome,
@@ -99,11 +100,24 @@ impl Committer {
         dispatch: Arc<dyn Dispatch>,
         max_batch: usize,
         queue: usize,
+        metrics: Arc<Metrics>,
     ) -> (Committer, CommitTask) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let stop = CancellationToken::new();
-        let handle = tokio::spawn(run(store, dispatch, rx, max_batch.max(1), stop.clone()));
+        let handle = tokio::spawn(run(
+            store,
+            dispatch,
+            rx,
+            max_batch.max(1),
+            stop.clone(),
+            metrics,
+        ));
         (Committer { tx }, CommitTask { stop, handle })
+    }
+
+    /// Writes waiting to be committed.
+    pub fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Queues a chat message right away (so writes join the batch in request
@@ -190,13 +204,23 @@ async fn run(
     mut rx: mpsc::Receiver<Job>,
     max_batch: usize,
     stop: CancellationToken,
+    metrics: Arc<Metrics>,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
     let (routed, mut to_route) = mpsc::channel::<(Vec<WriteOutcome>, Vec<Reply>)>(2);
+    let stored = metrics.clone();
     let router = tokio::spawn(async move {
         while let Some((outcomes, replies)) = to_route.recv().await {
             for o in &outcomes {
                 if let WriteOutcome::Append(Ok(Appended::New(fanout))) = o {
+                    let kind = match fanout.message.target {
+                        crate::store::Target::User(_) => "direct",
+                        crate::store::Target::Group(_) => "group",
+                    };
+                    stored
+                        .messages_stored
+                        .get_or_create(&KindLabels { kind })
+                        .inc();
                     dispatch.committed(fanout);
                 }
             }
@@ -262,6 +286,8 @@ async fn run(
         let started = std::time::Instant::now();
         let committed = store.commit(ops).await;
         let took = started.elapsed();
+        metrics.commit_batch.observe(n as f64);
+        metrics.commit_seconds.observe(took.as_secs_f64());
         if took > SLOW_COMMIT {
             // Every writer in the batch waited this long for its ACK.
             tracing::info!(ms = took.as_millis() as u64, batch = n, "slow group commit");

@@ -66,6 +66,9 @@ impl Bucket {
 
 /// Where a connection's frames come from.
 pub trait Source: Send + 'static {
+    /// The transport's name in metrics and logs: `tcp` or `ws`.
+    const TRANSPORT: &'static str;
+
     /// The next frame; None at the end of the stream.
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ReadError>>>;
     /// Whether part of a frame is buffered.
@@ -98,6 +101,8 @@ struct Conn<S> {
     peer: SocketAddr,
     frames: S,
     writer: JoinHandle<()>,
+    /// The open-connections gauge this connection counts in (by level).
+    gauge: (prometheus_client::metrics::gauge::Gauge, u8),
     /// The connection's slots, held until it closes.
     _permits: (OwnedSemaphorePermit, AddrPermit),
 }
@@ -105,6 +110,7 @@ struct Conn<S> {
 type Frames = FramedRead<OwnedReadHalf, FrameCodec>;
 
 impl Source for Frames {
+    const TRANSPORT: &'static str = "tcp";
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ReadError>>> {
         poll_frame(self, cx).map(|f| {
             f.map(|r| {
@@ -183,7 +189,10 @@ pub fn run<S: Source>(
     sh: Arc<Service>,
     permits: (OwnedSemaphorePermit, AddrPermit),
 ) -> impl Future<Output = ()> + Send + 'static {
+    let gauge = sh.metrics.connections_at(S::TRANSPORT, 0);
+    gauge.inc();
     let mut conn = Conn {
+        gauge: (gauge, 0),
         bucket: Bucket {
             tokens: sh.cfg.rate_burst.max(1) as f64,
             last: Instant::now(),
@@ -231,6 +240,7 @@ impl<S: Source> Conn<S> {
                     None => break,
                     Some(Ok(frame)) => {
                         Box::pin(self.on_frame(frame)).await;
+                        self.count_level();
                         match (&self.session, &idle) {
                             (Some(_), Some(_)) => idle = None,
                             // LOGINOUT: a new window to log in again.
@@ -263,10 +273,23 @@ impl<S: Source> Conn<S> {
         }
     }
 
+    /// Moves this connection to the gauge of its session's level, if that
+    /// changed (a login or a logout).
+    fn count_level(&mut self) {
+        let level = self.session.as_ref().map_or(0, |s| s.level);
+        if level != self.gauge.1 {
+            self.gauge.0.dec();
+            let g = self.sh.metrics.connections_at(S::TRANSPORT, level);
+            g.inc();
+            self.gauge = (g, level);
+        }
+    }
+
     /// After the read loop: replies in flight and the logout (see
     /// `finish`), then the writer sends what is queued and stops.
     async fn end(&mut self) {
         self.finish().await;
+        self.gauge.0.dec();
         self.out.close();
         let grace = self.sh.cfg.shutdown_grace + Duration::from_secs(1);
         if tokio::time::timeout(grace, &mut self.writer).await.is_err() {
@@ -307,6 +330,7 @@ impl<S: Source> Conn<S> {
 
     /// Queues the replies in flight, then the error the connection closes with.
     async fn fail_and_close(&mut self, e: ServiceError) {
+        self.sh.metrics.error(None, &e);
         self.drain().await;
         self.emit(Some(frames::failure(None, None, &e))).await;
     }
@@ -350,22 +374,26 @@ impl<S: Source> Conn<S> {
             .take(cfg.rate_limit as f64, cfg.rate_burst.max(1) as f64)
         {
             let e = ServiceError::new(Errno::RateLimited, "too many requests; slow down");
+            self.sh.metrics.error(None, &e);
             self.queue_ready(Some(frames::failure(None, None, &e)));
             return;
         }
         let req = match Request::parse(&frame) {
             Ok(r) => r,
             Err(bad) => {
+                self.sh.metrics.error(None, &bad.error);
                 self.queue_ready(Some(frames::failure(None, bad.reqid.as_ref(), &bad.error)));
                 return;
             }
         };
         let sh = self.sh.clone();
         let parsed = Command::parse(&req, self.session.as_ref(), &sh);
+        sh.metrics.request(req.msgid);
         let to = ReplyTo {
             msgid: req.msgid,
             reqid: req.reqid,
             level: self.level(),
+            metrics: sh.metrics.clone(),
         };
         let cmd = match parsed {
             Ok(c) => c,

@@ -50,6 +50,17 @@ impl ServiceError {
     }
 }
 
+/// What a request that storage failed is told (and how metrics tell it
+/// from other errno 10s).
+pub const STORE_UNAVAILABLE: &str = "storage unavailable, retry later";
+
+impl ServiceError {
+    /// Whether storage failed this request.
+    pub fn is_store_failure(&self) -> bool {
+        self.errno == Errno::Unavailable && self.msg == STORE_UNAVAILABLE
+    }
+}
+
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -66,7 +77,7 @@ impl From<StoreError> for ServiceError {
             ),
             StoreError::Unavailable(e) => {
                 tracing::warn!(error = %e, "storage error");
-                Self::busy("storage unavailable, retry later")
+                Self::busy(STORE_UNAVAILABLE)
             }
             StoreError::Closed => Self::busy("server is shutting down"),
         }

@@ -13,6 +13,7 @@ pub mod connection;
 pub mod error;
 pub mod frames;
 pub mod http;
+pub mod metrics;
 pub mod names;
 pub mod outbox;
 pub mod password;

@@ -20,6 +20,8 @@ use crate::error::ServiceError;
 #[derive(Clone)]
 pub struct Passwords {
     argon: Arc<Argon2<'static>>,
+    /// (hashing slots, queue places) as configured.
+    sizes: (usize, usize),
     running: Arc<Semaphore>,
     waiting: Arc<Semaphore>,
     /// The registrations' share of `running` and `waiting`.
@@ -42,6 +44,7 @@ impl Passwords {
             .map_err(|e| anyhow::anyhow!("argon2: {e}"))?
             .to_string();
         Ok(Passwords {
+            sizes: (cost.concurrency.max(1), cost.queue.max(1)),
             argon: Arc::new(argon),
             running: Arc::new(Semaphore::new(cost.concurrency.max(1))),
             waiting: Arc::new(Semaphore::new(cost.queue.max(1))),
@@ -49,6 +52,13 @@ impl Passwords {
             reg_waiting: Arc::new(Semaphore::new((cost.queue / 4).max(1))),
             dummy: dummy.into(),
         })
+    }
+
+    /// Hashes (running, waiting for a slot) now, for metrics.
+    pub fn load(&self) -> (usize, usize) {
+        let running = self.sizes.0 - self.running.available_permits();
+        let admitted = self.sizes.1 - self.waiting.available_permits();
+        (running, admitted.saturating_sub(running))
     }
 
     async fn run<T: Send + 'static>(

@@ -43,13 +43,15 @@ impl Node {
         make_bus: impl FnOnce(Arc<Sessions>) -> anyhow::Result<Arc<dyn Bus>>,
     ) -> anyhow::Result<Node> {
         let passwords = Passwords::new(&cfg.hash)?;
-        let sessions = Arc::new(Sessions::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let sessions = Arc::new(Sessions::new(metrics.clone()));
         let bus = make_bus(sessions.clone())?;
         let (committer, commit) = Committer::spawn(
             store.clone(),
             Arc::new(BusDispatch(bus.clone())),
             cfg.commit_batch,
             cfg.commit_queue,
+            metrics,
         );
         let service = Arc::new(Service::new(
             cfg, store, committer, bus, sessions, passwords,

@@ -35,7 +35,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::frames::{self, EncodedChat};
-pub use crate::outbox::{Outbox, Outgoing, QueueError};
+pub use crate::metrics::{KindLabels, Metrics};
+use crate::outbox::{Outbox, Outgoing, QueueError};
 use crate::store::{Store, StoreResult, StoredMessage, UserId};
 
 /// Something that happened for a user, routed to wherever their session is.
@@ -104,6 +105,8 @@ impl BacklogSource for StoreBacklog {
 /// concurrent reads, so that thousands of sessions catching up at once after
 /// a bus outage queue for the database instead of storming it.
 pub struct Backlog {
+    /// The node's metrics: pages read, pushes, slow-consumer drops.
+    pub metrics: Arc<Metrics>,
     source: Arc<dyn BacklogSource>,
     page: i64,
     reads: Semaphore,
@@ -119,8 +122,10 @@ impl Backlog {
         page: i64,
         concurrency: usize,
         stall: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Backlog {
+            metrics,
             source,
             page: page.max(1),
             reads: Semaphore::new(concurrency.max(1)),
@@ -135,6 +140,7 @@ impl Backlog {
         limit: i64,
     ) -> StoreResult<Vec<(i64, StoredMessage)>> {
         let _permit = self.reads.acquire().await.ok();
+        self.metrics.backlog_pages.inc();
         self.source.undelivered(user, after, limit).await
     }
 }
@@ -287,6 +293,7 @@ impl SessionHandle {
         match self.out.try_send(out) {
             Ok(()) => {}
             Err(QueueError::Full) => {
+                self.backlog.metrics.slow_consumer_drops.inc();
                 tracing::warn!(
                     user = self.user,
                     sid = self.sid,
@@ -316,6 +323,18 @@ impl SessionHandle {
     /// Delivers an event without blocking. A chat push out of order starts a
     /// catch-up task (see the module docs).
     pub fn deliver(self: &Arc<Self>, ev: &Event) {
+        let kind = match ev {
+            Event::Chat { .. } => "chat",
+            Event::Presence { .. } => "presence",
+            Event::Kick { .. } => "kicked",
+            Event::Roster(_) => "roster",
+            Event::Redeliver => "redeliver",
+        };
+        self.backlog
+            .metrics
+            .pushes
+            .get_or_create(&KindLabels { kind })
+            .inc();
         match ev {
             Event::Chat { push, seq } => self.deliver_chat(*seq, push),
             Event::Presence { id, online, since } => {
@@ -591,6 +610,7 @@ impl SessionHandle {
             r = self.out.send(out) => r.is_ok(),
             _ = self.close.cancelled() => false,
             _ = tokio::time::sleep(self.backlog.stall) => {
+                self.backlog.metrics.slow_consumer_drops.inc();
                 tracing::warn!(user = self.user, sid = self.sid, "outbound queue full while catching up; disconnecting slow client");
                 self.close.cancel();
                 false
@@ -610,12 +630,22 @@ const SHARDS: usize = 64;
 #[derive(Debug)]
 pub struct Sessions {
     shards: Vec<Mutex<HashMap<UserId, Arc<SessionHandle>>>>,
+    /// The node's metrics (the bus counts its publishes here).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for Sessions {
     fn default() -> Self {
+        Self::new(Arc::new(Metrics::new()))
+    }
+}
+
+impl Sessions {
+    /// An empty registry that counts into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
         Sessions {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            metrics,
         }
     }
 }
@@ -746,7 +776,13 @@ mod tests {
             n,
             reads: Mutex::new(Vec::new()),
         });
-        let backlog = Arc::new(Backlog::new(fake.clone(), page, 4, Duration::from_secs(5)));
+        let backlog = Arc::new(Backlog::new(
+            fake.clone(),
+            page,
+            4,
+            Duration::from_secs(5),
+            Default::default(),
+        ));
         let out = Arc::new(Outbox::new(1024, 1 << 20));
         let h = Arc::new(SessionHandle::new(
             1,
@@ -921,7 +957,13 @@ mod tests {
             n: 0,
             reads: Mutex::new(Vec::new()),
         });
-        let backlog = Arc::new(Backlog::new(fake, 8, 1, Duration::from_secs(5)));
+        let backlog = Arc::new(Backlog::new(
+            fake,
+            8,
+            1,
+            Duration::from_secs(5),
+            Default::default(),
+        ));
         let out = Arc::new(Outbox::new(1024, 1 << 20));
         let h = Arc::new(SessionHandle::new(
             1,

@@ -1,7 +1,8 @@
 //! The web client's transport across a cluster (real processes, MariaDB,
 //! Redis, nginx): a WebSocket session on one node and a TCP one on another
 //! chat both ways, directly and through nginx's HTTP proxy, and a login over
-//! the WebSocket kicks the TCP session on the other node.
+//! the WebSocket kicks the TCP session on the other node. Also: a node's
+//! `/readyz` follows Redis and MariaDB going away and coming back.
 //!
 //! Without MariaDB, Redis or nginx installed this prints "skipped" and
 //! passes, unless the environment variable `CI` is set.
@@ -78,4 +79,47 @@ async fn a_browser_on_one_node_and_a_tcp_client_on_another_chat_both_ways() {
         got = bob_web.recv_msgid(6).await;
     }
     assert_eq!(got["msg"], "now in your browser");
+}
+
+/// `GET /readyz` on a node: its status code.
+async fn readyz(http: std::net::SocketAddr) -> u16 {
+    chat_testkit::http_get(http, "/readyz").await.status
+}
+
+/// Polls `/readyz` until it answers `want`, for at most `secs`; the seconds
+/// it took.
+async fn readyz_becomes(http: std::net::SocketAddr, want: u16, secs: u64) -> f64 {
+    let start = std::time::Instant::now();
+    loop {
+        if readyz(http).await == want {
+            return start.elapsed().as_secs_f64();
+        }
+        assert!(
+            start.elapsed().as_secs() < secs,
+            "/readyz did not turn {want} within {secs} s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_redis_and_the_database() {
+    let test = "readiness_follows_redis_and_the_database";
+    let Some(mut cl) = Cluster::start(test, 1, false).await else {
+        return;
+    };
+    let http = cl.node_http(0);
+    assert_eq!(readyz(http).await, 200);
+
+    cl.redis.kill().await;
+    let t = readyz_becomes(http, 503, 5).await;
+    println!("{test}: not ready {t:.1} s after Redis died");
+    cl.redis.start().await;
+    readyz_becomes(http, 200, 15).await;
+
+    cl.db.kill().await;
+    let t = readyz_becomes(http, 503, 5).await;
+    println!("{test}: not ready {t:.1} s after MariaDB died");
+    cl.db.start().await;
+    readyz_becomes(http, 200, 30).await;
 }

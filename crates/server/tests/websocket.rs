@@ -14,28 +14,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-/// One raw HTTP/1.1 exchange: the status code, the head and the body.
-async fn http(addr: std::net::SocketAddr, request: &str) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .expect("the HTTP response did not end")
-        .unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(&raw)));
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head[9..12].parse().unwrap();
-    (status, head, raw[split + 4..].to_vec())
-}
-
-fn get(addr: std::net::SocketAddr, path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-}
-
 /// The next text message as JSON (pings and pongs skipped).
 async fn next_json(ws: &mut WebSocket) -> Option<Value> {
     loop {
@@ -334,7 +312,7 @@ async fn a_slow_websocket_consumer_is_dropped_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_app_is_served_from_the_binary() {
     let srv = TestServer::start().await;
-    let (status, head, body) = http(srv.http, &get(srv.http, "/")).await;
+    let HttpResponse { status, head, body } = http_get(srv.http, "/").await;
     assert_eq!(status, 200, "{head}");
     let head = head.to_ascii_lowercase();
     assert!(head.contains("content-type: text/html"), "{head}");
@@ -352,16 +330,15 @@ async fn the_web_app_is_served_from_the_binary() {
         .filter_map(|s| s.split('"').next());
     for src in scripts.filter(|s| s.ends_with(".js")) {
         let path = format!("/{}", src.trim_start_matches("./").trim_start_matches('/'));
-        let (status, head, _) = http(srv.http, &get(srv.http, &path)).await;
+        let HttpResponse { status, head, .. } = http_get(srv.http, &path).await;
         assert_eq!(status, 200, "{path}: {head}");
         assert!(
             head.to_ascii_lowercase().contains("text/javascript"),
             "{path}: {head}"
         );
     }
-    let (status, _, _) = http(srv.http, &get(srv.http, "/nope.js")).await;
-    assert_eq!(status, 404);
-    let (status, _, _) = http(srv.http, &get(srv.http, "/../Cargo.toml")).await;
+    assert_eq!(http_get(srv.http, "/nope.js").await.status, 404);
+    let status = http_get(srv.http, "/../Cargo.toml").await.status;
     assert!(status == 404 || status == 400, "{status}");
     srv.stop().await;
 }

@@ -32,4 +32,9 @@ pub trait Bus: Send + Sync {
 
     /// Stops background work at node shutdown, after sessions are released.
     fn shutdown(&self) {}
+
+    /// Whether the bus can carry events now; the error says why not.
+    async fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }

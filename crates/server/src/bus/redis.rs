@@ -17,6 +17,7 @@
 //!   full) is not retried as such: its recipient is sent a resync instead,
 //!   once publishing works again, and catches up from storage.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +60,8 @@ pub struct RedisBus {
     stop: CancellationToken,
     /// Recipients of events that were dropped, owed a resync.
     owed: std::sync::Mutex<std::collections::HashSet<UserId>>,
+    /// Whether the pub/sub connection is up and every session subscribed.
+    subscribed: std::sync::atomic::AtomicBool,
 }
 
 /// Recipients remembered for a resync at most; beyond, the next bus
@@ -100,6 +103,7 @@ impl RedisBus {
             sub,
             stop: CancellationToken::new(),
             owed: Default::default(),
+            subscribed: Default::default(),
         });
         tokio::spawn(publisher(bus.clone(), prx));
         tokio::spawn(subscriber(bus.clone(), srx));
@@ -229,6 +233,21 @@ impl Bus for RedisBus {
         }
     }
 
+    async fn ready(&self) -> Result<(), String> {
+        if !self.subscribed.load(Ordering::Relaxed) {
+            return Err("Redis pub/sub is not connected".into());
+        }
+        let ping = async {
+            let mut c = self.conn().await?;
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("Redis: {e}")),
+            Err(_) => Err("Redis did not answer PING within 2 s".into()),
+        }
+    }
+
     async fn online(&self, users: &[UserId]) -> Vec<bool> {
         let mut out: Vec<bool> = users
             .iter()
@@ -352,7 +371,13 @@ async fn publisher(bus: Arc<RedisBus>, mut rx: mpsc::Receiver<(UserId, Event)>) 
         }
         let failed = match bus.conn().await {
             Ok(mut c) => match pipe.query_async::<()>(&mut c).await {
-                Ok(()) => false,
+                Ok(()) => {
+                    bus.sessions
+                        .metrics
+                        .bus_publishes
+                        .inc_by((batch.len() + owed.len()) as u64);
+                    false
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "publish failed; recipients will catch up from storage");
                     true
@@ -364,6 +389,10 @@ async fn publisher(bus: Arc<RedisBus>, mut rx: mpsc::Receiver<(UserId, Event)>) 
             }
         };
         if failed {
+            bus.sessions
+                .metrics
+                .bus_publish_failures
+                .inc_by((batch.len() + owed.len()) as u64);
             for to in owed {
                 bus.owe(to, &Event::Redeliver);
             }
@@ -387,6 +416,7 @@ async fn subscriber(bus: Arc<RedisBus>, mut cmds: mpsc::UnboundedReceiver<SubCmd
         let pubsub = match bus.client.get_async_pubsub().await {
             Ok(p) => p,
             Err(e) => {
+                bus.subscribed.store(false, Ordering::Relaxed);
                 tracing::warn!(error = %e, retry_in = ?backoff, "Redis pub/sub connect failed");
                 // Keep answering subscribe requests so logins are not held up.
                 let deadline = tokio::time::sleep(backoff);
@@ -417,12 +447,15 @@ async fn subscriber(bus: Arc<RedisBus>, mut cmds: mpsc::UnboundedReceiver<SubCmd
             }
         }
         if !ok {
+            bus.subscribed.store(false, Ordering::Relaxed);
             continue;
         }
         backoff = Duration::from_millis(100);
+        bus.subscribed.store(true, Ordering::Relaxed);
         if first {
             tracing::info!(node = %bus.cfg.node, "connected to Redis");
         } else {
+            bus.sessions.metrics.bus_reconnects.inc();
             tracing::info!(node = %bus.cfg.node, sessions = users.len(), "reconnected to Redis; sessions catch up from storage");
             for u in users {
                 if let Some(h) = bus.sessions.get(u) {
@@ -437,6 +470,7 @@ async fn subscriber(bus: Arc<RedisBus>, mut cmds: mpsc::UnboundedReceiver<SubCmd
                 m = stream.next() => match m {
                     Some(msg) => bus.on_message(msg.get_channel_name(), msg.get_payload_bytes()),
                     None => {
+                        bus.subscribed.store(false, Ordering::Relaxed);
                         tracing::warn!("Redis pub/sub connection lost; reconnecting");
                         break;
                     }

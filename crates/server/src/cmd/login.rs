@@ -8,6 +8,7 @@ use chat_protocol::{limits, time::unix_now, Errno};
 
 use super::{Link, ReplyTo};
 use crate::error::ServiceError;
+use crate::metrics::LoginLabels;
 use crate::password::{new_token, token_hash};
 use crate::request::{check_bytes, Request};
 use crate::service::{replay, session, Service, Session};
@@ -81,6 +82,28 @@ impl Login {
     /// Logs in. On success the ack and the backlog are queued on the link,
     /// the session is in `link.session`, and friends hear PRESENCE.
     pub async fn run(
+        self,
+        sh: &Arc<Service>,
+        link: &mut Link<'_>,
+        to: &ReplyTo,
+    ) -> Result<(), ServiceError> {
+        let method = match self.secret {
+            Secret::Password(_) => "password",
+            Secret::Token(_) => "token",
+        };
+        let r = self.log_in(sh, link, to).await;
+        let result = match &r {
+            Ok(()) => "ok",
+            Err(e) => e.errno.name(),
+        };
+        sh.metrics
+            .logins
+            .get_or_create(&LoginLabels { result, method })
+            .inc();
+        r
+    }
+
+    async fn log_in(
         self,
         sh: &Arc<Service>,
         link: &mut Link<'_>,

@@ -122,6 +122,8 @@ pub struct ReplyTo {
     pub reqid: Option<Value>,
     /// The session's protocol level when the request came (1 before login).
     pub level: u8,
+    /// Where errors are counted.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl ReplyTo {
@@ -143,6 +145,7 @@ impl ReplyTo {
 
     /// The error reply.
     pub fn error(&self, e: &ServiceError) -> Bytes {
+        self.metrics.error(Some(self.msgid), e);
         frames::failure(Some(self.msgid), self.reqid.as_ref(), e)
     }
 

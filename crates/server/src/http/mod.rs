@@ -1,5 +1,6 @@
 //! The HTTP listener: the web client's files at `/` and its WebSocket at
-//! `/ws`, on the node's runtime and with the node's service.
+//! `/ws`, plus `/metrics`, `/healthz` and `/readyz` for operators, on the
+//! node's runtime and with the node's service.
 //!
 //! hyper's connection builder is driven directly (not `axum::serve`) so that
 //! a handshake is bounded in bytes and time, every connection is counted,
@@ -54,6 +55,9 @@ fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(assets::index))
         .route("/ws", get(upgrade))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/{file}", get(assets::file))
         .with_state(app)
 }
@@ -174,6 +178,54 @@ async fn upgrade(
         .on_upgrade(move |socket| {
             tracker.track_future(ws::serve(socket, client, sh, &shutdown, (slot, addr_slot)))
         })
+}
+
+/// `GET /metrics`: every metric in the Prometheus (OpenMetrics) text format.
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let sh = &app.sh;
+    let m = &sh.metrics;
+    m.commit_queue.set(sh.committer.depth() as i64);
+    let (running, waiting) = sh.passwords.load();
+    m.argon2_running.set(running as i64);
+    m.argon2_queue.set(waiting as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
+}
+
+/// `GET /healthz`: the process is alive and serving HTTP.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz`: 200 when storage and the bus answer (each gets 2 s), 503
+/// with the reason otherwise. Load balancers send no new clients to a node
+/// that is not ready.
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let store = async {
+        match tokio::time::timeout(Duration::from_secs(2), app.sh.store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("storage: {e}")),
+            Err(_) => Err("storage did not answer within 2 s".to_owned()),
+        }
+    };
+    let (store, bus) = tokio::join!(store, app.sh.bus.ready());
+    let problems: Vec<String> = [store, bus].into_iter().filter_map(Result::err).collect();
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned()).into_response()
+    } else {
+        tracing::debug!(?problems, "not ready");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", problems.join("; ")),
+        )
+            .into_response()
+    }
 }
 
 /// The client's address: a trusted proxy's `X-Real-IP`, else the peer's.

@@ -100,6 +100,7 @@ struct Frames {
 }
 
 impl Source for Frames {
+    const TRANSPORT: &'static str = "ws";
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ReadError>>> {
         loop {
             let msg = match ready!(self.stream.poll_next_unpin(cx)) {

@@ -42,6 +42,8 @@ pub struct Service {
     pub backlog: Arc<Backlog>,
     /// Per-address and per-account limits.
     pub guards: Guards,
+    /// The node's metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// What connection writers report their writes to.
     pub written: Arc<dyn Written>,
     next_sid: AtomicU64,
@@ -64,9 +66,11 @@ impl Service {
             // A client that reads nothing for this long while catching up
             // is dropped as too slow; its messages stay stored.
             std::time::Duration::from_secs(30),
+            sessions.metrics.clone(),
         ));
         let guards = Guards::new(&cfg);
         Service {
+            metrics: sessions.metrics.clone(),
             written: Arc::new(delivery::Confirmations(committer.clone())),
             backlog,
             guards,

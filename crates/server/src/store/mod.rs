@@ -549,6 +549,10 @@ pub trait MessageStore: Send + Sync {
     async fn prune_tokens(&self, now: i64, limit: i64) -> StoreResult<u64>;
     /// Closes connections; called once at shutdown.
     async fn close(&self) {}
+    /// Answers when storage answers a read (readiness checks).
+    async fn ping(&self) -> StoreResult<()> {
+        self.acked_seq(0).await.map(|_| ())
+    }
 }
 
 /// Everything the service needs from storage.
