@@ -1310,7 +1310,11 @@ function updateMessage(m) {
 function autoGrow() {
   const c = $('composer');
   c.style.height = 'auto';
-  c.style.height = `${Math.min(c.scrollHeight, 160)}px`;
+  // scrollHeight leaves out the border, which the height (border-box) counts:
+  // without it the box is a little short and shows a scrollbar.
+  const want = c.scrollHeight + c.offsetHeight - c.clientHeight;
+  c.style.height = `${Math.min(want, 160)}px`;
+  c.style.overflowY = want > 160 ? 'auto' : 'hidden';
 }
 
 // ─── Wiring ───────────────────────────────────────────────────────────────
