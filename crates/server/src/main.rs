@@ -96,6 +96,11 @@ struct Args {
     #[arg(long, env = "CHAT_LOG", default_value = "info")]
     log: String,
 
+    /// Log line format: `text` for people, `json` (one object per line, a
+    /// field per key: user, peer, msgid, errno, ...) for log shippers.
+    #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     /// Most open client connections; more are refused with errno 10.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = cfg().max_connections)]
     max_connections: usize,
@@ -263,15 +268,31 @@ struct Args {
     backlog_reads: usize,
 }
 
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines (coloured at a terminal unless NO_COLOR is set).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log)
-                .with_context(|| format!("bad --log filter {:?}", args.log))?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .with_context(|| format!("bad --log filter {:?}", args.log))?;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

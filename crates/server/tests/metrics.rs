@@ -118,3 +118,44 @@ async fn readiness_turns_503_when_storage_goes_away() {
     let (_, m) = get(srv.http, "/metrics").await;
     assert!(sample(&m, "chat_store_errors_total") >= 1.0, "{m}");
 }
+
+/// The shipped Grafana dashboard and Prometheus alerts name only metrics the
+/// server exports (so a rename cannot leave them silently empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_dashboard_and_alerts_use_real_metric_names() {
+    let srv = TestServer::start().await;
+    let (_, exported) = get(srv.http, "/metrics").await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let mut used = std::collections::BTreeSet::new();
+    for f in [
+        "grafana/clusterchat.json",
+        "prometheus/clusterchat-alerts.yml",
+    ] {
+        let text = std::fs::read_to_string(root.join(f)).unwrap();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("chat_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            used.insert(name);
+        }
+    }
+    assert!(used.len() >= 10, "{used:?}");
+    for name in &used {
+        // A histogram's series are name_bucket/_sum/_count; a counter's
+        // name ends in _total: all appear in the exposition once used.
+        let family = name
+            .strip_suffix("_bucket")
+            .or_else(|| name.strip_suffix("_sum"))
+            .or_else(|| name.strip_suffix("_count"))
+            .or_else(|| name.strip_suffix("_total"))
+            .unwrap_or(name);
+        assert!(
+            exported.contains(&format!("# TYPE {family} ")),
+            "{name} is used in deploy/ but /metrics has no {family}"
+        );
+    }
+    srv.stop().await;
+}

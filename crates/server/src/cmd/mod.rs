@@ -146,6 +146,12 @@ impl ReplyTo {
     /// The error reply.
     pub fn error(&self, e: &ServiceError) -> Bytes {
         self.metrics.error(Some(self.msgid), e);
+        tracing::debug!(
+            msgid = self.msgid,
+            errno = e.errno.code(),
+            "request refused: {}",
+            e.msg
+        );
         frames::failure(Some(self.msgid), self.reqid.as_ref(), e)
     }
 
