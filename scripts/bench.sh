@@ -9,7 +9,10 @@
 #
 # Each case gets a fresh chat-server (release, its default durable SQLite on
 # a temporary file, a free loopback port) with flags suited to it, and every
-# run measures the ceiling right after the server (chat-bench --ceiling).
+# TCP run measures the ceiling right after the server (chat-bench --ceiling).
+# The -ws cases also open the server's HTTP listener (on a free port, read
+# from its log) and connect over WebSocket (chat-bench --transport ws); the
+# ceiling is TCP only, so those runs measure the server alone.
 #
 # Environment:
 #   BENCH_RUNS=3        repetitions of the throughput cases (medians are quoted)
@@ -17,8 +20,9 @@
 #   BENCH_FULL=1        idle at 19,500 connections and setup at 20,000 users
 #   BENCH_IDLE=N        idle connections (default 5000; 19500 with BENCH_FULL)
 #   BENCH_SETUP=N       users registered at full argon2 cost (default 400)
-#   BENCH_ONLY="..."    run only these cases (direct-w32 direct-w1 direct-rate
-#                       group group-rate idle setup); default all
+#   BENCH_ONLY="..."    run only these cases (direct-w32 direct-w32-ws direct-w1
+#                       direct-rate group group-rate idle idle-ws setup);
+#                       default all
 #   BENCH_OUT=DIR       where results go (default bench-results)
 #   BENCH_PROFILE=...   cargo profile (default release; --smoke uses dev,
 #                       which `cargo test` has already built)
@@ -74,26 +78,32 @@ trap cleanup EXIT
 cheap_hash=(--argon2-m-kib 1024 --argon2-t 1)
 
 # start_server FLAGS...: free port, a fresh database (or $server_db when
-# set); sets server_pid and addr.
+# set); sets server_pid and addr. With $server_http set (127.0.0.1:0) the
+# HTTP listener is on too and $http is its address (WebSocket at /ws).
 nstart=0
 start_server() {
   nstart=$((nstart + 1))
   local db="${server_db:-$tmp/db-$nstart.sqlite}" log="$tmp/server-$nstart.log"
   # All load comes from one address: per-address limits off.
-  "$server_bin" --listen 127.0.0.1:0 --http-listen off --database-url "sqlite://$db" \
+  "$server_bin" --listen 127.0.0.1:0 --http-listen "${server_http:-off}" --database-url "sqlite://$db" \
     --max-connections-per-ip 0 --reg-per-ip-per-min 0 --login-failures-per-ip 0 \
     --prelogin-per-ip-per-sec 0 \
     --social-per-min 0 --fanout-per-sec 0 \
     --log warn,chat_server=info "$@" 2>"$log" &
   server_pid=$!
-  addr=""
+  addr="" http=""
   for _ in $(seq 100); do
-    addr=$(grep -o 'listen=[0-9.:]*' "$log" 2>/dev/null | head -1 | cut -d= -f2 || true)
+    # The ready line: "clusterchat server ready listen=ADDR http=ADDR ..."
+    # (colour codes stripped, should NO_COLOR not be honoured).
+    local ready
+    ready=$(sed 's/\x1b\[[0-9;]*m//g' "$log" 2>/dev/null | grep -m1 'server ready' || true)
+    addr=$(grep -o ' listen=[0-9.:]*' <<<"$ready" | cut -d= -f2 || true)
+    http=$(grep -o ' http=[0-9.:]*' <<<"$ready" | cut -d= -f2 || true)
     [[ -n $addr ]] && break
     kill -0 "$server_pid" 2>/dev/null || break
     sleep 0.1
   done
-  if [[ -z $addr ]]; then
+  if [[ -z $addr || ( -n ${server_http:-} && -z $http ) ]]; then
     echo "chat-server did not start:" >&2
     cat "$log" >&2
     exit 1
@@ -110,37 +120,64 @@ if ((smoke)); then jsonl="$tmp/smoke.jsonl"; else jsonl="$out/$stamp.jsonl"; fi
 say "fsync floor"
 "$bench_bin" fsync-probe --dir "$tmp" --count "$( ((smoke)) && echo 200 || echo 2000 )" | tee "$tmp/fsync.txt"
 
-# bench CASE ARGS...: one chat-bench run (server, then ceiling), JSON to the
-# results file, the table on the terminal.
-bench() {
+# bench CASE ARGS...: one chat-bench run over TCP (server, then ceiling),
+# JSON to the results file, the table on the terminal.
+# bench_tcp CASE ARGS...: the same without the ceiling.
+# bench_ws CASE ARGS...: over WebSocket to the HTTP listener; server only
+# (the ceiling is TCP only).
+bench() { run_bench "$1" --server "$addr" --ceiling "${@:2}"; }
+bench_tcp() { run_bench "$1" --server "$addr" "${@:2}"; }
+bench_ws() { run_bench "$1" --server "$http" --transport ws "${@:2}"; }
+run_bench() {
   local case=$1; shift
   local strict=()
   ((smoke)) && strict=(--strict)
-  "$bench_bin" --server "$addr" --ceiling --json "${strict[@]}" --note "case=$case" "$@" >>"$jsonl"
+  "$bench_bin" --json "${strict[@]}" --note "case=$case" "$@" >>"$jsonl"
+}
+
+# Users for the idle cases, with level-2 tokens, in $tmp/idle-users.txt on the
+# database $tmp/idle.sqlite; made once, by a server of their own, so that the
+# measured server is a fresh process whose heap did not grow during
+# registration.
+idle_users() {
+  [[ -s $tmp/idle-users.txt ]] && return
+  server_db="$tmp/idle.sqlite"
+  start_server "${cheap_hash[@]}" --max-connections 20000
+  "$bench_bin" --server "$addr" --quiet setup "$idle_n" --out "$tmp/idle-users.txt" --concurrency 16 >/dev/null
+  "$bench_bin" --server "$addr" --quiet --timeout 30 idle -n "$idle_n" --users "$tmp/idle-users.txt" \
+    --tokens --workers 4 --concurrency 256 --hold 0 >/dev/null
+  stop_server
+  unset server_db
 }
 
 t_start=$(date +%s)
 if ((smoke)); then
   say "smoke: every scenario once, tiny"
+  server_http=127.0.0.1:0
   start_server "${cheap_hash[@]}"
   bench direct-w32 direct --register --pairs 4 --window 8 --duration 0.5 --warmup 0.2 --drain 5
+  bench_ws direct-w32-ws direct --register --pairs 4 --window 8 --duration 0.5 --warmup 0.2 --drain 5
   bench direct-w32-l1 --level 1 direct --register --pairs 4 --window 8 --duration 0.5 --warmup 0.2 --drain 5
   bench direct-rate direct --register --pairs 4 --rate 200 --duration 0.5 --warmup 0.2 --drain 5
   bench group group --register --members 10 --senders 2 --window 4 --duration 0.5 --warmup 0.2 --drain 5
   bench group-l1 --level 1 group --register --members 10 --senders 2 --window 4 --duration 0.5 --warmup 0.2 --drain 5
   bench idle idle --register -n 40 --tokens --workers 2 --hold 0.2 --server-pid "$server_pid"
+  bench_ws idle-ws idle --register -n 40 --tokens --workers 2 --hold 0.2 --server-pid "$server_pid"
   stop_server
+  unset server_http
   start_server
   bench setup --note argon2=m19456,t2,p1 setup 8 --out "$tmp/users.txt" --concurrency 4
   stop_server
-  # --strict already failed any run with errors; check that all 14 reported.
+  # --strict already failed any run with errors; check that all 16 reported
+  # (14 over TCP, server and ceiling; 2 over WebSocket, server only).
   n=$(grep -c '"errors":0[,}]' "$jsonl" || true)
-  if [[ $n -ne 14 ]]; then
-    echo "smoke run failed: $n of 14 runs reported 0 errors" >&2
+  nws=$(grep '"errors":0[,}]' "$jsonl" | grep -c '"transport":"ws"' || true)
+  if [[ $n -ne 16 || $nws -ne 2 ]]; then
+    echo "smoke run failed: $n of 16 runs ($nws of 2 over WebSocket) reported 0 errors" >&2
     cat "$jsonl" >&2
     exit 1
   fi
-  say "smoke passed: 14 runs, 0 errors, $(($(date +%s) - t_start)) s"
+  say "smoke passed: 16 runs, 0 errors, $(($(date +%s) - t_start)) s"
   exit 0
 fi
 
@@ -151,6 +188,20 @@ for _ in $(seq "$runs"); do
   bench direct-w32 direct --register --pairs 200 --window 32 --size 64 --duration "$duration" --warmup 1
 done
 stop_server
+fi
+
+if want direct-w32-ws; then
+say "direct --max, window 32, 200 pairs: TCP and WebSocket on one server, alternating ($runs runs each)"
+# TCP runs here (case direct-w32-tcp) are the reference for the WebSocket
+# ones: same server process, same minutes of a shared machine.
+server_http=127.0.0.1:0
+start_server "${cheap_hash[@]}"
+for _ in $(seq "$runs"); do
+  bench_tcp direct-w32-tcp direct --register --pairs 200 --window 32 --size 64 --duration "$duration" --warmup 1
+  bench_ws direct-w32-ws direct --register --pairs 200 --window 32 --size 64 --duration "$duration" --warmup 1
+done
+stop_server
+unset server_http
 fi
 
 if want direct-w1; then
@@ -191,20 +242,24 @@ fi
 
 if want idle; then
 say "idle: $idle_n connections, level-2 token logins"
-# Users and their tokens are made first, then the server restarts on the same
-# database, so the RSS baseline is a fresh process and not one whose heap
-# already grew during registration.
+idle_users
 server_db="$tmp/idle.sqlite"
-start_server "${cheap_hash[@]}" --max-connections 20000
-"$bench_bin" --server "$addr" --quiet setup "$idle_n" --out "$tmp/idle-users.txt" --concurrency 16 >/dev/null
-"$bench_bin" --server "$addr" --quiet --timeout 30 idle -n "$idle_n" --users "$tmp/idle-users.txt" \
-  --tokens --workers 4 --concurrency 256 --hold 0 >/dev/null
-stop_server
 start_server "${cheap_hash[@]}" --max-connections 20000
 bench "idle-$idle_n" idle -n "$idle_n" --users "$tmp/idle-users.txt" --tokens --workers 4 \
   --concurrency 256 --hold 2 --server-pid "$server_pid" --timeout 30
 stop_server
 unset server_db
+fi
+
+if want idle-ws; then
+say "idle over WebSocket: $idle_n connections, level-2 token logins"
+idle_users
+server_db="$tmp/idle.sqlite" server_http=127.0.0.1:0
+start_server "${cheap_hash[@]}" --max-connections 20000
+bench_ws "idle-ws-$idle_n" idle -n "$idle_n" --users "$tmp/idle-users.txt" --tokens --workers 4 \
+  --concurrency 256 --hold 2 --server-pid "$server_pid" --timeout 30
+stop_server
+unset server_db server_http
 fi
 
 if want setup; then

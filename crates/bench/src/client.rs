@@ -1,53 +1,129 @@
 //! A benchmark client connection: connect, send frames, read frames, and the
 //! request/reply exchanges (REG, LOGIN, CREATE_GROUP, ...) that set a
 //! scenario up. Every wait is bounded by a timeout.
+//!
+//! A connection is plain TCP (LF-terminated frames) or a WebSocket to the
+//! server's HTTP listener (`ws://ADDR/ws`, one frame per text message); see
+//! [`Transport`]. Only [`Reader`] and [`Writer`] know the difference: both
+//! speak in frames, so scenarios are the same over either.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::{Bytes, BytesMut};
 use chat_protocol::{msgid, scan, FrameCodec, Request, Secret};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::codec::Decoder;
 
 /// Largest server frame the bench accepts (login acks of big groups are long).
 const MAX_SERVER_FRAME: usize = 64 * 1024 * 1024;
 
-/// The read side: a buffer and the frame decoder.
+/// WebSocket messages taken per [`Reader::fill`] once the first has come:
+/// those already read from the socket, up to this many.
+const WS_BATCH: usize = 256;
+
+/// How bench connections reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// The chat port: LF-terminated frames over TCP.
+    Tcp,
+    /// A WebSocket to the HTTP listener's `/ws`, one frame per text message.
+    Ws,
+}
+
+impl Transport {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Ws => "ws",
+        }
+    }
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Where frames come from.
+enum Source {
+    /// TCP: bytes, cut into frames by the codec.
+    Tcp {
+        rd: OwnedReadHalf,
+        buf: BytesMut,
+        codec: FrameCodec,
+    },
+    /// WebSocket: whole messages, queued until taken.
+    Ws {
+        rd: SplitStream<Ws>,
+        queue: VecDeque<Bytes>,
+    },
+}
+
+/// The read side of a connection, frame by frame.
 pub struct Reader {
-    /// The socket's read half.
-    pub rd: OwnedReadHalf,
-    buf: BytesMut,
-    codec: FrameCodec,
+    src: Source,
 }
 
 impl Reader {
-    fn new(rd: OwnedReadHalf) -> Self {
+    fn tcp(rd: OwnedReadHalf) -> Self {
         Reader {
-            rd,
-            buf: BytesMut::with_capacity(4096),
-            codec: FrameCodec::new(MAX_SERVER_FRAME),
+            src: Source::Tcp {
+                rd,
+                buf: BytesMut::with_capacity(4096),
+                codec: FrameCodec::new(MAX_SERVER_FRAME),
+            },
         }
     }
 
-    /// Reads more bytes from the socket. `Ok(false)` at end of stream.
-    /// Cancel-safe: nothing is lost if the future is dropped.
+    /// Reads more from the connection. `Ok(false)` at end of stream (for a
+    /// WebSocket also a close message). Cancel-safe: nothing is lost if the
+    /// future is dropped.
     pub async fn fill(&mut self) -> std::io::Result<bool> {
-        if self.buf.capacity() - self.buf.len() < 8 * 1024 {
-            self.buf.reserve(16 * 1024);
+        match &mut self.src {
+            Source::Tcp { rd, buf, .. } => {
+                if buf.capacity() - buf.len() < 8 * 1024 {
+                    buf.reserve(16 * 1024);
+                }
+                Ok(rd.read_buf(buf).await? > 0)
+            }
+            Source::Ws { rd, queue } => {
+                // The first message may wait; the rest are those already
+                // read from the socket (WebSocket layer buffer).
+                if !take_ws(rd.next().await, queue)? {
+                    return Ok(false);
+                }
+                for _ in 1..WS_BATCH {
+                    // A close here hands over what came before it; the next
+                    // fill reports the end.
+                    let Some(m) = rd.next().now_or_never() else {
+                        break;
+                    };
+                    if !take_ws(m, queue)? {
+                        break;
+                    }
+                }
+                Ok(true)
+            }
         }
-        Ok(self.rd.read_buf(&mut self.buf).await? > 0)
     }
 
     /// The next complete frame already buffered, if any.
     pub fn next_buffered(&mut self) -> anyhow::Result<Option<Bytes>> {
-        self.codec
-            .decode(&mut self.buf)
-            .map_err(|e| anyhow!("bad frame from server: {e}"))
+        match &mut self.src {
+            Source::Tcp { buf, codec, .. } => codec
+                .decode(buf)
+                .map_err(|e| anyhow!("bad frame from server: {e}")),
+            Source::Ws { queue, .. } => Ok(queue.pop_front()),
+        }
     }
 
     /// The next frame, reading as needed; `None` when the server closed.
@@ -61,6 +137,94 @@ impl Reader {
             }
         }
     }
+
+    /// Waits until the server closes the connection (or it fails), reading
+    /// and dropping whatever comes; for held idle connections. Over TCP the
+    /// frame buffer is dropped first: nothing is parsed.
+    pub async fn closed(self) {
+        match self.src {
+            Source::Tcp { mut rd, .. } => {
+                let mut b = [0u8; 256];
+                while let Ok(1..) = rd.read(&mut b).await {}
+            }
+            // Reading also answers the server's pings.
+            Source::Ws { mut rd, .. } => {
+                while let Some(Ok(m)) = rd.next().await {
+                    if m.is_close() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Queues a WebSocket message's frame. `Ok(false)` when the stream ended or
+/// the server closed; binary messages are a protocol error.
+fn take_ws(
+    m: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    queue: &mut VecDeque<Bytes>,
+) -> std::io::Result<bool> {
+    match m {
+        None | Some(Ok(Message::Close(_))) => Ok(false),
+        Some(Err(e)) => Err(std::io::Error::other(e)),
+        Some(Ok(Message::Text(t))) => {
+            queue.push_back(t.into());
+            Ok(true)
+        }
+        Some(Ok(Message::Binary(_))) => Err(std::io::Error::other(
+            "the server sent a binary WebSocket message",
+        )),
+        // Pings are answered by the WebSocket layer.
+        Some(Ok(_)) => Ok(true),
+    }
+}
+
+/// The write side of a connection.
+pub enum Writer {
+    /// TCP: the bytes as they are.
+    Tcp(OwnedWriteHalf),
+    /// WebSocket: one text message per frame.
+    Ws(Box<SplitSink<Ws, Message>>),
+}
+
+impl Writer {
+    /// Writes complete LF-terminated frames (one or more) and flushes them.
+    /// Over a WebSocket each frame (without its LF) becomes one text
+    /// message; the batch is copied once and the messages share the copy.
+    pub async fn write_frames(&mut self, frames: &[u8]) -> std::io::Result<()> {
+        match self {
+            Writer::Tcp(w) => w.write_all(frames).await,
+            Writer::Ws(w) => {
+                let all = Bytes::copy_from_slice(frames);
+                let mut at = 0;
+                while at < all.len() {
+                    let end = all[at..]
+                        .iter()
+                        .position(|&c| c == b'\n')
+                        .map_or(all.len(), |i| at + i);
+                    if end > at {
+                        let text = Utf8Bytes::try_from(all.slice(at..end))
+                            .map_err(std::io::Error::other)?;
+                        w.feed(Message::Text(text))
+                            .await
+                            .map_err(std::io::Error::other)?;
+                    }
+                    at = end + 1;
+                }
+                w.flush().await.map_err(std::io::Error::other)
+            }
+        }
+    }
+
+    /// Ends the connection politely: FIN over TCP, a close message over a
+    /// WebSocket.
+    pub async fn shutdown(&mut self) -> std::io::Result<()> {
+        match self {
+            Writer::Tcp(w) => w.shutdown().await,
+            Writer::Ws(w) => w.close().await.map_err(std::io::Error::other),
+        }
+    }
 }
 
 /// One client connection.
@@ -68,7 +232,7 @@ pub struct Conn {
     /// Read side.
     pub rd: Reader,
     /// Write side.
-    pub wr: OwnedWriteHalf,
+    pub wr: Writer,
 }
 
 /// A reply that is not the success the caller wanted.
@@ -102,23 +266,62 @@ pub struct LoginReply {
 }
 
 impl Conn {
-    /// Connects with a timeout and turns off Nagle.
-    pub async fn connect(addr: SocketAddr, timeout: Duration) -> anyhow::Result<Conn> {
-        let sock = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    /// Connects over `transport` with a timeout (covering the WebSocket
+    /// handshake too) and turns off Nagle.
+    pub async fn connect(
+        transport: Transport,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> anyhow::Result<Conn> {
+        tokio::time::timeout(timeout, Self::dial(transport, addr))
             .await
             .map_err(|_| anyhow!("connect to {addr} timed out"))?
-            .with_context(|| format!("connect to {addr}"))?;
+            .with_context(|| format!("connect to {addr}"))
+    }
+
+    async fn dial(transport: Transport, addr: SocketAddr) -> anyhow::Result<Conn> {
+        let sock = TcpStream::connect(addr).await?;
         sock.set_nodelay(true)?;
-        let (rd, wr) = sock.into_split();
-        Ok(Conn {
-            rd: Reader::new(rd),
-            wr,
-        })
+        match transport {
+            Transport::Tcp => {
+                let (rd, wr) = sock.into_split();
+                Ok(Conn {
+                    rd: Reader::tcp(rd),
+                    wr: Writer::Tcp(wr),
+                })
+            }
+            Transport::Ws => {
+                // Buffers like the TCP reader's; the writer flushes after
+                // every batch, so its buffer only gathers one batch.
+                let cfg = WebSocketConfig::default()
+                    .read_buffer_size(16 * 1024)
+                    .write_buffer_size(64 * 1024)
+                    .max_message_size(Some(MAX_SERVER_FRAME))
+                    .max_frame_size(Some(MAX_SERVER_FRAME));
+                let (ws, _) = tokio_tungstenite::client_async_with_config(
+                    format!("ws://{addr}/ws"),
+                    sock,
+                    Some(cfg),
+                )
+                .await
+                .context("WebSocket handshake")?;
+                let (wr, rd) = ws.split();
+                Ok(Conn {
+                    rd: Reader {
+                        src: Source::Ws {
+                            rd,
+                            queue: VecDeque::new(),
+                        },
+                    },
+                    wr: Writer::Ws(Box::new(wr)),
+                })
+            }
+        }
     }
 
     /// Sends one request.
     pub async fn send(&mut self, req: &Request<'_>) -> anyhow::Result<()> {
-        self.wr.write_all(&req.encode(None)).await?;
+        self.wr.write_frames(&req.encode(None)).await?;
         Ok(())
     }
 

@@ -8,12 +8,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::ceiling;
+use crate::client::Transport;
 use crate::report::Report;
 
 /// Settings every scenario shares.
 pub struct Ctx {
     /// The real server(s).
     pub servers: Vec<SocketAddr>,
+    /// How the clients connect to the real server(s).
+    pub transport: Transport,
     /// Protocol level of the clients.
     pub level: u8,
     /// JSON-line output.

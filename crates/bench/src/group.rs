@@ -66,7 +66,7 @@ async fn as_creator(
     u: &User,
     req: Request<'_>,
 ) -> anyhow::Result<serde_json::Value> {
-    let mut c = Conn::connect(addr, ctx.timeout).await?;
+    let mut c = Conn::connect(ctx.transport, addr, ctx.timeout).await?;
     c.login(u.id, Secret::Password(&u.password), 2, ctx.timeout)
         .await?;
     c.call(&req, ctx.timeout).await

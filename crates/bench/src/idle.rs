@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinHandle;
 
 use crate::client::Conn;
@@ -177,17 +177,8 @@ async fn hold_slice(
 
 async fn watch(conn: Conn, dead: Arc<AtomicU64>) {
     let Conn { rd, wr } = conn;
-    let mut rd = rd.rd; // the frame buffer is dropped: nothing is parsed here
-    let mut b = [0u8; 256];
-    loop {
-        match rd.read(&mut b).await {
-            Ok(0) | Err(_) => {
-                dead.fetch_add(1, Ordering::Relaxed);
-                break;
-            }
-            Ok(_) => {}
-        }
-    }
+    rd.closed().await;
+    dead.fetch_add(1, Ordering::Relaxed);
     drop(wr);
 }
 
@@ -284,6 +275,8 @@ impl Worker {
         let mut cmd = tokio::process::Command::new(exe);
         cmd.arg("--server")
             .arg(servers.join(","))
+            .arg("--transport")
+            .arg(ctx.transport.name())
             .arg("--level")
             .arg(ctx.level.to_string())
             .arg("--timeout")

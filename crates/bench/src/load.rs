@@ -12,12 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat_protocol::{msgid, scan, ChatTarget, Request};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Conn, Reader};
+use crate::client::{Conn, Reader, Writer};
 use crate::context::Ctx;
 use crate::progress::{Kind, Progress};
 use crate::report::Hist;
@@ -315,7 +313,7 @@ async fn send_loop(
     sh: Arc<RunState>,
     s: usize,
     target: ChatTarget,
-    wr: Arc<AsyncMutex<OwnedWriteHalf>>,
+    wr: Arc<AsyncMutex<Writer>>,
     pace: Option<(Duration, Duration)>,
     size: usize,
     t0: Instant,
@@ -377,7 +375,7 @@ async fn send_loop(
         st.sent.fetch_add(n as u64, Ordering::Release);
         let r = {
             let mut w = wr.lock().await;
-            tokio::time::timeout(sh.io_timeout, w.write_all(buf.as_bytes())).await
+            tokio::time::timeout(sh.io_timeout, w.write_frames(buf.as_bytes())).await
         };
         match r {
             Ok(Ok(())) => {}
@@ -396,7 +394,7 @@ async fn send_loop(
 async fn read_loop(
     sh: Arc<RunState>,
     mut rd: Reader,
-    wr: Arc<AsyncMutex<OwnedWriteHalf>>,
+    wr: Arc<AsyncMutex<Writer>>,
     me: Option<usize>,
     stop: CancellationToken,
 ) -> Hist {
@@ -484,7 +482,7 @@ async fn read_loop(
                 let delivered = Request::Delivered { seq: max_seq }.encode(None);
                 let r = {
                     let mut w = wr.lock().await;
-                    tokio::time::timeout(sh.io_timeout, w.write_all(&delivered)).await
+                    tokio::time::timeout(sh.io_timeout, w.write_frames(&delivered)).await
                 };
                 if !matches!(r, Ok(Ok(()))) {
                     if !stop.is_cancelled() {

@@ -51,7 +51,8 @@ pub async fn obtain_users(
         done.clone(),
     );
     let prefix = format!("b{:x}{}{tag}", ctx.run_id, &ep.name[..1]);
-    let reg = users::register_many(&ep.addrs, n, &prefix, 16, ctx.timeout, done).await;
+    let reg =
+        users::register_many(ctx.transport, &ep.addrs, n, &prefix, 16, ctx.timeout, done).await;
     bar.finish();
     if reg.users.len() < n {
         bail!(
@@ -95,6 +96,7 @@ pub async fn login_all(
 ) -> Logins {
     let n = items.len();
     let timeout = ctx.timeout;
+    let transport = ctx.transport;
     let level = ctx.level;
     let results: Vec<(usize, anyhow::Result<LoggedIn>)> =
         futures_util::stream::iter(items.into_iter().enumerate())
@@ -103,7 +105,7 @@ pub async fn login_all(
                 async move {
                     let t0 = Instant::now();
                     let r = async {
-                        let mut conn = Conn::connect(addr, timeout).await?;
+                        let mut conn = Conn::connect(transport, addr, timeout).await?;
                         let secret = match (&u.token, by_token) {
                             (Some(t), true) => Secret::Token(t),
                             (None, true) => bail!("user {} has no saved token", u.id),

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
+use crate::client::Transport;
 use crate::context::Ctx;
 
 /// The clusterchat load generator.
@@ -52,6 +53,13 @@ struct Cli {
         default_value = "127.0.0.1:6000"
     )]
     servers: Vec<String>,
+
+    /// How clients connect: `tcp` to the chat port, or `ws`, a WebSocket to
+    /// `ws://ADDR/ws` where each --server is then an HTTP listener
+    /// (chat-server --http-listen). The ceiling is TCP only: `ws` cannot be
+    /// combined with --ceiling.
+    #[arg(long, global = true, value_enum, default_value_t = Transport::Tcp)]
+    transport: Transport,
 
     /// Protocol level of the bench's clients.
     #[arg(long, global = true, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
@@ -186,8 +194,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .unwrap_or(0);
         (t ^ ((std::process::id() as u64) << 20)) & 0xffff_ffff_ffff
     };
+    if cli.ceiling && cli.transport != Transport::Tcp {
+        bail!(
+            "--ceiling is TCP only (the forward-only ceiling has no WebSocket listener); \
+             drop --ceiling with --transport ws"
+        );
+    }
     let ctx = Ctx {
         servers: resolve(&cli.servers)?,
+        transport: cli.transport,
         level: cli.level,
         json: cli.json,
         quiet: cli.quiet,

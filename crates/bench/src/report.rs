@@ -79,6 +79,7 @@ impl Report {
         fields.insert("target".into(), target.into());
         fields.insert("headline".into(), headline.into());
         fields.insert("level".into(), ctx.level.into());
+        fields.insert("transport".into(), ctx.transport.name().into());
         fields.insert("run".into(), format!("{:x}", ctx.run_id).into());
         fields.insert(
             "unix_time".into(),

@@ -48,6 +48,7 @@ async fn run(ctx: &Ctx, args: &Args, ep: Endpoint) -> anyhow::Result<Report> {
     let t0 = Instant::now();
     let prefix = format!("b{:x}{}", ctx.run_id, &ep.name[..1]);
     let reg = users::register_many(
+        ctx.transport,
         &ep.addrs,
         args.n,
         &prefix,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::client::Conn;
+use crate::client::{Conn, Transport};
 use crate::report::Hist;
 
 /// One account the bench can log in as.
@@ -98,6 +98,7 @@ pub struct Registered {
 /// Registers `n` users named `{prefix}-{i}` over `concurrency` connections
 /// spread across `servers`. `done` counts progress.
 pub async fn register_many(
+    transport: Transport,
     servers: &[SocketAddr],
     n: usize,
     prefix: &str,
@@ -133,7 +134,7 @@ pub async fn register_many(
                 let t0 = std::time::Instant::now();
                 let r = async {
                     if conn.is_none() {
-                        conn = Some(Conn::connect(addr, timeout).await?);
+                        conn = Some(Conn::connect(transport, addr, timeout).await?);
                     }
                     let c = conn.as_mut().expect("just connected");
                     c.register(&name, &password, timeout).await

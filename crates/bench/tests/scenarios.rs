@@ -1,6 +1,7 @@
 //! Every scenario, tiny, through the real binary: against an in-process
-//! clusterchat node and the ceiling (`--ceiling`), at both levels. Each run
-//! must complete, report 0 errors, and lose nothing. No timing is asserted.
+//! clusterchat node and the ceiling (`--ceiling`), at both levels, and over
+//! the node's WebSocket (`--transport ws`, server only). Each run must
+//! complete, report 0 errors, and lose nothing. No timing is asserted.
 
 mod support;
 
@@ -9,19 +10,29 @@ use std::time::Duration;
 use serde_json::Value;
 use support::{real_server, BENCH};
 
-/// Runs chat-bench with `--json --strict` and returns its JSON lines.
+/// Runs chat-bench with `--ceiling --json --strict` and returns its JSON
+/// lines: the server's, then the ceiling's.
 async fn bench(server: &str, args: &[&str]) -> Vec<Value> {
+    let lines = run_bench(server, &["--ceiling"], args).await;
+    assert_eq!(
+        lines.len(),
+        2,
+        "one line for the server, one for the ceiling"
+    );
+    assert_eq!(lines[0]["target"], "server");
+    assert_eq!(lines[1]["target"], "ceiling");
+    assert!(lines[0]["vs_ceiling"].is_object(), "{}", lines[0]);
+    lines
+}
+
+/// Runs chat-bench with `--json --strict` and `global` options; every JSON
+/// line it prints must report 0 errors.
+async fn run_bench(server: &str, global: &[&str], args: &[&str]) -> Vec<Value> {
     let out = tokio::time::timeout(
         Duration::from_secs(90),
         tokio::process::Command::new(BENCH)
-            .args([
-                "--server",
-                server,
-                "--ceiling",
-                "--json",
-                "--quiet",
-                "--strict",
-            ])
+            .args(["--server", server, "--json", "--quiet", "--strict"])
+            .args(global)
             .args(args)
             .kill_on_drop(true)
             .output(),
@@ -40,18 +51,56 @@ async fn bench(server: &str, args: &[&str]) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
-    assert_eq!(
-        lines.len(),
-        2,
-        "one line for the server, one for the ceiling"
-    );
-    assert_eq!(lines[0]["target"], "server");
-    assert_eq!(lines[1]["target"], "ceiling");
     for l in &lines {
         assert_eq!(l["errors"], 0, "{l}");
     }
-    assert!(lines[0]["vs_ceiling"].is_object(), "{}", lines[0]);
     lines
+}
+
+/// Tiny load runs: flags after the scenario's own.
+const LOAD: [&str; 6] = ["--duration", "0.4", "--warmup", "0.1", "--drain", "5"];
+
+/// `direct`, 3 pairs, window 4, at `level`.
+fn direct_args(level: &str) -> Vec<&str> {
+    let mut a = vec![
+        "--level",
+        level,
+        "direct",
+        "--register",
+        "--pairs",
+        "3",
+        "--window",
+        "4",
+    ];
+    a.extend(LOAD);
+    a
+}
+
+/// `group` of `members`, 2 senders, window 4, at `level`.
+fn group_args<'a>(level: &'a str, members: &'a str) -> Vec<&'a str> {
+    let mut a = vec![
+        "--level",
+        level,
+        "group",
+        "--register",
+        "--members",
+        members,
+        "--senders",
+        "2",
+        "--window",
+        "4",
+    ];
+    a.extend(LOAD);
+    a
+}
+
+/// `idle` of `n` token logins over two worker processes; `users` says where
+/// the users come from.
+fn idle_args<'a>(n: &'a str, users: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["idle", "-n", n];
+    a.extend(users);
+    a.extend(["--tokens", "--workers", "2", "--hold", "0.1"]);
+    a
 }
 
 fn check_load(lines: &[Value]) {
@@ -67,41 +116,15 @@ fn check_load(lines: &[Value]) {
 async fn every_scenario_runs_clean_against_server_and_ceiling() {
     let real = real_server().await;
     let addr = real.addr.to_string();
-    let load = ["--duration", "0.4", "--warmup", "0.1", "--drain", "5"];
 
     for level in ["1", "2"] {
-        let mut a = vec![
-            "--level",
-            level,
-            "direct",
-            "--register",
-            "--pairs",
-            "3",
-            "--window",
-            "4",
-        ];
-        a.extend(load);
-        check_load(&bench(&addr, &a).await);
-
-        let mut a = vec![
-            "--level",
-            level,
-            "group",
-            "--register",
-            "--members",
-            "6",
-            "--senders",
-            "2",
-            "--window",
-            "4",
-        ];
-        a.extend(load);
-        let lines = bench(&addr, &a).await;
+        check_load(&bench(&addr, &direct_args(level)).await);
+        let lines = bench(&addr, &group_args(level, "6")).await;
         check_load(&lines);
         assert_eq!(lines[0]["online"], 6);
     }
     let mut a = vec!["direct", "--register", "--pairs", "2", "--rate", "100"];
-    a.extend(load);
+    a.extend(LOAD);
     check_load(&bench(&addr, &a).await);
 
     let dir = tempfile::tempdir().expect("temp dir");
@@ -119,22 +142,7 @@ async fn every_scenario_runs_clean_against_server_and_ceiling() {
     // Token logins over two worker processes; the fresh tokens are saved,
     // so a second run logs in by token again.
     for _ in 0..2 {
-        let lines = bench(
-            &addr,
-            &[
-                "idle",
-                "-n",
-                "10",
-                "--users",
-                users,
-                "--tokens",
-                "--workers",
-                "2",
-                "--hold",
-                "0.1",
-            ],
-        )
-        .await;
+        let lines = bench(&addr, &idle_args("10", &["--users", users])).await;
         for l in &lines {
             assert_eq!(l["logged_in"], 10, "{l}");
             assert_eq!(l["alive_after_hold"], 10, "{l}");
@@ -154,5 +162,50 @@ async fn every_scenario_runs_clean_against_server_and_ceiling() {
     )
     .await;
     assert_eq!(lines[0]["logged_in"], 5);
+    real.stop().await;
+}
+
+/// `--transport ws`: the same scenarios over the node's WebSocket (its HTTP
+/// listener's `/ws`); the ceiling is TCP only, so the server runs alone, and
+/// asking for both is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenarios_run_clean_over_websocket() {
+    let real = real_server().await;
+    let http = real.http.to_string();
+    let ws = ["--transport", "ws"];
+
+    for level in ["1", "2"] {
+        let lines = run_bench(&http, &ws, &direct_args(level)).await;
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["transport"], "ws");
+        check_load(&lines);
+    }
+    let lines = run_bench(&http, &ws, &group_args("2", "5")).await;
+    check_load(&lines);
+    assert_eq!(lines[0]["online"], 5);
+
+    let lines = run_bench(&http, &ws, &idle_args("8", &["--register"])).await;
+    assert_eq!(lines[0]["logged_in"], 8, "{}", lines[0]);
+    assert_eq!(lines[0]["alive_after_hold"], 8, "{}", lines[0]);
+
+    let out = tokio::process::Command::new(BENCH)
+        .args([
+            "--server",
+            &http,
+            "--transport",
+            "ws",
+            "--ceiling",
+            "--quiet",
+        ])
+        .args(["direct", "--register", "--pairs", "1"])
+        .output()
+        .await
+        .expect("run chat-bench");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TCP only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     real.stop().await;
 }
