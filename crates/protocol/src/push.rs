@@ -239,7 +239,13 @@ const KICKED_MSG: &str = "you logged in somewhere else; this session is closed";
 
 /// KICKED, just before the server closes a replaced session.
 pub fn kicked() -> Bytes {
-    finish(&json!({"msgid": msgid::KICKED, "errmsg": KICKED_MSG}))
+    kicked_because(KICKED_MSG)
+}
+
+/// KICKED with another reason: an operator disabled or deleted the account,
+/// or reset its password.
+pub fn kicked_because(errmsg: &str) -> Bytes {
+    finish(&json!({"msgid": msgid::KICKED, "errmsg": errmsg}))
 }
 
 #[cfg(test)]

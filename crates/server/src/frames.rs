@@ -13,7 +13,7 @@ use crate::error::ServiceError;
 use crate::outbox::Outgoing;
 use crate::store::{StoredMessage, Target};
 
-pub use chat_protocol::push::{kicked, presence};
+pub use chat_protocol::push::{kicked, kicked_because, presence};
 pub use chat_protocol::reply::{pong, reg_ack, with_reqid};
 
 /// A failed request: LOGIN and REG failures come back in their own ack type,

@@ -5,6 +5,7 @@
 //! requests, [`service`] handles them, [`committer`] batches writes into the
 //! [`store`], and the [`bus`] routes events to [`sessions`].
 
+pub mod admin;
 pub mod bus;
 pub mod cmd;
 pub mod committer;

@@ -67,6 +67,10 @@ where
 #[derive(Debug, Parser)]
 #[command(name = "chat-server", version, about, long_about = None)]
 struct Args {
+    /// Without a command, run the server.
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Address to listen on.
     #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:6000")]
     listen: SocketAddr,
@@ -89,16 +93,22 @@ struct Args {
     ws_ping_secs: u64,
 
     /// Database URL: sqlite://PATH (created if missing) or mysql://USER:PASS@HOST:PORT/DB.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://clusterchat.db")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://clusterchat.db",
+        global = true
+    )]
     database_url: String,
 
     /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `clusterchat=debug`).
-    #[arg(long, env = "CHAT_LOG", default_value = "info")]
-    log: String,
+    /// Admin commands log warnings only unless it is set.
+    #[arg(long, env = "CHAT_LOG")]
+    log: Option<String>,
 
     /// Log line format: `text` for people, `json` (one object per line, a
     /// field per key: user, peer, msgid, errno, ...) for log shippers.
-    #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
 
     /// Most open client connections; more are refused with errno 10.
@@ -201,11 +211,11 @@ struct Args {
     shutdown_grace_secs: u64,
 
     /// argon2id memory cost in KiB (OWASP: 19456).
-    #[arg(long, env = "CHAT_ARGON2_M_KIB", default_value_t = cfg().hash.m_kib)]
+    #[arg(long, env = "CHAT_ARGON2_M_KIB", default_value_t = cfg().hash.m_kib, global = true)]
     argon2_m_kib: u32,
 
     /// argon2id passes.
-    #[arg(long, env = "CHAT_ARGON2_T", default_value_t = cfg().hash.t)]
+    #[arg(long, env = "CHAT_ARGON2_T", default_value_t = cfg().hash.t, global = true)]
     argon2_t: u32,
 
     /// Password hashes computed at once (default: this machine's CPUs).
@@ -277,10 +287,27 @@ enum LogFormat {
     Json,
 }
 
+/// What `chat-server` runs besides the server.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Operator commands: list users, reset a password, disable, enable or
+    /// delete a user, back up the database. They use the server's
+    /// --database-url (DATABASE_URL) and need no server stopped: running
+    /// nodes close the sessions of accounts disabled, deleted or reset
+    /// within a few seconds.
+    Admin {
+        #[command(subcommand)]
+        command: clusterchat::admin::cli::AdminCommand,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .with_context(|| format!("bad --log filter {:?}", args.log))?;
+    let mut args = Args::parse();
+    let admin = args.command.take();
+    let default_log = if admin.is_some() { "warn" } else { "info" };
+    let log = args.log.clone().unwrap_or_else(|| default_log.to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&log)
+        .with_context(|| format!("bad --log filter {log:?}"))?;
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -296,7 +323,21 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run(args))
+    match admin {
+        Some(Command::Admin { command }) => {
+            let hash = HashCost {
+                m_kib: args.argon2_m_kib,
+                t: args.argon2_t,
+                ..cfg().hash.clone()
+            };
+            rt.block_on(clusterchat::admin::cli::run(
+                command,
+                &args.database_url,
+                hash,
+            ))
+        }
+        None => rt.block_on(run(args)),
+    }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

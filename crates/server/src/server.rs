@@ -111,6 +111,11 @@ impl Node {
         }
         let slots = sh.guards.slots.clone();
         let sweeper = tokio::spawn(sweep_tokens(sh.store.clone(), shutdown.clone()));
+        let watcher = tokio::spawn(crate::admin::watch(
+            sh.store.clone(),
+            sh.sessions.clone(),
+            shutdown.clone(),
+        ));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -152,6 +157,7 @@ impl Node {
             );
         }
         let _ = sweeper.await;
+        let _ = watcher.await;
         self.commit.shutdown().await;
         sh.bus.shutdown();
         sh.store.close().await;

@@ -182,7 +182,7 @@ struct Gate {
     /// The login ack is queued; until then a kick waits (the ack comes first).
     acked: bool,
     /// A newer login claimed the user before the ack was queued.
-    kick_pending: bool,
+    kick_pending: Option<Bytes>,
     /// Per friend, the newest session a notice was about and its state.
     friend_sessions: HashMap<UserId, (u64, bool)>,
 }
@@ -255,7 +255,7 @@ impl SessionHandle {
                 presence: BTreeMap::new(),
                 roster: Vec::new(),
                 acked: false,
-                kick_pending: false,
+                kick_pending: None,
                 friend_sessions: HashMap::new(),
             }),
             stored_cmids: Mutex::new(HashSet::new()),
@@ -361,16 +361,7 @@ impl SessionHandle {
             }
             Event::Kick { sid } => {
                 if *sid == self.sid {
-                    let mut g = self.gate();
-                    if !g.acked {
-                        // The login ack has not been queued yet: it goes
-                        // first, then KICKED (see `ack_queued`).
-                        g.kick_pending = true;
-                        return;
-                    }
-                    drop(g);
-                    self.try_out(Outgoing::frame(frames::kicked()));
-                    self.close.cancel();
+                    self.kick(frames::kicked());
                 }
             }
             Event::Redeliver => self.redeliver(),
@@ -482,15 +473,28 @@ impl SessionHandle {
         });
     }
 
+    /// Sends `frame` (a KICKED) and closes the session; before the login
+    /// ack is queued, waits for it (see `ack_queued`).
+    pub fn kick(&self, frame: Bytes) {
+        let mut g = self.gate();
+        if !g.acked {
+            g.kick_pending = Some(frame);
+            return;
+        }
+        drop(g);
+        self.try_out(Outgoing::frame(frame));
+        self.close.cancel();
+    }
+
     /// Records that the login ack is queued. A kick that came before it is
     /// carried out now, so a session's first frame is always its ack.
     /// Returns false when the session was kicked.
     pub fn ack_queued(&self) -> bool {
         let mut g = self.gate();
         g.acked = true;
-        if g.kick_pending {
+        if let Some(frame) = g.kick_pending.take() {
             drop(g);
-            self.try_out(Outgoing::frame(frames::kicked()));
+            self.try_out(Outgoing::frame(frame));
             self.close.cancel();
             return false;
         }

@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clusterchat::store::{
-    self, Appended, Conversation, Fanout, GroupInfo, Member, NewMessage, Person, Role, Store,
-    StoreError, StoreOptions, StoredMessage, Target, TokenIssued, TokenRequest, UserId, UserRecord,
-    WriteOp, WriteOutcome,
+    self, AccountChange, Appended, Conversation, Fanout, GroupInfo, Member, NewMessage, Person,
+    Role, Store, StoreError, StoreOptions, StoredMessage, Target, TokenIssued, TokenRequest,
+    UserId, UserRecord, WriteOp, WriteOutcome,
 };
 use sqlx::Connection as _;
 
@@ -330,6 +330,11 @@ conformance!(all: [
     revoke_tokens,
     dead_tokens_are_pruned,
     mixed_batch_keeps_order,
+    admin_lists_users_in_pages,
+    admin_disable_and_enable,
+    admin_reset_password,
+    admin_delete_user,
+    admin_events_in_order,
 ], sql: [
     legacy_names_keyed_on_open,
 ]);
@@ -518,6 +523,7 @@ async fn create_user_ids_grow(fx: Arc<Fixture>) {
             id: b,
             name: "bob".into(),
             password_hash: pw("bob"),
+            disabled: false,
         })
     );
     assert_eq!(s.find_user(c + 1000).await.unwrap(), None);
@@ -1899,4 +1905,210 @@ async fn mixed_batch_keeps_order(fx: Arc<Fixture>) {
     assert_eq!(s.acked_seq(b).await.unwrap(), 1);
     assert_token_bad(send(s, consume(b, "tb", "tb2", NOW)).await, "tb revoked");
     assert_token_ok(send(s, consume(a, "t2", "t3", NOW)).await, a, "t2");
+}
+
+// ---------------------------------------------------------------------------
+// Operator commands (`chat-server admin`)
+
+/// The kinds of every account event recorded, oldest first.
+async fn events(s: &dyn Store) -> Vec<(UserId, Option<AccountChange>)> {
+    s.account_events(0, ALL)
+        .await
+        .expect("account_events")
+        .into_iter()
+        .map(|e| (e.user, e.change))
+        .collect()
+}
+
+async fn admin_lists_users_in_pages(fx: Arc<Fixture>) {
+    let s = &*fx.store;
+    assert_eq!(s.list_users(0, 10).await.unwrap(), vec![]);
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let c = user(s, "carol").await;
+    let first = s.list_users(0, 2).await.unwrap();
+    let ids: Vec<_> = first.iter().map(|u| (u.id, u.name.as_str())).collect();
+    assert_eq!(ids, vec![(a, "alice"), (b, "bob")]);
+    for u in &first {
+        assert!(u.created_at > 0, "registration time stored: {u:?}");
+        assert_eq!(u.disabled_at, None);
+    }
+    let rest = s.list_users(b, 10).await.unwrap();
+    assert_eq!(rest.iter().map(|u| u.id).collect::<Vec<_>>(), vec![c]);
+    assert_eq!(s.list_users(c, 10).await.unwrap(), vec![]);
+}
+
+async fn admin_disable_and_enable(fx: Arc<Fixture>) {
+    let s = &*fx.store;
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    commit(
+        s,
+        vec![issue(a, "a1", NOW + 100), issue(b, "b1", NOW + 100)],
+    )
+    .await;
+    assert!(s.set_disabled(a, true, NOW).await.unwrap(), "disables");
+    assert!(
+        !s.set_disabled(a, true, NOW + 5).await.unwrap(),
+        "disabled already"
+    );
+    assert!(s.find_user(a).await.unwrap().unwrap().disabled);
+    assert!(!s.find_user(b).await.unwrap().unwrap().disabled);
+    let listed = s.list_users(0, 10).await.unwrap();
+    assert_eq!(listed[0].disabled_at, Some(NOW), "the first time is kept");
+    assert_eq!(listed[1].disabled_at, None);
+    assert_token_bad(send(s, consume(a, "a1", "a2", NOW)).await, "revoked");
+    assert_token_ok(send(s, consume(b, "b1", "b2", NOW)).await, b, "b1");
+    assert_eq!(events(s).await, vec![(a, Some(AccountChange::Disabled))]);
+
+    assert!(s.set_disabled(a, false, NOW).await.unwrap(), "enables");
+    assert!(
+        !s.set_disabled(a, false, NOW).await.unwrap(),
+        "enabled already"
+    );
+    assert!(!s.find_user(a).await.unwrap().unwrap().disabled);
+    assert_eq!(s.list_users(0, 1).await.unwrap()[0].disabled_at, None);
+    assert_eq!(events(s).await.len(), 1, "enabling ends no session");
+    assert_eq!(
+        s.set_disabled(b + 100, true, NOW).await.unwrap_err(),
+        StoreError::NotFound
+    );
+}
+
+async fn admin_reset_password(fx: Arc<Fixture>) {
+    let s = &*fx.store;
+    let a = user(s, "alice").await;
+    commit(s, vec![issue(a, "a1", NOW + 100)]).await;
+    s.set_password(a, "new-hash").await.unwrap();
+    assert_eq!(
+        s.find_user(a).await.unwrap().unwrap().password_hash,
+        "new-hash"
+    );
+    assert_token_bad(send(s, consume(a, "a1", "a2", NOW)).await, "revoked");
+    assert_eq!(
+        events(s).await,
+        vec![(a, Some(AccountChange::PasswordReset))]
+    );
+    assert_eq!(
+        s.set_password(a + 100, "x").await.unwrap_err(),
+        StoreError::NotFound
+    );
+}
+
+async fn admin_delete_user(fx: Arc<Fixture>) {
+    let s = &*fx.store;
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let c = user(s, "carol").await;
+    s.add_friend(a, b).await.unwrap();
+    s.add_friend(b, c).await.unwrap();
+    let mine = s
+        .create_group(a, "alices", &key("alices"), "")
+        .await
+        .unwrap();
+    s.join_group(mine, b).await.unwrap();
+    let theirs = s.create_group(b, "bobs", &key("bobs"), "").await.unwrap();
+    s.join_group(theirs, a).await.unwrap();
+    s.join_group(theirs, c).await.unwrap();
+    commit(s, vec![issue(a, "a1", NOW + 100)]).await;
+    // b confirms everything; c confirms nothing.
+    send(s, append(a, Target::User(b), "to bob")).await;
+    send(s, append(b, Target::User(a), "to alice")).await;
+    let kept = send(s, append(b, Target::Group(theirs), "bob in group")).await;
+    let kept = appended(&kept).0;
+    let in_group = appended(
+        &send(
+            s,
+            append_c(a, Target::Group(theirs), "alice in group", "c1"),
+        )
+        .await,
+    );
+    let newest = appended(&send(s, append(a, Target::User(b), "last word")).await).0;
+    commit(s, vec![WriteOp::Ack { user: b, seq: ALL }]).await;
+    let c_before = s.undelivered(c, 0, ALL).await.unwrap();
+    assert_eq!(c_before.len(), 2);
+
+    let d = s.delete_user(a).await.unwrap();
+    assert_eq!(d.groups, vec![mine]);
+    // to bob, to alice, last word; "alice in group" waits for carol.
+    assert_eq!((d.messages, d.pending), (3, 1));
+    assert_eq!(s.find_user(a).await.unwrap(), None);
+    assert_eq!(s.find_user_by_name("alice").await.unwrap(), None);
+    assert_eq!(s.friends(b).await.unwrap(), vec![person(c, "carol")]);
+    let groups: Vec<_> = s.groups_of(b).await.unwrap();
+    assert_eq!(groups.len(), 1, "alice's group is disbanded: {groups:?}");
+    assert_eq!(
+        groups[0].members,
+        vec![
+            member(b, "bob", Role::Creator),
+            member(c, "carol", Role::Normal)
+        ]
+    );
+    assert_eq!(
+        s.membership(mine, b).await.unwrap_err(),
+        StoreError::NotFound
+    );
+    assert!(history(s, Conversation::Direct(a, b), None, ALL)
+        .await
+        .is_empty());
+    assert_eq!(
+        history(s, Conversation::Group(theirs), None, ALL).await,
+        vec![kept.mid],
+        "alice's messages leave every history"
+    );
+    // Carol still gets what was sent to her, in seq order with no gap.
+    assert_eq!(s.undelivered(c, 0, ALL).await.unwrap(), c_before);
+    assert_eq!(in_group.1, vec![(b, in_group.1[0].1), (c, 2)]);
+    assert_token_bad(send(s, consume(a, "a1", "a2", NOW)).await, "tokens go too");
+    assert_eq!(
+        events(s).await.last(),
+        Some(&(a, Some(AccountChange::Deleted)))
+    );
+    assert_eq!(s.delete_user(a).await.unwrap_err(), StoreError::NotFound);
+    // Appends to the deleted user fail; a mid is never handed out twice,
+    // also by a store opened afterwards (another process).
+    let out = send(s, append(b, Target::User(a), "anyone there?")).await;
+    assert_eq!(failed(&out), StoreError::NotFound);
+    let next = appended(&send(s, append(b, Target::User(c), "hi")).await).0;
+    assert!(next.mid > newest.mid, "{} after {}", next.mid, newest.mid);
+    if !matches!(fx.backend, Backend::Memory) {
+        let other = fx.reopen().await;
+        let mid = appended(&send(&*other, append(c, Target::User(b), "hey")).await)
+            .0
+            .mid;
+        assert!(mid > next.mid, "{mid} after {}", next.mid);
+    }
+    // The name is free again; the id is not reused.
+    let again = user(s, "alice").await;
+    assert!(again > c, "new id {again}");
+}
+
+async fn admin_events_in_order(fx: Arc<Fixture>) {
+    let s = &*fx.store;
+    assert_eq!(s.last_account_event().await.unwrap(), 0);
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    s.set_disabled(a, true, NOW).await.unwrap();
+    s.set_password(b, "x").await.unwrap();
+    s.delete_user(b).await.unwrap();
+    let all = s.account_events(0, ALL).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(
+        all.windows(2).all(|w| w[0].id < w[1].id),
+        "ids grow: {all:?}"
+    );
+    assert_eq!(s.last_account_event().await.unwrap(), all[2].id);
+    let later = s.account_events(all[0].id, ALL).await.unwrap();
+    assert_eq!(later, all[1..].to_vec());
+    assert_eq!(
+        s.account_events(all[0].id, 1).await.unwrap(),
+        all[1..2].to_vec()
+    );
+    assert_eq!(
+        later.iter().map(|e| (e.user, e.change)).collect::<Vec<_>>(),
+        vec![
+            (b, Some(AccountChange::PasswordReset)),
+            (b, Some(AccountChange::Deleted))
+        ]
+    );
 }

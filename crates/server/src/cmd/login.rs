@@ -13,7 +13,7 @@ use crate::password::{new_token, token_hash};
 use crate::request::{check_bytes, Request};
 use crate::service::{replay, session, Service, Session};
 use crate::sessions::{Event, SessionHandle};
-use crate::store::{StoreError, TokenIssued, TokenRequest, UserId};
+use crate::store::{StoreError, TokenIssued, TokenRequest, UserId, UserRecord};
 
 /// A login request.
 #[derive(Debug)]
@@ -112,7 +112,7 @@ impl Login {
         let level = self.level;
         let user = self.id;
         let token = (level >= 2).then(new_token);
-        let name = self.authenticate(sh, link, token.as_deref()).await?;
+        let account = self.authenticate(sh, link, token.as_deref()).await?;
         if let Some(seq) = self.last_seq {
             sh.committer.ack(user, seq).await?;
         }
@@ -137,10 +137,19 @@ impl Login {
         sh.bus.claim(user, sid).await;
         let s = Session {
             user,
-            name,
+            name: account.name.clone(),
             level,
             handle,
         };
+        // An operator may have disabled or deleted the account, or reset its
+        // password, since it was checked: the nodes' watch for such changes
+        // (`admin::watch`) sees only registered sessions, so look again now
+        // that this one is.
+        if let Err(e) = still_valid(sh, &account).await {
+            session::end(sh, &s, false).await;
+            link.close.cancel();
+            return Err(e);
+        }
 
         let ids: Vec<UserId> = friends
             .iter()
@@ -183,13 +192,13 @@ impl Login {
     }
 
     /// Checks the password or exchanges the token (issuing the new one),
-    /// and returns the user's name. A storage failure is errno 10, never 1.
+    /// and returns the account. A storage failure is errno 10, never 1.
     async fn authenticate(
         &self,
         sh: &Service,
         link: &Link<'_>,
         token: Option<&str>,
-    ) -> Result<String, ServiceError> {
+    ) -> Result<UserRecord, ServiceError> {
         let now = unix_now();
         let expires_at = now + sh.cfg.token_ttl.as_secs() as i64;
         match &self.secret {
@@ -214,6 +223,9 @@ impl Login {
                 }
                 g.login_user.succeeded(self.id);
                 let user = user.ok_or_else(bad_credentials)?;
+                if user.disabled {
+                    return Err(disabled());
+                }
                 if let Some(t) = token {
                     sh.committer
                         .issue_token(TokenRequest {
@@ -225,7 +237,7 @@ impl Login {
                         })
                         .await?;
                 }
-                Ok(user.name)
+                Ok(user)
             }
             Secret::Token(old) => {
                 let issued = sh
@@ -248,15 +260,30 @@ impl Login {
                     }
                     Err(e) => return Err(e.into()),
                 }
-                Ok(sh
-                    .store
+                // Disabling an account revoked its tokens: a disabled
+                // account's token fails above, as any dead token does.
+                sh.store
                     .find_user(self.id)
                     .await?
-                    .ok_or_else(bad_credentials)?
-                    .name)
+                    .ok_or_else(bad_credentials)
             }
         }
     }
+}
+
+/// Whether the account is still as it was when the login checked it: not
+/// deleted, not disabled, the same password.
+async fn still_valid(sh: &Service, checked: &UserRecord) -> Result<(), ServiceError> {
+    match sh.store.find_user(checked.id).await? {
+        Some(u) if u.disabled => Err(disabled()),
+        Some(u) if u.password_hash == checked.password_hash => Ok(()),
+        _ => Err(bad_credentials()),
+    }
+}
+
+/// errno 4: an operator disabled the account (docs/protocol.md, Clarifications).
+fn disabled() -> ServiceError {
+    ServiceError::new(Errno::Forbidden, "this account is disabled")
 }
 
 /// errno 1, worded the same whether the id or the password was wrong.

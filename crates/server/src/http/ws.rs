@@ -24,8 +24,10 @@ use crate::outbox::{Outbox, Outgoing, Written};
 use crate::service::Service;
 use crate::throttle::AddrPermit;
 
-/// The WebSocket layer's read buffer. Small: an idle session keeps it.
-pub const READ_BUFFER: usize = 4096;
+/// The WebSocket layer's read buffer. Small: an idle session keeps it (at
+/// 4 KiB an idle WebSocket cost 9.3 KiB of RSS, at 1 KiB 6.4 KiB); a bigger
+/// frame still arrives whole, the layer makes room for it.
+pub const READ_BUFFER: usize = 1024;
 /// Bytes the WebSocket layer gathers before it writes; the writer flushes
 /// after every batch anyway.
 pub const WRITE_BUFFER: usize = 16 * 1024;

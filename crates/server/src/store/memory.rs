@@ -12,9 +12,9 @@ use async_trait::async_trait;
 
 use super::batch::{self, Lookups, Step, TokenRow};
 use super::{
-    key_digest, Conversation, FriendStore, GroupId, GroupInfo, GroupStore, Member, MessageStore,
-    Person, Role, StoreError, StoreResult, StoredMessage, TokenRequest, UserId, UserRecord,
-    UserStore, WriteOp, WriteOutcome,
+    key_digest, AccountChange, AccountEvent, AdminStore, Conversation, DeletedUser, FriendStore,
+    GroupId, GroupInfo, GroupStore, Member, MessageStore, Person, Role, StoreError, StoreResult,
+    StoredMessage, TokenRequest, UserId, UserRecord, UserStore, UserSummary, WriteOp, WriteOutcome,
 };
 
 /// The in-memory store.
@@ -59,6 +59,12 @@ struct State {
     counters: HashMap<UserId, Counters>,
     /// Token hash to (owner, row).
     tokens: HashMap<String, (UserId, TokenRow)>,
+    /// Per user: (registered, disabled at).
+    accounts: HashMap<UserId, (i64, Option<i64>)>,
+    /// Account changes, in order; an event's id is its index plus one.
+    events: Vec<(UserId, AccountChange)>,
+    /// The highest mid ever handed out, deleted messages included.
+    mid_floor: i64,
 }
 
 /// The unique names and name keys (digests) of one table, and its last id:
@@ -145,7 +151,13 @@ impl State {
             .into_iter()
             .filter_map(|u| self.counters.get(&u).map(|c| (u, c.last_seq)))
             .collect();
-        let max_mid = self.messages.keys().next_back().copied().unwrap_or(0);
+        let max_mid = self
+            .messages
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .max(self.mid_floor);
         let plan = batch::plan(ops, &lk, max_mid, &last);
         for row in plan.messages {
             let m = (*row.message).clone();
@@ -189,6 +201,105 @@ impl State {
             .collect()
     }
 
+    /// `NotFound` unless the user exists.
+    fn account(&mut self, user: UserId) -> StoreResult<&mut (i64, Option<i64>)> {
+        if !self.users.contains_key(&user) {
+            return Err(StoreError::NotFound);
+        }
+        Ok(self.accounts.entry(user).or_default())
+    }
+
+    /// [`AdminStore::delete_user`].
+    fn delete_user(&mut self, user: UserId) -> StoreResult<DeletedUser> {
+        self.account(user)?;
+        let mut out = DeletedUser::default();
+        let created: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.members.get(&user) == Some(&Role::Creator))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in created {
+            if let Some(g) = self.groups.remove(&id) {
+                self.group_names.release(&g.name, &g.key);
+            }
+            out.groups.push(id);
+        }
+        for g in self.groups.values_mut() {
+            g.members.remove(&user);
+        }
+        self.friends.retain(|&(a, b)| a != user && b != user);
+        // Unconfirmed copies of the user's messages in other inboxes.
+        let mut pending = BTreeSet::new();
+        for (&u, inbox) in &self.inbox {
+            let acked = self.counters.get(&u).map_or(0, |c| c.acked_seq);
+            if u == user {
+                continue;
+            }
+            for (_, mid) in inbox.range(acked.saturating_add(1)..) {
+                if self.messages.get(mid).is_some_and(|m| m.sender == user) {
+                    pending.insert(*mid);
+                }
+            }
+        }
+        let direct_to: BTreeSet<i64> = self
+            .inbox
+            .get(&user)
+            .into_iter()
+            .flat_map(|i| i.values())
+            .copied()
+            .filter(|m| {
+                self.messages
+                    .get(m)
+                    .is_some_and(|m| matches!(m.target, super::Target::User(_)))
+            })
+            .collect();
+        let doomed: Vec<i64> = self
+            .messages
+            .values()
+            .filter(|m| m.sender == user || direct_to.contains(&m.mid))
+            .map(|m| m.mid)
+            .collect();
+        self.mid_floor = self
+            .mid_floor
+            .max(self.messages.keys().next_back().copied().unwrap_or(0));
+        for mid in doomed {
+            let Some(m) = self.messages.get(&mid) else {
+                continue;
+            };
+            let conv = m.target.conv_key(m.sender);
+            if let Some(c) = self.convs.get_mut(&conv) {
+                c.remove(&mid);
+            }
+            // A pending copy leaves history (as the SQL backends move it to
+            // a conversation no one can name) and stays for delivery.
+            if pending.contains(&mid) {
+                out.pending += 1;
+            } else {
+                self.messages.remove(&mid);
+                out.messages += 1;
+            }
+        }
+        let messages = &self.messages;
+        self.cmids.retain(|_, m| messages.contains_key(m));
+        self.inbox.remove(&user);
+        self.counters.remove(&user);
+        self.tokens.retain(|_, (owner, _)| *owner != user);
+        if let Some(u) = self.users.remove(&user) {
+            let key = self
+                .user_names
+                .keys
+                .iter()
+                .find(|(_, &id)| id == user)
+                .map(|(k, _)| k.clone())
+                .unwrap_or_default();
+            self.user_names.release(&u.name, &key);
+        }
+        self.accounts.remove(&user);
+        self.events.push((user, AccountChange::Deleted));
+        Ok(out)
+    }
+
     /// A token op, planned by [`batch::plan_token`].
     fn token(&mut self, op: &TokenRequest) -> WriteOutcome {
         let rows: Vec<TokenRow> = self
@@ -224,9 +335,12 @@ impl UserStore for MemoryStore {
                 id,
                 name: name.to_owned(),
                 password_hash: password_hash.to_owned(),
+                disabled: false,
             },
         );
         st.counters.insert(id, Counters::default());
+        st.accounts
+            .insert(id, (chat_protocol::time::unix_now(), None));
         Ok(id)
     }
 
@@ -383,6 +497,80 @@ impl GroupStore for MemoryStore {
     async fn member_count(&self, group: GroupId) -> StoreResult<i64> {
         let st = self.state();
         Ok(st.groups.get(&group).map_or(0, |g| g.members.len() as i64))
+    }
+}
+
+#[async_trait]
+impl AdminStore for MemoryStore {
+    async fn list_users(&self, after: UserId, limit: i64) -> StoreResult<Vec<UserSummary>> {
+        let st = self.state();
+        Ok(st
+            .users
+            .range(after.saturating_add(1)..)
+            .take(usize::try_from(limit).unwrap_or(0))
+            .map(|(&id, u)| {
+                let (created_at, disabled_at) = st.accounts.get(&id).copied().unwrap_or_default();
+                UserSummary {
+                    id,
+                    name: u.name.clone(),
+                    created_at,
+                    disabled_at,
+                }
+            })
+            .collect())
+    }
+
+    async fn set_password(&self, user: UserId, password_hash: &str) -> StoreResult<()> {
+        let mut st = self.state();
+        st.account(user)?;
+        if let Some(u) = st.users.get_mut(&user) {
+            u.password_hash = password_hash.to_owned();
+        }
+        st.tokens.retain(|_, (owner, _)| *owner != user);
+        st.events.push((user, AccountChange::PasswordReset));
+        Ok(())
+    }
+
+    async fn set_disabled(&self, user: UserId, disabled: bool, now: i64) -> StoreResult<bool> {
+        let mut st = self.state();
+        let account = st.account(user)?;
+        if account.1.is_some() == disabled {
+            return Ok(false);
+        }
+        account.1 = disabled.then_some(now);
+        if let Some(u) = st.users.get_mut(&user) {
+            u.disabled = disabled;
+        }
+        if disabled {
+            st.tokens.retain(|_, (owner, _)| *owner != user);
+            st.events.push((user, AccountChange::Disabled));
+        }
+        Ok(true)
+    }
+
+    async fn delete_user(&self, user: UserId) -> StoreResult<DeletedUser> {
+        self.state().delete_user(user)
+    }
+
+    async fn account_events(&self, after: i64, limit: i64) -> StoreResult<Vec<AccountEvent>> {
+        let st = self.state();
+        let from = usize::try_from(after.max(0)).unwrap_or(usize::MAX);
+        Ok(st
+            .events
+            .iter()
+            .enumerate()
+            .skip(from)
+            .take(usize::try_from(limit).unwrap_or(0))
+            .map(|(i, &(user, change))| AccountEvent {
+                id: i as i64 + 1,
+                user,
+                change: Some(change),
+            })
+            .collect())
+    }
+
+    async fn last_account_event(&self) -> StoreResult<i64> {
+        Ok(self.state().events.len() as i64)
     }
 }
 

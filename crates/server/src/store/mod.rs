@@ -120,7 +120,85 @@ pub struct UserRecord {
     pub name: String,
     /// The argon2id PHC string.
     pub password_hash: String,
+    /// An operator disabled the account (`chat-server admin disable`): it
+    /// cannot log in.
+    pub disabled: bool,
 }
+
+/// An account as `chat-server admin users` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSummary {
+    /// Account id.
+    pub id: UserId,
+    /// Name as registered.
+    pub name: String,
+    /// Unix seconds when it registered.
+    pub created_at: i64,
+    /// Unix seconds when an operator disabled it; `None` while enabled.
+    pub disabled_at: Option<i64>,
+}
+
+/// What an operator did to an account that its live sessions must hear of:
+/// each ends them (see [`AdminStore::account_events`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountChange {
+    /// `chat-server admin disable`.
+    Disabled,
+    /// `chat-server admin delete-user`.
+    Deleted,
+    /// `chat-server admin reset-password`.
+    PasswordReset,
+}
+
+impl AccountChange {
+    /// The stored `kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountChange::Disabled => "disabled",
+            AccountChange::Deleted => "deleted",
+            AccountChange::PasswordReset => "password",
+        }
+    }
+
+    /// Parses a stored `kind`; `None` for one this version does not know.
+    pub fn parse(s: &str) -> Option<AccountChange> {
+        match s {
+            "disabled" => Some(AccountChange::Disabled),
+            "deleted" => Some(AccountChange::Deleted),
+            "password" => Some(AccountChange::PasswordReset),
+            _ => None,
+        }
+    }
+}
+
+/// One recorded [`AccountChange`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountEvent {
+    /// Growing id: nodes poll for ids above the last they saw.
+    pub id: i64,
+    /// The account.
+    pub user: UserId,
+    /// What happened to it (`None`: a kind this version does not know).
+    pub change: Option<AccountChange>,
+}
+
+/// What [`AdminStore::delete_user`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeletedUser {
+    /// Messages deleted: every message the user sent, and every one-to-one
+    /// message sent to them.
+    pub messages: u64,
+    /// Messages the user sent that another recipient has not confirmed yet:
+    /// they leave every conversation's history at once, but stay stored
+    /// until delivered, so that no recipient's seqs get a gap.
+    pub pending: u64,
+    /// The groups the user created, disbanded with them, ascending.
+    pub groups: Vec<GroupId>,
+}
+
+/// The conversation key that a deleted user's undelivered messages move to:
+/// no HISTORY request can name it.
+pub const DELETED_CONV: &str = "deleted";
 
 /// A friend or group member as listed to clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -372,7 +450,7 @@ pub struct TokenIssued {
 
 /// What each migration does, in order; every backend has one SQL file per
 /// entry under `migrations/BACKEND/`, numbered from 1.
-const MIGRATIONS: [&str; 3] = ["init", "token rotation", "name keys"];
+const MIGRATIONS: [&str; 4] = ["init", "token rotation", "name keys", "admin"];
 
 /// A backend's migrator over its SQL files, one per [`MIGRATIONS`] entry.
 fn migrator(sql: [&'static str; MIGRATIONS.len()]) -> sqlx::migrate::Migrator {
@@ -555,10 +633,40 @@ pub trait MessageStore: Send + Sync {
     }
 }
 
-/// Everything the service needs from storage.
-pub trait Store: UserStore + FriendStore + GroupStore + MessageStore {}
+/// What operators do to accounts (`chat-server admin`), from another
+/// process while servers run. Every change that live sessions must hear of
+/// is recorded as an [`AccountEvent`] in the same transaction; each node
+/// polls for them.
+#[async_trait]
+pub trait AdminStore: Send + Sync {
+    /// Accounts with an id above `after`, ascending, at most `limit`.
+    async fn list_users(&self, after: UserId, limit: i64) -> StoreResult<Vec<UserSummary>>;
+    /// Replaces the password hash, revokes every login token of the user and
+    /// records [`AccountChange::PasswordReset`]. `NotFound` without the user.
+    async fn set_password(&self, user: UserId, password_hash: &str) -> StoreResult<()>;
+    /// Disables the account at `now` (revoking its tokens and recording
+    /// [`AccountChange::Disabled`]) or enables it. Returns whether that
+    /// changed anything: disabling a disabled account keeps its first time.
+    /// `NotFound` without the user.
+    async fn set_disabled(&self, user: UserId, disabled: bool, now: i64) -> StoreResult<bool>;
+    /// Deletes the account: its row, tokens, friendships (both ways), group
+    /// memberships, the groups it created (disbanded, as DISBAND_GROUP
+    /// would), its inbox and counters, every message it sent and every
+    /// one-to-one message sent to it (see [`DeletedUser::pending`] for the
+    /// exception), then records [`AccountChange::Deleted`]. Mids of deleted
+    /// messages are never handed out again. `NotFound` without the user.
+    async fn delete_user(&self, user: UserId) -> StoreResult<DeletedUser>;
+    /// Recorded account changes with an id above `after`, ascending, at
+    /// most `limit`.
+    async fn account_events(&self, after: i64, limit: i64) -> StoreResult<Vec<AccountEvent>>;
+    /// The highest account event id recorded, 0 when none.
+    async fn last_account_event(&self) -> StoreResult<i64>;
+}
 
-impl<T: UserStore + FriendStore + GroupStore + MessageStore> Store for T {}
+/// Everything the service needs from storage.
+pub trait Store: UserStore + FriendStore + GroupStore + MessageStore + AdminStore {}
+
+impl<T: UserStore + FriendStore + GroupStore + MessageStore + AdminStore> Store for T {}
 
 /// Opens the store that a database URL names, migrated and ready.
 pub async fn open(url: &str, opts: &StoreOptions) -> anyhow::Result<Arc<dyn Store>> {

@@ -23,9 +23,10 @@ use sqlx::{Connection, MySql, MySqlPool, QueryBuilder, Row, Transaction};
 use super::batch::{self, Earlier, Lookups, Step, TokenRow};
 use super::sql::{self, text, Dialect, SqlReads};
 use super::{
-    backfill_name_keys, key_digest, Conversation, FriendStore, GroupId, GroupInfo, GroupStore,
-    MessageStore, Person, Role, StoreError, StoreOptions, StoreResult, StoredMessage, Target,
-    TokenRequest, UserId, UserRecord, UserStore, WriteOp, WriteOutcome,
+    backfill_name_keys, key_digest, AccountChange, AccountEvent, AdminStore, Conversation,
+    DeletedUser, FriendStore, GroupId, GroupInfo, GroupStore, MessageStore, Person, Role,
+    StoreError, StoreOptions, StoreResult, StoredMessage, Target, TokenRequest, UserId, UserRecord,
+    UserStore, UserSummary, WriteOp, WriteOutcome,
 };
 
 /// Rows per multi-row statement: far below MySQL's 65,535 placeholders and
@@ -48,6 +49,7 @@ fn migrator() -> Migrator {
         include_str!("../../migrations/mysql/0001_init.sql"),
         include_str!("../../migrations/mysql/0002_token_rotation.sql"),
         include_str!("../../migrations/mysql/0003_name_keys.sql"),
+        include_str!("../../migrations/mysql/0004_admin.sql"),
     ])
 }
 
@@ -550,6 +552,173 @@ async fn role_in(
         .fetch_optional(&mut **tx)
         .await?;
     row.map(|r| Ok(Role::parse(&text(&r, 0)?))).transpose()
+}
+
+/// A user's `disabled_at`, the row locked; `NotFound` without the user.
+async fn disabled_at(tx: &mut Tx, user: UserId) -> StoreResult<Option<i64>> {
+    let row: Option<Option<i64>> = sqlx::query_scalar(MySql::USER_FOR_ADMIN)
+        .bind(user)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.ok_or(StoreError::NotFound)
+}
+
+/// Records an account change for the nodes to act on.
+async fn record(tx: &mut Tx, user: UserId, change: AccountChange) -> StoreResult<()> {
+    sqlx::query(sql::INSERT_ACCOUNT_EVENT)
+        .bind(user)
+        .bind(change.as_str())
+        .bind(now())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Runs a statement that binds one id (a user's or a group's).
+async fn with_id(tx: &mut Tx, statement: &str, id: i64) -> StoreResult<u64> {
+    Ok(sqlx::query(statement)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected())
+}
+
+/// The ids a statement binding `user` (`times` times) returns.
+async fn ids(tx: &mut Tx, statement: &str, user: UserId, times: usize) -> StoreResult<Vec<i64>> {
+    let mut q = sqlx::query_scalar(statement);
+    for _ in 0..times {
+        q = q.bind(user);
+    }
+    Ok(q.fetch_all(&mut **tx).await?)
+}
+
+impl MysqlStore {
+    /// One attempt at [`AdminStore::delete_user`]. It locks the mid counter
+    /// first, as every message-storing commit does, so it never deadlocks
+    /// with one: message commits wait for the delete, cluster-wide.
+    async fn delete_user_once(&self, user: UserId) -> StoreResult<DeletedUser> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SELECT value FROM counters WHERE name = 'mid' FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+        disabled_at(&mut tx, user).await?;
+        let mut out = DeletedUser {
+            groups: ids(&mut tx, sql::CREATED_BY, user, 1).await?,
+            ..DeletedUser::default()
+        };
+        for &g in &out.groups {
+            with_id(&mut tx, sql::DELETE_MEMBERS, g).await?;
+            with_id(&mut tx, sql::DELETE_GROUP, g).await?;
+        }
+        with_id(&mut tx, sql::DELETE_MEMBERSHIPS, user).await?;
+        for f in ids(&mut tx, sql::FRIEND_IDS, user, 1).await? {
+            sqlx::query(sql::DELETE_FRIENDS)
+                .bind(user)
+                .bind(f)
+                .bind(f)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let pending: BTreeSet<i64> = ids(&mut tx, sql::PENDING_FROM, user, 2)
+            .await?
+            .into_iter()
+            .collect();
+        let mut doomed = ids(&mut tx, MySql::SENT_BY, user, 1).await?;
+        doomed.extend(ids(&mut tx, sql::DIRECT_TO, user, 1).await?);
+        let (hide, delete): (Vec<i64>, Vec<i64>) =
+            doomed.into_iter().partition(|m| pending.contains(m));
+        for (mids, statement, count) in [
+            (
+                &hide,
+                "UPDATE messages SET conv = 'deleted' WHERE mid IN ",
+                &mut out.pending,
+            ),
+            (
+                &delete,
+                "DELETE FROM messages WHERE mid IN ",
+                &mut out.messages,
+            ),
+        ] {
+            for chunk in mids.chunks(CHUNK) {
+                let mut qb = QueryBuilder::<MySql>::new(statement);
+                push_in(&mut qb, chunk);
+                *count += qb.build().execute(&mut *tx).await?.rows_affected();
+            }
+        }
+        for statement in [
+            sql::DELETE_INBOX,
+            sql::DELETE_USER_SEQ,
+            sql::REVOKE_TOKENS,
+            sql::DELETE_USER,
+        ] {
+            with_id(&mut tx, statement, user).await?;
+        }
+        record(&mut tx, user, AccountChange::Deleted).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl AdminStore for MysqlStore {
+    async fn list_users(&self, after: UserId, limit: i64) -> StoreResult<Vec<UserSummary>> {
+        self.reads.list_users(after, limit).await
+    }
+
+    async fn set_password(&self, user: UserId, password_hash: &str) -> StoreResult<()> {
+        let mut tx = self.pool().begin().await?;
+        disabled_at(&mut tx, user).await?;
+        sqlx::query(sql::SET_PASSWORD)
+            .bind(password_hash)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        with_id(&mut tx, sql::REVOKE_TOKENS, user).await?;
+        record(&mut tx, user, AccountChange::PasswordReset).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_disabled(&self, user: UserId, disabled: bool, now: i64) -> StoreResult<bool> {
+        let mut tx = self.pool().begin().await?;
+        let was = disabled_at(&mut tx, user).await?;
+        if was.is_some() == disabled {
+            return Ok(false);
+        }
+        sqlx::query(sql::SET_DISABLED)
+            .bind(disabled.then_some(now))
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        if disabled {
+            with_id(&mut tx, sql::REVOKE_TOKENS, user).await?;
+            record(&mut tx, user, AccountChange::Disabled).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn delete_user(&self, user: UserId) -> StoreResult<DeletedUser> {
+        let mut attempt = 1;
+        loop {
+            match self.delete_user_once(user).await {
+                Err(e) if attempt < COMMIT_ATTEMPTS && retryable(&e) => {
+                    tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn account_events(&self, after: i64, limit: i64) -> StoreResult<Vec<AccountEvent>> {
+        self.reads.account_events(after, limit).await
+    }
+
+    async fn last_account_event(&self) -> StoreResult<i64> {
+        self.reads.last_account_event().await
+    }
 }
 
 #[async_trait]

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
 use super::{
-    Conversation, GroupId, GroupInfo, Member, Person, Role, StoreError, StoreResult, StoredMessage,
-    Target, UserId, UserRecord,
+    AccountChange, AccountEvent, Conversation, GroupId, GroupInfo, Member, Person, Role,
+    StoreError, StoreResult, StoredMessage, Target, UserId, UserRecord, UserSummary,
 };
 
 /// What differs between SQLite and MySQL in the statements both run. The
@@ -33,6 +33,11 @@ pub(crate) trait Dialect: Database {
     /// Adds a normal member, or nothing if already a member (insert-ignore:
     /// `ON CONFLICT DO NOTHING` or `INSERT IGNORE`). Binds group, user.
     const INSERT_MEMBER: &'static str;
+    /// A user's `disabled_at`; MySQL locks the row. Binds the user.
+    const USER_FOR_ADMIN: &'static str;
+    /// The mids of every message a user sent; MySQL locks them, and the
+    /// index range, so the user's sends wait for the delete. Binds the user.
+    const SENT_BY: &'static str;
 }
 
 /// The undelivered page, with the dialect's name for the larger of two values.
@@ -72,7 +77,26 @@ macro_rules! members_of_sql {
     };
 }
 
+/// A user's row for an admin change, with the dialect's lock hint.
+macro_rules! user_for_admin_sql {
+    ($lock:literal) => {
+        concat!("SELECT disabled_at FROM users WHERE id = ?", $lock)
+    };
+}
+
+/// The mids a user sent, with the dialect's lock hint.
+macro_rules! sent_by_sql {
+    ($lock:literal) => {
+        concat!(
+            "SELECT mid FROM messages WHERE sender = ? ORDER BY mid",
+            $lock
+        )
+    };
+}
+
 impl Dialect for sqlx::Sqlite {
+    const USER_FOR_ADMIN: &'static str = user_for_admin_sql!("");
+    const SENT_BY: &'static str = sent_by_sql!("");
     const UNDELIVERED: &'static str = undelivered_sql!("MAX");
     // No lock hints: the one writer thread holds SQLite's write lock.
     const TOKENS_OF: &'static str = tokens_of_sql!("");
@@ -83,6 +107,8 @@ impl Dialect for sqlx::Sqlite {
 }
 
 impl Dialect for sqlx::MySql {
+    const USER_FOR_ADMIN: &'static str = user_for_admin_sql!(" FOR UPDATE");
+    const SENT_BY: &'static str = sent_by_sql!(" FOR UPDATE");
     const UNDELIVERED: &'static str = undelivered_sql!("GREATEST");
     const TOKENS_OF: &'static str = tokens_of_sql!(" FOR UPDATE");
     const MEMBERS_OF: &'static str = members_of_sql!(" FOR UPDATE");
@@ -134,6 +160,42 @@ pub(crate) const INSERT_TOKEN: &str =
     "INSERT INTO tokens (hash, userid, seq, expires_at) VALUES (?, ?, ?, ?)";
 /// Binds the user.
 pub(crate) const REVOKE_TOKENS: &str = "DELETE FROM tokens WHERE userid = ?";
+/// Binds password hash, user.
+pub(crate) const SET_PASSWORD: &str = "UPDATE users SET password = ? WHERE id = ?";
+/// Binds disabled_at (NULL to enable), user.
+pub(crate) const SET_DISABLED: &str = "UPDATE users SET disabled_at = ? WHERE id = ?";
+/// Binds user, kind ([`AccountChange::as_str`]), now.
+pub(crate) const INSERT_ACCOUNT_EVENT: &str =
+    "INSERT INTO admin_events (userid, kind, created_at) VALUES (?, ?, ?)";
+/// The groups a user created, ascending. Binds the user.
+pub(crate) const CREATED_BY: &str =
+    "SELECT groupid FROM groupuser WHERE userid = ? AND grouprole = 'creator' ORDER BY groupid";
+/// Every membership of a user. Binds the user.
+pub(crate) const DELETE_MEMBERSHIPS: &str = "DELETE FROM groupuser WHERE userid = ?";
+/// A user's friends, one direction. Binds the user.
+pub(crate) const FRIEND_IDS: &str =
+    "SELECT friendid FROM friends WHERE userid = ? ORDER BY friendid";
+/// The one-to-one messages a user received, by their inbox. Binds the user.
+pub(crate) const DIRECT_TO: &str = "SELECT i.mid FROM inbox i JOIN messages m ON m.mid = i.mid \
+     WHERE i.userid = ? AND m.kind = 6 ORDER BY i.mid";
+/// The messages a user sent that another recipient has not confirmed:
+/// every user's unconfirmed inbox rows (a range of the primary key each).
+/// Binds the user twice.
+pub(crate) const PENDING_FROM: &str = "SELECT DISTINCT i.mid FROM user_seq s \
+     JOIN inbox i ON i.userid = s.userid AND i.seq > s.acked_seq \
+     JOIN messages m ON m.mid = i.mid \
+     WHERE m.sender = ? AND i.userid <> ? ORDER BY i.mid";
+/// Takes a message out of every history. Binds the mid.
+pub(crate) const HIDE_MESSAGE: &str = "UPDATE messages SET conv = 'deleted' WHERE mid = ?";
+/// Binds the mid.
+pub(crate) const DELETE_MESSAGE: &str = "DELETE FROM messages WHERE mid = ?";
+/// Binds the user.
+pub(crate) const DELETE_INBOX: &str = "DELETE FROM inbox WHERE userid = ?";
+/// Binds the user.
+pub(crate) const DELETE_USER_SEQ: &str = "DELETE FROM user_seq WHERE userid = ?";
+/// Binds the user.
+pub(crate) const DELETE_USER: &str = "DELETE FROM users WHERE id = ?";
+
 /// The group's existence and the user's role in it, in one statement (one
 /// snapshot): no row means no group; a NULL role, not a member. Binds group,
 /// user, group.
@@ -202,18 +264,82 @@ where
 
     /// [`super::UserStore::find_user`].
     pub(crate) async fn find_user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query::<DB>("SELECT id, name, password FROM users WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query::<DB>("SELECT id, name, password, disabled_at FROM users WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|r| {
             Ok(UserRecord {
                 id: r.try_get(0)?,
                 name: text(&r, 1)?,
                 password_hash: text(&r, 2)?,
+                disabled: r.try_get::<Option<i64>, _>(3)?.is_some(),
             })
         })
         .transpose()
+    }
+
+    /// A page of rows with an id above `after`, at most `limit`: `sql`
+    /// binds the two.
+    async fn page<T>(
+        &self,
+        sql: &'static str,
+        after: i64,
+        limit: i64,
+        row: fn(&DB::Row) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
+        let rows = sqlx::query::<DB>(sql)
+            .bind(after)
+            .bind(limit.max(0))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(row).collect()
+    }
+
+    /// [`super::AdminStore::list_users`].
+    pub(crate) async fn list_users(
+        &self,
+        after: UserId,
+        limit: i64,
+    ) -> StoreResult<Vec<UserSummary>> {
+        let sql =
+            "SELECT id, name, created_at, disabled_at FROM users WHERE id > ? ORDER BY id LIMIT ?";
+        self.page(sql, after, limit, |r| {
+            Ok(UserSummary {
+                id: r.try_get(0)?,
+                name: text(r, 1)?,
+                created_at: r.try_get(2)?,
+                disabled_at: r.try_get(3)?,
+            })
+        })
+        .await
+    }
+
+    /// [`super::AdminStore::account_events`].
+    pub(crate) async fn account_events(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<AccountEvent>> {
+        let sql = "SELECT id, userid, kind FROM admin_events WHERE id > ? ORDER BY id LIMIT ?";
+        self.page(sql, after, limit, |r| {
+            Ok(AccountEvent {
+                id: r.try_get(0)?,
+                user: r.try_get(1)?,
+                change: AccountChange::parse(&text(r, 2)?),
+            })
+        })
+        .await
+    }
+
+    /// [`super::AdminStore::last_account_event`].
+    pub(crate) async fn last_account_event(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar::<DB, i64>("SELECT COALESCE(MAX(id), 0) FROM admin_events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// [`super::UserStore::find_user_by_name`]: the unique index on

@@ -22,9 +22,10 @@ use super::batch::{self, Earlier, Lookups, Step, TokenRow};
 use super::sql::{self, role_from, Dialect, SqlReads, ROLE_IN};
 use super::sqlite_writer::{Writer, WriterOptions};
 use super::{
-    backfill_name_keys, key_digest, Conversation, FriendStore, GroupId, GroupInfo, GroupStore,
-    MessageStore, Person, Role, StoreError, StoreOptions, StoreResult, StoredMessage, Target,
-    TokenRequest, UserId, UserRecord, UserStore, WriteOp, WriteOutcome,
+    backfill_name_keys, key_digest, AccountChange, AccountEvent, AdminStore, Conversation,
+    DeletedUser, FriendStore, GroupId, GroupInfo, GroupStore, MessageStore, Person, Role,
+    StoreError, StoreOptions, StoreResult, StoredMessage, Target, TokenRequest, UserId, UserRecord,
+    UserStore, UserSummary, WriteOp, WriteOutcome,
 };
 
 /// The SQLite store.
@@ -80,6 +81,7 @@ fn migrator() -> Migrator {
         include_str!("../../migrations/sqlite/0001_init.sql"),
         include_str!("../../migrations/sqlite/0002_token_rotation.sql"),
         include_str!("../../migrations/sqlite/0003_name_keys.sql"),
+        include_str!("../../migrations/sqlite/0004_admin.sql"),
     ])
 }
 
@@ -253,9 +255,9 @@ fn commit_batch(
     let last = last_seqs(tx, &rcpt, known)?;
     let max_mid: i64 = match known.max_mid {
         Some(m) => m,
-        None if ops.iter().any(|o| matches!(o, WriteOp::Append(_))) => tx
-            .prepare_cached("SELECT COALESCE(MAX(mid), 0) FROM messages")?
-            .query_row([], |r| r.get(0))?,
+        None if ops.iter().any(|o| matches!(o, WriteOp::Append(_))) => {
+            tx.prepare_cached(MAX_MID)?.query_row([], |r| r.get(0))?
+        }
         None => 0,
     };
     let mut plan = batch::plan(ops, &lk, max_mid, &last);
@@ -322,6 +324,81 @@ fn commit_batch(
         });
     }
     Ok(outcomes)
+}
+
+/// The highest mid handed out: the newest message, or the floor that
+/// deleting a user's messages left in `counters` if that is higher.
+const MAX_MID: &str = "SELECT MAX(COALESCE((SELECT MAX(mid) FROM messages), 0), \
+     COALESCE((SELECT value FROM counters WHERE name = 'mid'), 0))";
+
+/// Raises the mid floor to the highest mid handed out, before messages are
+/// deleted.
+const KEEP_MID_FLOOR: &str = "INSERT INTO counters (name, value) SELECT 'mid', (SELECT MAX(COALESCE((SELECT MAX(mid) FROM messages), 0), \
+     COALESCE((SELECT value FROM counters WHERE name = 'mid'), 0))) WHERE true \
+     ON CONFLICT (name) DO UPDATE SET value = excluded.value";
+
+/// A user's `disabled_at`, or `NotFound` without the user.
+fn disabled_at(tx: &Transaction<'_>, user: UserId) -> StoreResult<Option<i64>> {
+    tx.prepare_cached(Sqlite::USER_FOR_ADMIN)?
+        .query_row([user], |r| r.get(0))
+        .optional()?
+        .ok_or(StoreError::NotFound)
+}
+
+/// Records an account change for the nodes to act on.
+fn record(tx: &Transaction<'_>, user: UserId, change: AccountChange) -> StoreResult<()> {
+    tx.prepare_cached(sql::INSERT_ACCOUNT_EVENT)?
+        .execute(params![user, change.as_str(), now()])?;
+    Ok(())
+}
+
+/// The ids a statement binding `arg` returns, in order.
+fn ids(tx: &Transaction<'_>, statement: &str, args: &[i64]) -> StoreResult<Vec<i64>> {
+    let mut st = tx.prepare_cached(statement)?;
+    let rows = st.query_map(rusqlite::params_from_iter(args), |r| r.get(0))?;
+    Ok(rows.collect::<Result<Vec<i64>, _>>()?)
+}
+
+/// [`AdminStore::delete_user`] in the writer's transaction.
+fn delete_user(tx: &Transaction<'_>, user: UserId) -> StoreResult<DeletedUser> {
+    disabled_at(tx, user)?;
+    let mut out = DeletedUser {
+        groups: ids(tx, sql::CREATED_BY, &[user])?,
+        ..DeletedUser::default()
+    };
+    for &g in &out.groups {
+        tx.prepare_cached(sql::DELETE_MEMBERS)?.execute([g])?;
+        tx.prepare_cached(sql::DELETE_GROUP)?.execute([g])?;
+    }
+    tx.prepare_cached(sql::DELETE_MEMBERSHIPS)?
+        .execute([user])?;
+    for f in ids(tx, sql::FRIEND_IDS, &[user])? {
+        tx.prepare_cached(sql::DELETE_FRIENDS)?
+            .execute([user, f, f, user])?;
+    }
+    let pending: std::collections::BTreeSet<i64> = ids(tx, sql::PENDING_FROM, &[user, user])?
+        .into_iter()
+        .collect();
+    let mut doomed = ids(tx, Sqlite::SENT_BY, &[user])?;
+    doomed.extend(ids(tx, sql::DIRECT_TO, &[user])?);
+    tx.prepare_cached(KEEP_MID_FLOOR)?.execute([])?;
+    for mid in doomed {
+        if pending.contains(&mid) {
+            out.pending += tx.prepare_cached(sql::HIDE_MESSAGE)?.execute([mid])? as u64;
+        } else {
+            out.messages += tx.prepare_cached(sql::DELETE_MESSAGE)?.execute([mid])? as u64;
+        }
+    }
+    for statement in [
+        sql::DELETE_INBOX,
+        sql::DELETE_USER_SEQ,
+        sql::REVOKE_TOKENS,
+        sql::DELETE_USER,
+    ] {
+        tx.prepare_cached(statement)?.execute([user])?;
+    }
+    record(tx, user, AccountChange::Deleted)?;
+    Ok(out)
 }
 
 /// Runs a token op (planned by [`batch::plan_token`]) in the batch's transaction.
@@ -519,6 +596,57 @@ impl GroupStore for SqliteStore {
 
     async fn groups_of(&self, user: UserId) -> StoreResult<Vec<GroupInfo>> {
         self.read.groups_of(user).await
+    }
+}
+
+#[async_trait]
+impl AdminStore for SqliteStore {
+    async fn list_users(&self, after: UserId, limit: i64) -> StoreResult<Vec<UserSummary>> {
+        self.read.list_users(after, limit).await
+    }
+
+    async fn set_password(&self, user: UserId, password_hash: &str) -> StoreResult<()> {
+        let hash = password_hash.to_owned();
+        self.writer
+            .transact(move |tx| {
+                disabled_at(tx, user)?;
+                tx.prepare_cached(sql::SET_PASSWORD)?
+                    .execute(params![hash, user])?;
+                tx.prepare_cached(sql::REVOKE_TOKENS)?.execute([user])?;
+                record(tx, user, AccountChange::PasswordReset)
+            })
+            .await
+    }
+
+    async fn set_disabled(&self, user: UserId, disabled: bool, now: i64) -> StoreResult<bool> {
+        self.writer
+            .transact(move |tx| {
+                let was = disabled_at(tx, user)?;
+                if was.is_some() == disabled {
+                    return Ok(false);
+                }
+                let at = disabled.then_some(now);
+                tx.prepare_cached(sql::SET_DISABLED)?
+                    .execute(params![at, user])?;
+                if disabled {
+                    tx.prepare_cached(sql::REVOKE_TOKENS)?.execute([user])?;
+                    record(tx, user, AccountChange::Disabled)?;
+                }
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn delete_user(&self, user: UserId) -> StoreResult<DeletedUser> {
+        self.writer.transact(move |tx| delete_user(tx, user)).await
+    }
+
+    async fn account_events(&self, after: i64, limit: i64) -> StoreResult<Vec<AccountEvent>> {
+        self.read.account_events(after, limit).await
+    }
+
+    async fn last_account_event(&self) -> StoreResult<i64> {
+        self.read.last_account_event().await
     }
 }
 
