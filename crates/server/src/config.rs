@@ -156,6 +156,12 @@ pub struct Config {
     /// WebSocket; empty: only pages served from the same host and port.
     /// `*` allows any.
     pub http_allow_origins: Vec<String>,
+    /// How often confirmed inbox rows (and, with `retention`, old messages)
+    /// are pruned.
+    pub prune_every: Duration,
+    /// Messages older than this are deleted once all their deliveries are
+    /// confirmed; None keeps history for ever.
+    pub retention: Option<Duration>,
     /// How often a WebSocket is pinged; one that answers nothing for two
     /// and a half rounds is closed.
     pub ws_ping_every: Duration,
@@ -191,6 +197,8 @@ impl Default for Config {
             limits: Limits::default(),
             http_allow_origins: Vec::new(),
             ws_ping_every: Duration::from_secs(30),
+            prune_every: Duration::from_secs(10),
+            retention: None,
         }
     }
 }

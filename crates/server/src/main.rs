@@ -87,6 +87,12 @@ struct Args {
     #[arg(long, env = "CHAT_HTTP_ALLOW_ORIGINS", value_delimiter = ',')]
     http_allow_origin: Vec<String>,
 
+    /// Delete messages older than this many days (fractions allowed) from
+    /// history, once every recipient has them. Default: keep history for
+    /// ever. Confirmed delivery rows are pruned either way.
+    #[arg(long, env = "CHAT_RETENTION_DAYS", value_name = "DAYS")]
+    retention_days: Option<f64>,
+
     /// Seconds between WebSocket pings; a client silent for 2.5 rounds is
     /// dropped.
     #[arg(long, env = "CHAT_WS_PING_SECS", default_value_t = cfg().ws_ping_every.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
@@ -380,6 +386,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         backlog_reads: args.backlog_reads,
         http_allow_origins: args.http_allow_origin.clone(),
         ws_ping_every: Duration::from_secs(args.ws_ping_secs),
+        retention: retention(args.retention_days)?,
         ..cfg().clone()
     };
     let opts = StoreOptions {
@@ -432,6 +439,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
     node.run_with_http(listener, http, shutdown).await
+}
+
+/// `--retention-days` as a duration; it must be positive.
+fn retention(days: Option<f64>) -> anyhow::Result<Option<Duration>> {
+    match days {
+        None => Ok(None),
+        Some(d) if d.is_finite() && d > 0.0 && d < 1e6 => {
+            Ok(Some(Duration::from_secs_f64(d * 24.0 * 3600.0)))
+        }
+        Some(d) => anyhow::bail!("--retention-days {d}: expected a positive number of days"),
+    }
 }
 
 /// The HTTP listener's address from `--http-listen`: its default depends on

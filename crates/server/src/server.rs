@@ -111,6 +111,12 @@ impl Node {
         }
         let slots = sh.guards.slots.clone();
         let sweeper = tokio::spawn(sweep_tokens(sh.store.clone(), shutdown.clone()));
+        let pruner = tokio::spawn(prune(
+            sh.store.clone(),
+            sh.cfg.prune_every,
+            sh.cfg.retention,
+            shutdown.clone(),
+        ));
         let watcher = tokio::spawn(crate::admin::watch(
             sh.store.clone(),
             sh.sessions.clone(),
@@ -157,6 +163,7 @@ impl Node {
             );
         }
         let _ = sweeper.await;
+        let _ = pruner.await;
         let _ = watcher.await;
         self.commit.shutdown().await;
         sh.bus.shutdown();
@@ -217,6 +224,83 @@ const PROXY_HEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(5)
 /// their grace), a bounded number per round. Token writes prune their own
 /// user's dead rows; this catches users who never log in again. Ends on
 /// `stop`, between statements.
+/// Users whose confirmed inbox rows one pruning step looks at.
+const PRUNE_USERS: i64 = 200;
+/// Confirmed rows one step deletes per user at most.
+const PRUNE_PER_USER: i64 = 500;
+/// Messages one retention step deletes at most.
+const PRUNE_MESSAGES: i64 = 2000;
+
+/// Every `every`: deletes confirmed inbox rows (they are never read again)
+/// and, with a `retention`, messages older than that whose deliveries are
+/// all confirmed. Works in small steps, each a short transaction on the
+/// writer, so commits are never held up for long; between steps it yields.
+/// Ends on `stop`, between steps.
+async fn prune(
+    store: Arc<dyn Store>,
+    every: std::time::Duration,
+    retention: Option<std::time::Duration>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (mut rows, mut messages, mut after) = (0u64, 0u64, 0);
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            match store
+                .prune_delivered(after, PRUNE_USERS, PRUNE_PER_USER)
+                .await
+            {
+                Ok((n, next)) => {
+                    rows += n;
+                    // A user with more confirmed rows than one step takes
+                    // gets the rest in the next round.
+                    match next {
+                        Some(u) => after = u,
+                        None => break,
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "pruning delivered rows failed; retrying next round");
+                    break;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        if let Some(keep) = retention {
+            let before = chat_protocol::time::unix_now() - keep.as_secs() as i64;
+            loop {
+                if stop.is_cancelled() {
+                    return;
+                }
+                match store.prune_messages(before, PRUNE_MESSAGES).await {
+                    Ok(n) => {
+                        messages += n;
+                        if n < PRUNE_MESSAGES as u64 {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "retention failed; retrying next round");
+                        break;
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        if rows + messages > 0 {
+            tracing::debug!(inbox_rows = rows, messages, "pruned");
+        }
+    }
+}
+
 async fn sweep_tokens(store: Arc<dyn Store>, stop: CancellationToken) {
     let start = tokio::time::Instant::now() + TOKEN_SWEEP_EVERY;
     let mut tick = tokio::time::interval_at(start, TOKEN_SWEEP_EVERY);

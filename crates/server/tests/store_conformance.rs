@@ -335,6 +335,7 @@ conformance!(all: [
     admin_reset_password,
     admin_delete_user,
     admin_events_in_order,
+    confirmed_rows_and_old_messages_are_pruned,
 ], sql: [
     legacy_names_keyed_on_open,
 ]);
@@ -1472,6 +1473,65 @@ async fn undelivered_pages_in_seq_order(fx: Arc<Fixture>) {
     assert_eq!(page(0, 10).await, p(&[(5, "5"), (6, "6"), (7, "7")]));
     assert_eq!(page(2, 10).await, p(&[(5, "5"), (6, "6"), (7, "7")]));
     assert_eq!(page(5, 10).await, p(&[(6, "6"), (7, "7")]));
+}
+
+async fn confirmed_rows_and_old_messages_are_pruned(fx: Arc<Fixture>) {
+    let s = &*fx.store;
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let c = user(s, "carol").await;
+    commit(
+        s,
+        vec![
+            append(a, Target::User(b), "1"),
+            append(a, Target::User(b), "2"),
+            append(a, Target::User(b), "3"),
+            append(a, Target::User(c), "x"),
+        ],
+    )
+    .await;
+    commit(s, vec![WriteOp::Ack { user: b, seq: 2 }]).await;
+    let hist = |conv| async move {
+        let page = s.history(conv, None, 50).await.unwrap();
+        page.into_iter().map(|m| m.body).collect::<Vec<_>>()
+    };
+    let bodies =
+        |v: Vec<(i64, StoredMessage)>| v.into_iter().map(|(q, m)| (q, m.body)).collect::<Vec<_>>();
+    // Only confirmed rows go; a step is bounded per user.
+    assert_eq!(s.prune_delivered(0, 100, 1).await.unwrap(), (1, None));
+    assert_eq!(s.prune_delivered(0, 100, 100).await.unwrap(), (1, None));
+    assert_eq!(s.prune_delivered(0, 100, 100).await.unwrap(), (0, None));
+    assert_eq!(
+        bodies(s.undelivered(b, 0, ALL).await.unwrap()),
+        vec![(3, "3".to_owned())]
+    );
+    // Paging through users: a full page names where to go on.
+    let (_, next) = s.prune_delivered(0, 1, 100).await.unwrap();
+    assert!(next.is_some(), "a full page of users says where it stopped");
+
+    // Retention: nothing older than the cutoff... yet.
+    assert_eq!(s.prune_messages(0, 100).await.unwrap(), 0);
+    // Everything is old now, but only messages below the oldest unconfirmed
+    // one may go: bob's 3 is still waiting, so only 1 and 2 go.
+    let later = chat_protocol::time::unix_now() + 10;
+    assert_eq!(s.prune_messages(later, 100).await.unwrap(), 2);
+    assert_eq!(hist(Conversation::Direct(a, b)).await, vec!["3".to_owned()]);
+    commit(s, vec![WriteOp::Ack { user: b, seq: 3 }]).await;
+    s.prune_delivered(0, 100, 100).await.unwrap();
+    // Carol has not confirmed "x": it stays, and so does all after it.
+    assert_eq!(s.prune_messages(later, 100).await.unwrap(), 1);
+    assert!(hist(Conversation::Direct(a, b)).await.is_empty());
+    assert_eq!(
+        bodies(s.undelivered(c, 0, ALL).await.unwrap()),
+        vec![(1, "x".to_owned())]
+    );
+    assert_eq!(hist(Conversation::Direct(a, c)).await, vec!["x".to_owned()]);
+    // New messages still get new mids and seqs.
+    send(s, append(a, Target::User(b), "4")).await;
+    assert_eq!(
+        bodies(s.undelivered(b, 0, ALL).await.unwrap()),
+        vec![(4, "4".to_owned())]
+    );
 }
 
 async fn history_newest_first(fx: Arc<Fixture>) {

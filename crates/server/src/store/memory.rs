@@ -620,6 +620,61 @@ impl MessageStore for MemoryStore {
             .collect())
     }
 
+    async fn prune_delivered(
+        &self,
+        after_user: UserId,
+        users: i64,
+        per_user: i64,
+    ) -> StoreResult<(u64, Option<UserId>)> {
+        let mut st = self.state();
+        let st = &mut *st;
+        let mut batch: Vec<(UserId, i64)> = st
+            .counters
+            .iter()
+            .filter(|(u, _)| **u > after_user)
+            .map(|(u, c)| (*u, c.acked_seq))
+            .collect();
+        batch.sort_unstable();
+        batch.truncate(usize::try_from(users.max(1)).unwrap_or(1));
+        let mut deleted = 0u64;
+        for &(user, acked) in &batch {
+            if let Some(inbox) = st.inbox.get_mut(&user) {
+                let dead: Vec<i64> = inbox
+                    .range(..=acked)
+                    .take(usize::try_from(per_user.max(1)).unwrap_or(1))
+                    .map(|(s, _)| *s)
+                    .collect();
+                for s in dead {
+                    inbox.remove(&s);
+                    deleted += 1;
+                }
+            }
+        }
+        let next = (batch.len() as i64 == users.max(1))
+            .then(|| batch.last().map(|b| b.0))
+            .flatten();
+        Ok((deleted, next))
+    }
+
+    async fn prune_messages(&self, before: i64, limit: i64) -> StoreResult<u64> {
+        let mut st = self.state();
+        let pending = st.inbox.values().flat_map(|i| i.values().copied()).min();
+        let oldest: Vec<(i64, i64)> = st
+            .messages
+            .values()
+            .take(usize::try_from(limit.max(0)).unwrap_or(0))
+            .map(|m| (m.mid, m.time))
+            .collect();
+        let Some(upto) = super::retention_cut(&oldest, before, pending) else {
+            return Ok(0);
+        };
+        let gone: Vec<i64> = st.messages.range(..=upto).map(|(m, _)| *m).collect();
+        for m in &gone {
+            st.messages.remove(m);
+        }
+        Ok(gone.len() as u64)
+    }
+
     async fn prune_tokens(&self, now: i64, limit: i64) -> StoreResult<u64> {
         let mut st = self.state();
         let mut dead: Vec<(i64, String)> = st

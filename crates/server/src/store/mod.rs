@@ -448,6 +448,21 @@ pub struct TokenIssued {
     pub user: UserId,
 }
 
+/// The last mid retention may delete among `oldest` (the oldest messages,
+/// `(mid, stored at)` in mid order): the run stored before `before`, and
+/// below `pending`, the oldest mid someone has not confirmed. None: nothing.
+pub(crate) fn retention_cut(
+    oldest: &[(i64, i64)],
+    before: i64,
+    pending: Option<i64>,
+) -> Option<i64> {
+    oldest
+        .iter()
+        .take_while(|(mid, at)| *at < before && pending.is_none_or(|p| *mid < p))
+        .last()
+        .map(|(mid, _)| *mid)
+}
+
 /// What each migration does, in order; every backend has one SQL file per
 /// entry under `migrations/BACKEND/`, numbered from 1.
 const MIGRATIONS: [&str; 4] = ["init", "token rotation", "name keys", "admin"];
@@ -625,6 +640,22 @@ pub trait MessageStore: Send + Sync {
     /// writes prune their own user's dead rows; this catches users who never
     /// log in again.
     async fn prune_tokens(&self, now: i64, limit: i64) -> StoreResult<u64>;
+    /// Deletes confirmed inbox rows (seq at or below the user's confirmed
+    /// seq) of the users after `after_user`, in user order: at most `users`
+    /// users and `per_user` rows each. Returns the rows deleted and the last
+    /// user looked at (None once past the last user). Confirmed rows are
+    /// never read again: replays start after the confirmed seq.
+    async fn prune_delivered(
+        &self,
+        after_user: UserId,
+        users: i64,
+        per_user: i64,
+    ) -> StoreResult<(u64, Option<UserId>)>;
+    /// Deletes at most `limit` of the oldest messages stored before `before`
+    /// (unix seconds), only up to the oldest message someone has not
+    /// confirmed yet: an undelivered message is never lost to retention.
+    /// Returns how many were deleted.
+    async fn prune_messages(&self, before: i64, limit: i64) -> StoreResult<u64>;
     /// Closes connections; called once at shutdown.
     async fn close(&self) {}
     /// Answers when storage answers a read (readiness checks).

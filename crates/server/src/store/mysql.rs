@@ -772,6 +772,60 @@ impl MessageStore for MysqlStore {
         .rows_affected())
     }
 
+    async fn prune_delivered(
+        &self,
+        after_user: UserId,
+        users: i64,
+        per_user: i64,
+    ) -> StoreResult<(u64, Option<UserId>)> {
+        let batch: Vec<(UserId, i64)> = sqlx::query_as(
+            "SELECT userid, acked_seq FROM user_seq WHERE userid > ? ORDER BY userid LIMIT ?",
+        )
+        .bind(after_user)
+        .bind(users.max(1))
+        .fetch_all(self.pool())
+        .await?;
+        let mut deleted = 0u64;
+        for &(user, acked) in &batch {
+            // One short statement per user: it locks only that user's
+            // confirmed rows, which nothing writes any more.
+            deleted +=
+                sqlx::query("DELETE FROM inbox WHERE userid = ? AND seq <= ? ORDER BY seq LIMIT ?")
+                    .bind(user)
+                    .bind(acked)
+                    .bind(per_user.max(1))
+                    .execute(self.pool())
+                    .await?
+                    .rows_affected();
+        }
+        let next = (batch.len() as i64 == users.max(1))
+            .then(|| batch.last().map(|b| b.0))
+            .flatten();
+        Ok((deleted, next))
+    }
+
+    async fn prune_messages(&self, before: i64, limit: i64) -> StoreResult<u64> {
+        let pending: Option<i64> = sqlx::query_scalar("SELECT MIN(mid) FROM inbox")
+            .fetch_one(self.pool())
+            .await?;
+        let oldest: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT mid, created_at FROM messages ORDER BY mid LIMIT ?")
+                .bind(limit.max(0))
+                .fetch_all(self.pool())
+                .await?;
+        let Some(upto) = super::retention_cut(&oldest, before, pending) else {
+            return Ok(0);
+        };
+        Ok(
+            sqlx::query("DELETE FROM messages WHERE mid <= ? ORDER BY mid LIMIT ?")
+                .bind(upto)
+                .bind(limit.max(0))
+                .execute(self.pool())
+                .await?
+                .rows_affected(),
+        )
+    }
+
     async fn close(&self) {
         self.pool().close().await;
     }

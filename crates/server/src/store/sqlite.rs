@@ -742,6 +742,62 @@ impl MessageStore for SqliteStore {
             .await
     }
 
+    async fn prune_delivered(
+        &self,
+        after_user: UserId,
+        users: i64,
+        per_user: i64,
+    ) -> StoreResult<(u64, Option<UserId>)> {
+        self.writer
+            .transact(move |tx| {
+                let batch: Vec<(UserId, i64)> = tx
+                    .prepare_cached(
+                        "SELECT userid, acked_seq FROM user_seq WHERE userid > ? \
+                         ORDER BY userid LIMIT ?",
+                    )?
+                    .query_map([after_user, users.max(1)], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                let mut deleted = 0u64;
+                for &(user, acked) in &batch {
+                    let first: Option<i64> = tx
+                        .prepare_cached("SELECT MIN(seq) FROM inbox WHERE userid = ?")?
+                        .query_row([user], |r| r.get(0))?;
+                    let Some(first) = first.filter(|f| *f <= acked) else {
+                        continue;
+                    };
+                    let upto = acked.min(first.saturating_add(per_user.max(1) - 1));
+                    deleted += tx
+                        .prepare_cached("DELETE FROM inbox WHERE userid = ? AND seq <= ?")?
+                        .execute([user, upto])? as u64;
+                }
+                let next = (batch.len() as i64 == users.max(1))
+                    .then(|| batch.last().map(|b| b.0))
+                    .flatten();
+                Ok((deleted, next))
+            })
+            .await
+    }
+
+    async fn prune_messages(&self, before: i64, limit: i64) -> StoreResult<u64> {
+        self.writer
+            .transact(move |tx| {
+                let pending: Option<i64> = tx
+                    .prepare_cached("SELECT MIN(mid) FROM inbox")?
+                    .query_row([], |r| r.get(0))?;
+                let oldest: Vec<(i64, i64)> = tx
+                    .prepare_cached("SELECT mid, created_at FROM messages ORDER BY mid LIMIT ?")?
+                    .query_map([limit.max(0)], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                let Some(upto) = super::retention_cut(&oldest, before, pending) else {
+                    return Ok(0);
+                };
+                Ok(tx
+                    .prepare_cached("DELETE FROM messages WHERE mid <= ?")?
+                    .execute([upto])? as u64)
+            })
+            .await
+    }
+
     async fn close(&self) {
         self.writer.stop().await;
         self.read.pool().close().await;
