@@ -44,6 +44,16 @@ pub struct Server {
     pub tls: Option<Tls>,
 }
 
+/// A plain (no TLS) server at this address.
+impl From<&str> for Server {
+    fn from(addr: &str) -> Server {
+        Server {
+            addr: addr.to_owned(),
+            tls: None,
+        }
+    }
+}
+
 impl std::fmt::Display for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.tls {
@@ -288,10 +298,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     fn plain(addr: &str) -> Server {
-        Server {
-            addr: addr.to_owned(),
-            tls: None,
-        }
+        Server::from(addr)
     }
 
     #[test]
