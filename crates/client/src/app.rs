@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::commands::parse_id;
 use crate::delivery::Delivery;
-use crate::net::{int, reason, recv_opt, text, Conn, Event};
+use crate::net::{int, reason, recv_opt, text, Conn, Event, Server};
 use crate::session::{Next, Session};
 use crate::state::{StateStore, UserState};
 use crate::ui::{clean, Input, Printer, Ui};
@@ -48,8 +48,8 @@ pub struct Failure {
 /// What the command line decided.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Server address, `HOST:PORT`.
-    pub server: String,
+    /// The server: its address, `HOST:PORT`, and TLS.
+    pub server: Server,
     /// Base directory for saved state; `None` keeps nothing.
     pub state_dir: Option<PathBuf>,
     /// PING period while logged in.
@@ -87,7 +87,7 @@ impl App {
         let store = cfg
             .state_dir
             .as_deref()
-            .map(|d| StateStore::new(d, &cfg.server));
+            .map(|d| StateStore::new(d, &cfg.server.addr));
         App {
             out: ui.printer(),
             ui,

@@ -71,6 +71,22 @@ struct Args {
     #[arg(long, value_name = "DIR", env = "CHAT_STATE_DIR")]
     state_dir: Option<PathBuf>,
 
+    /// Connect with TLS, verifying the server's certificate against --ca or,
+    /// without it, the system's trusted CA certificates.
+    #[arg(long)]
+    tls: bool,
+
+    /// CA certificates (PEM) to verify the server's certificate with, instead
+    /// of the system's (a private CA, or a self-signed certificate).
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    ca: Option<PathBuf>,
+
+    /// The name the server's certificate must carry [default: the host of
+    /// the address]: for connecting by IP address to a server whose
+    /// certificate names a host, or through a tunnel.
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    tls_name: Option<String>,
+
     /// Seconds between heartbeat PINGs while logged in.
     #[arg(long, value_name = "SECS", default_value_t = 30, hide = true,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -86,8 +102,20 @@ fn main() -> ExitCode {
     let state_dir = args.state_dir.or_else(|| {
         state::default_dir(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"))
     });
+    let tls = if args.tls {
+        match net::Tls::new(&server, args.ca.as_deref(), args.tls_name.as_deref()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // A --ca or --tls-name that cannot be used: a bad command line.
+                eprintln!("chat: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     let settings = app::Settings {
-        server,
+        server: net::Server { addr: server, tls },
         state_dir,
         heartbeat: Duration::from_secs(args.heartbeat_secs),
     };

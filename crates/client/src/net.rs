@@ -1,17 +1,22 @@
 //! The connection to a clusterchat server: one TCP stream (direct, or through
-//! an nginx stream proxy: all it needs is an address), requests encoded by
-//! `chat_protocol::Request` (JSON + "\n"), server frames read with the
-//! protocol's frame codec.
+//! an nginx stream proxy: all it needs is an address), plain or TLS
+//! (`--tls`), requests encoded by `chat_protocol::Request` (JSON + "\n"),
+//! server frames read with the protocol's frame codec.
 
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use chat_protocol::{FrameCodec, Request};
 use futures_util::StreamExt;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::{Map, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tokio_util::codec::FramedRead;
 
 /// Longest server frame the client accepts. HISTORY pages can hold 200
@@ -30,23 +35,147 @@ pub enum Event {
     Closed(Option<String>),
 }
 
+/// Where the client connects: the address, and how to speak TLS there.
+#[derive(Clone)]
+pub struct Server {
+    /// `HOST:PORT`; host names are resolved.
+    pub addr: String,
+    /// TLS (`--tls`): None speaks plain TCP.
+    pub tls: Option<Tls>,
+}
+
+/// A plain (no TLS) server at this address.
+impl From<&str> for Server {
+    fn from(addr: &str) -> Server {
+        Server {
+            addr: addr.to_owned(),
+            tls: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.tls {
+            None => f.write_str(&self.addr),
+            Some(_) => write!(f, "{} (TLS)", self.addr),
+        }
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// How to speak TLS to the server: whom to trust, and the name its
+/// certificate must carry.
+#[derive(Clone)]
+pub struct Tls {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl Tls {
+    /// TLS to `addr`, verifying the server's certificate against the CA
+    /// certificates (PEM) in `ca`, or without it the system's trusted roots.
+    /// The certificate must be for `name`, by default the host part of
+    /// `addr` (a DNS name or an IP address).
+    pub fn new(addr: &str, ca: Option<&Path>, name: Option<&str>) -> anyhow::Result<Tls> {
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            Some(ca) => {
+                let certs = CertificateDer::pem_file_iter(ca)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .with_context(|| {
+                        format!("cannot read the CA certificates in {}", ca.display())
+                    })?;
+                let (added, _) = roots.add_parsable_certificates(certs);
+                anyhow::ensure!(added > 0, "no usable CA certificate in {}", ca.display());
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+                anyhow::ensure!(
+                    !roots.is_empty(),
+                    "no trusted CA certificates found on this system{}; name one with --ca FILE",
+                    found
+                        .errors
+                        .first()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let host = name.unwrap_or_else(|| host_part(addr));
+        let name = ServerName::try_from(host)
+            .map(|n| n.to_owned())
+            .map_err(|_| anyhow!("{host:?} is not a host name or IP address for TLS; name the server with --tls-name NAME"))?;
+        Ok(Tls {
+            connector: TlsConnector::from(Arc::new(config)),
+            name,
+        })
+    }
+}
+
+/// The host of `HOST:PORT` (`[V6]:PORT` too), without the brackets.
+fn host_part(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        if let Some((host, _)) = rest.split_once(']') {
+            return host;
+        }
+    }
+    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
+}
+
+type Reader = Pin<Box<dyn AsyncRead + Send>>;
+type Writer = Pin<Box<dyn AsyncWrite + Send>>;
+
 /// An open connection to the server.
 pub struct Conn {
-    frames: FramedRead<OwnedReadHalf, FrameCodec>,
-    wr: OwnedWriteHalf,
+    frames: FramedRead<Reader, FrameCodec>,
+    wr: Writer,
     next_reqid: u64,
     closed: bool,
 }
 
 impl Conn {
-    /// Connects to `addr` (`HOST:PORT`; host names are resolved).
-    pub async fn connect(addr: &str) -> anyhow::Result<Conn> {
-        let sock = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    /// Connects to `server`, and with TLS completes the handshake (the
+    /// server's certificate verified), all within [`CONNECT_TIMEOUT`].
+    pub async fn connect(server: &Server) -> anyhow::Result<Conn> {
+        let addr = &server.addr;
+        let connect = async {
+            let sock = TcpStream::connect(addr)
+                .await
+                .with_context(|| format!("cannot connect to {addr}"))?;
+            let _ = sock.set_nodelay(true);
+            let (rd, wr): (Reader, Writer) = match &server.tls {
+                None => {
+                    let (rd, wr) = sock.into_split();
+                    (Box::pin(rd) as Reader, Box::pin(wr) as Writer)
+                }
+                Some(tls) => {
+                    let s = tls
+                        .connector
+                        .connect(tls.name.clone(), sock)
+                        .await
+                        .with_context(|| format!("TLS handshake with {addr} failed"))?;
+                    let (rd, wr) = tokio::io::split(s);
+                    (Box::pin(rd) as Reader, Box::pin(wr) as Writer)
+                }
+            };
+            anyhow::Ok((rd, wr))
+        };
+        let (rd, wr) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
-            .map_err(|_| anyhow!("cannot connect to {addr}: timed out"))?
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        let _ = sock.set_nodelay(true);
-        let (rd, wr) = sock.into_split();
+            .map_err(|_| anyhow!("cannot connect to {addr}: timed out"))??;
         Ok(Conn {
             frames: FramedRead::new(rd, FrameCodec::new(MAX_SERVER_FRAME)),
             wr,
@@ -86,10 +215,12 @@ impl Conn {
         if self.closed {
             return Err(anyhow!("the connection to the server is closed"));
         }
-        self.wr
-            .write_all(frame)
-            .await
-            .context("cannot send to the server")
+        // Flushed: over TLS the record may sit in the session's buffer.
+        let write = async {
+            self.wr.write_all(frame).await?;
+            self.wr.flush().await
+        };
+        write.await.context("cannot send to the server")
     }
 
     /// Waits for the next frame. Cancel-safe: nothing is lost when the future
@@ -166,6 +297,18 @@ mod tests {
     use tokio::io::{AsyncBufReadExt, BufReader};
     use tokio::net::TcpListener;
 
+    fn plain(addr: &str) -> Server {
+        Server::from(addr)
+    }
+
+    #[test]
+    fn the_tls_name_is_the_host_part() {
+        assert_eq!(host_part("chat.example.com:6000"), "chat.example.com");
+        assert_eq!(host_part("127.0.0.1:6000"), "127.0.0.1");
+        assert_eq!(host_part("[::1]:6000"), "::1");
+        assert_eq!(host_part("localhost"), "localhost");
+    }
+
     #[tokio::test]
     async fn requests_are_lines_and_replies_are_split_on_lf() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -183,7 +326,7 @@ mod tests {
                 .unwrap();
             first
         });
-        let mut c = Conn::connect(&addr).await.unwrap();
+        let mut c = Conn::connect(&plain(&addr)).await.unwrap();
         let reqid = c.request(&Request::Ping).await.unwrap();
         assert_eq!(reqid, 1);
         let Event::Frame(pong) = c.recv().await else {
@@ -204,7 +347,10 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         drop(l);
-        let err = Conn::connect(&addr).await.err().expect("nothing listens");
+        let err = Conn::connect(&plain(&addr))
+            .await
+            .err()
+            .expect("nothing listens");
         assert!(err.to_string().contains("cannot connect"), "{err:#}");
     }
 }

@@ -165,6 +165,8 @@ pub struct Config {
     /// How often a WebSocket is pinged; one that answers nothing for two
     /// and a half rounds is closed.
     pub ws_ping_every: Duration,
+    /// TLS on both listeners (chat and HTTP); None: plain TCP and HTTP.
+    pub tls: Option<std::sync::Arc<crate::tls::Tls>>,
 }
 
 impl Default for Config {
@@ -199,6 +201,7 @@ impl Default for Config {
             ws_ping_every: Duration::from_secs(30),
             prune_every: Duration::from_secs(10),
             retention: None,
+            tls: None,
         }
     }
 }

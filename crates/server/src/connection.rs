@@ -23,8 +23,8 @@ use bytes::{Bytes, BytesMut};
 use chat_protocol::{Errno, FrameCodec, FrameError};
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
@@ -109,17 +109,45 @@ struct Conn<S> {
 
 type Frames = FramedRead<OwnedReadHalf, FrameCodec>;
 
+/// The frames of a TLS connection.
+pub struct TlsFrames(FramedRead<ReadHalf<TlsServerStream>, FrameCodec>);
+
+/// A [`FrameError`] as a [`ReadError`].
+fn read_error(e: FrameError) -> ReadError {
+    match e {
+        FrameError::TooLarge(n) => ReadError::TooLarge(n),
+        FrameError::Io(e) => ReadError::Io(e),
+    }
+}
+
+impl Source for TlsFrames {
+    const TRANSPORT: &'static str = "tcp";
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ReadError>>> {
+        if self.0.read_buffer().capacity() == 0 {
+            self.0.read_buffer_mut().reserve(READ_CHUNK);
+        }
+        self.0
+            .poll_next_unpin(cx)
+            .map(|f| f.map(|r| r.map_err(read_error)))
+    }
+
+    fn buffered(&self) -> bool {
+        !self.0.read_buffer().is_empty()
+    }
+
+    /// Keeps a buffer of [`READ_CHUNK`] (the next read would allocate it
+    /// again at once) but gives back a larger one.
+    fn release(&mut self) {
+        if self.0.read_buffer().capacity() > READ_CHUNK {
+            *self.0.read_buffer_mut() = BytesMut::with_capacity(READ_CHUNK);
+        }
+    }
+}
+
 impl Source for Frames {
     const TRANSPORT: &'static str = "tcp";
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ReadError>>> {
-        poll_frame(self, cx).map(|f| {
-            f.map(|r| {
-                r.map_err(|e| match e {
-                    FrameError::TooLarge(n) => ReadError::TooLarge(n),
-                    FrameError::Io(e) => ReadError::Io(e),
-                })
-            })
-        })
+        poll_frame(self, cx).map(|f| f.map(|r| r.map_err(read_error)))
     }
 
     fn buffered(&self) -> bool {
@@ -147,11 +175,46 @@ pub fn serve(
     shutdown: &CancellationToken,
     permits: (OwnedSemaphorePermit, AddrPermit),
 ) -> impl Future<Output = ()> + Send + 'static {
-    let _ = sock.set_nodelay(true);
-    keepalive(&sock, peer);
+    tune(&sock, peer);
     let (rd, wr) = sock.into_split();
     // No read buffer until there is something to read (see `poll_frame`).
     let frames = FramedRead::with_capacity(rd, FrameCodec::new(sh.cfg.max_frame), 0);
+    start(frames, wr, peer, sh, shutdown, permits)
+}
+
+/// [`serve`] for a connection over TLS (the handshake done). The stream is
+/// split with [`tokio::io::split`] (the two halves share it through a lock,
+/// as TLS state is one for both directions), and the reader keeps a read
+/// buffer: rustls buffers records of its own, so readiness of the socket
+/// says nothing about whether a frame can be read.
+pub fn serve_tls(
+    sock: TlsServerStream,
+    peer: SocketAddr,
+    sh: Arc<Service>,
+    shutdown: &CancellationToken,
+    permits: (OwnedSemaphorePermit, AddrPermit),
+) -> impl Future<Output = ()> + Send + 'static {
+    let (rd, wr) = tokio::io::split(sock);
+    let frames = TlsFrames(FramedRead::with_capacity(
+        rd,
+        FrameCodec::new(sh.cfg.max_frame),
+        READ_CHUNK,
+    ));
+    start(frames, wr, peer, sh, shutdown, permits)
+}
+
+/// A TLS connection of the chat listener.
+pub type TlsServerStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Starts the writer of a connection, then returns its reader (see [`serve`]).
+fn start<S: Source, W: AsyncWrite + Unpin + Send + 'static>(
+    frames: S,
+    wr: W,
+    peer: SocketAddr,
+    sh: Arc<Service>,
+    shutdown: &CancellationToken,
+    permits: (OwnedSemaphorePermit, AddrPermit),
+) -> impl Future<Output = ()> + Send + 'static {
     let out = Arc::new(Outbox::new(sh.cfg.outbound_queue, sh.cfg.outbound_bytes));
     let close = shutdown.child_token();
     let writer = tokio::spawn(write_loop(
@@ -163,6 +226,13 @@ pub fn serve(
     ));
     tracing::debug!(%peer, "connected");
     run(frames, writer, out, close, peer, sh, permits)
+}
+
+/// Turns off Nagle's algorithm (replies are written whole, in as few writes
+/// as can be) and turns on TCP keepalive.
+pub fn tune(sock: &TcpStream, peer: SocketAddr) {
+    let _ = sock.set_nodelay(true);
+    keepalive(sock, peer);
 }
 
 /// Turns on TCP keepalive, so a peer that vanished is found out within
@@ -475,8 +545,8 @@ const READ_CHUNK: usize = 2048;
 /// An async block rather than an async fn (which would keep a second copy of
 /// its arguments), and everything but the wait for frames boxed: an idle
 /// connection's writer task then holds little more than its arguments.
-fn write_loop(
-    mut wr: OwnedWriteHalf,
+fn write_loop<W: AsyncWrite + Unpin + Send + 'static>(
+    mut wr: W,
     outbox: Arc<Outbox>,
     written: Arc<dyn Written>,
     close: CancellationToken,
@@ -504,7 +574,9 @@ fn write_loop(
                 let (wr, report, close) = (&mut wr, &written, &close);
                 Box::pin(async move {
                     let written = tokio::select! {
-                        r = wr.write_all_buf(&mut buf) => r.is_ok(),
+                        // Flushed: over TLS, a write may leave records
+                        // in the session's buffer (a no-op on TCP).
+                        r = async { wr.write_all_buf(&mut buf).await?; wr.flush().await } => r.is_ok(),
                         _ = async { close.cancelled().await; tokio::time::sleep(grace).await } => false,
                     };
                     if written {

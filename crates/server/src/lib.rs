@@ -25,6 +25,7 @@ pub mod service;
 pub mod sessions;
 pub mod store;
 pub mod throttle;
+pub mod tls;
 
 pub use config::Config;
 pub use server::Node;

@@ -5,7 +5,7 @@
 //! `./clusterchat.db` (SQLite, WAL), creating and migrating it as needed.
 
 use std::net::SocketAddr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,6 +13,7 @@ use clap::{Parser, ValueEnum};
 use clusterchat::bus::redis::RedisBusConfig;
 use clusterchat::config::{Config, HashCost, Quotas};
 use clusterchat::store::{self, StoreOptions};
+use clusterchat::tls::Tls;
 use clusterchat::Node;
 use tokio_util::sync::CancellationToken;
 
@@ -97,6 +98,16 @@ struct Args {
     /// dropped.
     #[arg(long, env = "CHAT_WS_PING_SECS", default_value_t = cfg().ws_ping_every.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     ws_ping_secs: u64,
+
+    /// TLS certificate chain (PEM, leaf first): both listeners speak TLS
+    /// only (the web client becomes https, its WebSocket wss). Needs
+    /// --tls-key. SIGHUP reads both files again.
+    #[arg(long, env = "CHAT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(long, env = "CHAT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 
     /// Database URL: sqlite://PATH (created if missing) or mysql://USER:PASS@HOST:PORT/DB.
     #[arg(
@@ -347,6 +358,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(Tls::load(cert, key)?)),
+        _ => None,
+    };
     let cfg = Config {
         max_frame: args.max_frame,
         max_connections: args.max_connections,
@@ -387,6 +402,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         http_allow_origins: args.http_allow_origin.clone(),
         ws_ping_every: Duration::from_secs(args.ws_ping_secs),
         retention: retention(args.retention_days)?,
+        tls: tls.clone(),
         ..cfg().clone()
     };
     let opts = StoreOptions {
@@ -434,10 +450,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         http = %http_at,
         database = %redact_url(&args.database_url),
         max_connections = args.max_connections,
+        tls = tls.is_some(),
         "clusterchat server ready"
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
+    if let Some(tls) = tls {
+        tokio::spawn(reload_tls_on_hangup(tls));
+    }
     node.run_with_http(listener, http, shutdown).await
 }
 
@@ -496,6 +516,36 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     sock.set_reuseaddr(true)?;
     sock.bind(addr)?;
     sock.listen(4096)
+}
+
+/// Reads the TLS certificate and key again on every SIGHUP: new
+/// connections get the new certificate, open ones go on. If the files do
+/// not make a usable pair, the old ones stay in use.
+async fn reload_tls_on_hangup(tls: Arc<Tls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP: TLS certificates will not reload");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!(?tls, "TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "TLS certificate reload failed; keeping the old one"
+                    )
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

@@ -20,6 +20,7 @@ use crate::password::Passwords;
 use crate::service::Service;
 use crate::sessions::Sessions;
 use crate::store::Store;
+use crate::throttle::AddrPermit;
 
 /// How often a node deletes dead login tokens that no login of their user
 /// will prune.
@@ -128,8 +129,9 @@ impl Node {
                 r = listener.accept() => match r {
                     Ok((sock, peer)) => match slots.clone().try_acquire_owned() {
                         Ok(permit) => {
-                            if sh.cfg.trusted_proxies.contains(&peer.ip()) {
-                                tracker.spawn(admit_proxied(sock, peer, sh.clone(), shutdown.clone(), permit, tracker.clone()));
+                            let proxied = sh.cfg.trusted_proxies.contains(&peer.ip());
+                            if proxied || sh.cfg.tls.is_some() {
+                                tracker.spawn(admit_slow(sock, peer, proxied, sh.clone(), shutdown.clone(), permit, tracker.clone()));
                             } else {
                                 admit(&tracker, sock, peer, &sh, &shutdown, permit);
                             }
@@ -138,7 +140,7 @@ impl Node {
                             if let Some(skipped) = sh.guards.refused_log.tick() {
                                 tracing::warn!(%peer, max = sh.cfg.max_connections, refused_before = skipped, "connection limit reached; refusing");
                             }
-                            tracker.spawn(refuse(sock));
+                            tracker.spawn(refuse(sock, peer, sh.cfg.tls.clone()));
                         }
                     },
                     Err(e) => {
@@ -174,7 +176,7 @@ impl Node {
 }
 
 /// Applies the per-address cap to the client at `client`, then serves the
-/// connection in a task of its own.
+/// (plain) connection in a task of its own.
 fn admit(
     tracker: &TaskTracker,
     sock: tokio::net::TcpStream,
@@ -183,38 +185,69 @@ fn admit(
     shutdown: &CancellationToken,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let Some(addr_permit) = sh.guards.conns.try_acquire(client.ip()) else {
-        if let Some(skipped) = sh.guards.refused_log.tick() {
-            tracing::warn!(peer = %client, max = sh.cfg.max_connections_per_ip, refused_before = skipped, "per-address connection limit reached; refusing");
-        }
-        tracker.spawn(refuse(sock));
+    let Some(addr_permit) = addr_permit(client, sh) else {
+        tracker.spawn(refuse(sock, client, None));
         return;
     };
     let conn = crate::connection::serve(sock, client, sh.clone(), shutdown, (permit, addr_permit));
     tracker.spawn(conn);
 }
 
-/// Learns the client's real address from the PROXY header of a trusted load
-/// balancer, then admits the connection. The connection is served in a task
-/// of its own: this one's state (the header read) does not stay with it.
-async fn admit_proxied(
+/// The per-address slot of the client at `client`; None (logged, rate
+/// limited) when its address has all its slots.
+fn addr_permit(client: std::net::SocketAddr, sh: &Arc<Service>) -> Option<AddrPermit> {
+    let permit = sh.guards.conns.try_acquire(client.ip());
+    if permit.is_none() {
+        if let Some(skipped) = sh.guards.refused_log.tick() {
+            tracing::warn!(peer = %client, max = sh.cfg.max_connections_per_ip, refused_before = skipped, "per-address connection limit reached; refusing");
+        }
+    }
+    permit
+}
+
+/// Admits a connection that needs reading or a handshake first: learns the
+/// client's real address from the PROXY header of a trusted load balancer
+/// (`proxied`; the header comes first, in plain text, even with TLS), then
+/// applies the per-address cap, then with TLS runs the handshake (bounded).
+/// The connection is then served in a task of its own: this one's state
+/// (the header read, the handshake) does not stay with it.
+async fn admit_slow(
     mut sock: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
+    proxied: bool,
     sh: Arc<Service>,
     shutdown: CancellationToken,
     permit: tokio::sync::OwnedSemaphorePermit,
     tracker: TaskTracker,
 ) {
-    let client = match crate::proxy::accept(&mut sock, peer, PROXY_HEADER_WAIT).await {
-        Ok(a) => a,
-        Err(e) => {
-            if let Some(skipped) = sh.guards.refused_log.tick() {
-                tracing::warn!(%peer, error = %e, refused_before = skipped, "bad PROXY header from a trusted proxy; closing");
+    let client = if proxied {
+        match crate::proxy::accept(&mut sock, peer, PROXY_HEADER_WAIT).await {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(skipped) = sh.guards.refused_log.tick() {
+                    tracing::warn!(%peer, error = %e, refused_before = skipped, "bad PROXY header from a trusted proxy; closing");
+                }
+                return;
             }
-            return;
         }
+    } else {
+        peer
     };
-    admit(&tracker, sock, client, &sh, &shutdown, permit);
+    let Some(tls) = sh.cfg.tls.clone() else {
+        admit(&tracker, sock, client, &sh, &shutdown, permit);
+        return;
+    };
+    let Some(addr_permit) = addr_permit(client, &sh) else {
+        refuse(sock, client, Some(tls)).await;
+        return;
+    };
+    crate::connection::tune(&sock, client);
+    let Some(stream) = tls.accept(sock, client).await else {
+        return;
+    };
+    let conn =
+        crate::connection::serve_tls(stream, client, sh.clone(), &shutdown, (permit, addr_permit));
+    tracker.spawn(conn);
 }
 
 /// How long a trusted proxy has to send its PROXY header.
@@ -335,7 +368,28 @@ async fn sweep_tokens(store: Arc<dyn Store>, stop: CancellationToken) {
     }
 }
 
-async fn refuse(mut sock: tokio::net::TcpStream) {
+/// Tells a connection over the limits that the server is full (errno 10),
+/// then closes it; over TLS after a handshake, bounded.
+async fn refuse(
+    sock: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    tls: Option<Arc<crate::tls::Tls>>,
+) {
+    let Some(tls) = tls else {
+        return tell_full(sock).await;
+    };
+    let _ = tokio::time::timeout(REFUSE_HANDSHAKE_WAIT, async {
+        if let Some(s) = tls.accept(sock, peer).await {
+            tell_full(s).await;
+        }
+    })
+    .await;
+}
+
+/// How long a refused TLS client has for its handshake.
+const REFUSE_HANDSHAKE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+async fn tell_full<S: tokio::io::AsyncWrite + Unpin>(mut sock: S) {
     use tokio::io::AsyncWriteExt;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         let _ = sock.write_all(&frames::server_full()).await;

@@ -95,3 +95,39 @@ fn a_bad_limit_fails_with_a_clear_error() {
         );
     }
 }
+
+#[test]
+fn tls_files_that_cannot_be_used_fail_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    std::fs::write(&key, "").unwrap();
+    let db = format!("sqlite://{}", dir.path().join("chat.db").display());
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let base = ["--listen", "127.0.0.1:0", "--http-listen", "off"];
+    let out = chat_server(
+        &[
+            &base[..],
+            &["--database-url", &db, "--tls-cert", cert, "--tls-key", key],
+        ]
+        .concat(),
+        &[],
+    );
+    assert!(!out.status.success(), "started with a bad certificate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no certificate") && err.contains(cert),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("chat.db").exists(),
+        "the database was opened"
+    );
+
+    // One of the pair alone is a usage error.
+    let out = chat_server(&[&base[..], &["--tls-cert", cert]].concat(), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tls-key"), "{err}");
+}

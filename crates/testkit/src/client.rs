@@ -12,6 +12,7 @@
 //! things read their replies in order, as before ROSTER existed.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -119,6 +120,41 @@ impl Client {
         sock.set_nodelay(true)
             .map_err(|e| format!("nodelay: {e}"))?;
         Ok(Self::over(Box::new(sock)))
+    }
+
+    /// Connects over TLS to a server whose listener speaks it, trusting
+    /// what `config` trusts (see [`crate::TestCerts::client_config`]);
+    /// panics within [`RECV_TIMEOUT`] if it cannot.
+    pub async fn connect_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Client {
+        Self::try_connect_tls(addr, config)
+            .await
+            .unwrap_or_else(|e| panic!("TLS connect to {addr}: {e}"))
+    }
+
+    /// [`Client::connect_tls`], or says why not (a handshake the client
+    /// refused, such as a certificate of an unknown CA).
+    pub async fn try_connect_tls(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<Client, String> {
+        let s = crate::tls::tls_connect(addr, config).await?;
+        Ok(Self::over(Box::new(s)))
+    }
+
+    /// Connects over a WebSocket over TLS (`wss://localhost:PORT/ws`) to the
+    /// HTTP listener at `https`.
+    pub async fn connect_wss(https: SocketAddr, config: Arc<rustls::ClientConfig>) -> Client {
+        let s = crate::tls::tls_connect(https, config)
+            .await
+            .unwrap_or_else(|e| panic!("TLS connect to {https}: {e}"));
+        let url = format!("wss://localhost:{}/ws", https.port());
+        let (ws, _) = tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::client_async(url, s))
+            .await
+            .expect("WebSocket handshake timed out")
+            .unwrap_or_else(|e| panic!("WebSocket over TLS to {https}: {e}"));
+        let (near, far) = tokio::io::duplex(256 * 1024);
+        tokio::spawn(bridge(ws, far));
+        Self::over(Box::new(near))
     }
 
     fn over(sock: Box<dyn Io>) -> Client {
@@ -516,7 +552,10 @@ pub async fn ws_connect(http: SocketAddr, origin: Option<&str>) -> Result<WebSoc
 
 /// Pumps frames between a WebSocket and a pipe: lines (ended by LF or NUL)
 /// from the pipe go out as text messages; messages come back as lines.
-async fn bridge(ws: WebSocket, pipe: tokio::io::DuplexStream) {
+async fn bridge<S>(ws: tokio_tungstenite::WebSocketStream<S>, pipe: tokio::io::DuplexStream)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let (mut tx, mut rx) = ws.split();
     let (mut prd, mut pwr) = tokio::io::split(pipe);
     let up = async move {

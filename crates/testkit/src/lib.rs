@@ -9,6 +9,8 @@ mod client;
 mod server;
 
 pub mod http;
+pub mod tls;
 pub use client::{ws_connect, Client, Read, Recv, WebSocket, RECV_TIMEOUT};
 pub use http::{http_get, http_raw, HttpResponse};
 pub use server::{test_config, user_l1, user_l2, TestServer};
+pub use tls::TestCerts;

@@ -30,7 +30,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::commands;
 use crate::complete::Words;
 use crate::delivery::Delivery;
-use crate::net::{int, objects, recv_opt, text, Conn, Event};
+use crate::net::{int, objects, recv_opt, text, Conn, Event, Server};
 use crate::state::{StateStore, UserState};
 use crate::ui::{Input, Printer, Ui};
 use link::{Failed, Retry};
@@ -152,7 +152,7 @@ pub struct Session {
     /// conversation and the smallest mid shown.
     older: Option<(chat_protocol::ChatTarget, i64)>,
     outbox: Outbox,
-    server: String,
+    server: Server,
 }
 
 impl Session {
@@ -163,7 +163,7 @@ impl Session {
         store: Option<StateStore>,
         out: Printer,
         heartbeat: Duration,
-        server: String,
+        server: Server,
     ) -> Session {
         let me = int(ack, "id").unwrap_or(0);
         let name = text(ack, "name").to_owned();

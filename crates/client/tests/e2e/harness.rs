@@ -43,19 +43,28 @@ pub fn free_port() -> u16 {
 pub struct Server {
     child: Child,
     pub addr: String,
+    /// Flags beyond the usual ones (TLS), kept for restarts.
+    extra: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
     pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// A server started with these flags too (e.g. `--tls-cert FILE`).
+    pub fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         // The port is free now; a race with another process is possible but
         // shows up as a clear failure below.
         let addr = format!("127.0.0.1:{}", free_port());
-        let child = Server::spawn(dir.path(), &addr);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Server::spawn_with(dir.path(), &addr, &extra);
         Server {
             child,
             addr,
+            extra,
             _dir: dir,
         }
     }
@@ -69,7 +78,7 @@ impl Server {
 
     /// Starts the server again on the same address and database.
     pub fn start_again(&mut self) {
-        self.child = Server::spawn(self._dir.path(), &self.addr);
+        self.child = Server::spawn_with(self._dir.path(), &self.addr, &self.extra);
     }
 
     /// Freezes (`true`) or thaws the server process, as a hung host would.
@@ -88,10 +97,10 @@ impl Server {
     pub fn crash_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Server::spawn(self._dir.path(), &self.addr);
+        self.child = Server::spawn_with(self._dir.path(), &self.addr, &self.extra);
     }
 
-    pub fn spawn(dir: &Path, addr: &str) -> Child {
+    fn spawn_with(dir: &Path, addr: &str, extra: &[String]) -> Child {
         let exe = server_exe();
         let db = dir.join("chat.db");
         let mut child = Command::new(&exe)
@@ -100,6 +109,7 @@ impl Server {
             .arg(format!("sqlite://{}", db.display()))
             .args(["--argon2-m-kib", "1024", "--argon2-t", "1"])
             .args(["--sqlite-synchronous", "normal", "--log", "warn"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -6,6 +6,7 @@
 
 mod harness;
 mod term;
+mod tls;
 
 use std::process::{Command, Stdio};
 use std::thread;

@@ -95,10 +95,10 @@ pub async fn run(
             }
             continue;
         };
-        let _ = sock.set_nodelay(true);
-        crate::connection::keepalive(&sock, peer);
+        crate::connection::tune(&sock, peer);
         let routes = routes.clone();
         let stop = shutdown.clone();
+        let tls = sh.cfg.tls.clone();
         tracker.spawn(async move {
             let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(Peer(peer));
@@ -108,21 +108,45 @@ pub async fn run(
                     Ok::<_, Infallible>(resp.unwrap_or_else(|e| match e {}))
                 }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_WAIT)
-                .max_buf_size(MAX_HEAD_BYTES)
-                .serve_connection(TokioIo::new(sock), svc)
-                .with_upgrades();
+            let serve = async {
+                match tls {
+                    None => serve_connection(sock, svc, peer).await,
+                    // The handshake in this connection's task, bounded;
+                    // a failed one is logged there.
+                    Some(tls) => {
+                        if let Some(sock) = tls.accept(sock, peer).await {
+                            serve_connection(sock, svc, peer).await;
+                        }
+                    }
+                }
+            };
             tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
-                },
+                _ = serve => {}
                 _ = stop.cancelled() => {}
                 _ = tokio::time::sleep(HTTP_CONNECTION_MAX) => {}
             }
             drop(permit);
         });
+    }
+}
+
+/// Serves HTTP/1.1 (and upgrades to WebSocket) on one connection, plain or
+/// TLS.
+async fn serve_connection<IO, S>(io: IO, svc: S, peer: SocketAddr)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = axum::body::Body>,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_WAIT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
     }
 }
 
