@@ -211,6 +211,19 @@ impl Metrics {
             "Password hashes running",
             m.argon2_running.clone(),
         );
+        // Series that exist from the start (at 0), so dashboards and
+        // alerts see them before the first event.
+        for transport in ["tcp", "ws"] {
+            for level in 0..=2 {
+                m.connections_at(transport, level);
+            }
+        }
+        for kind in ["direct", "group"] {
+            let _ = m.messages_stored.get_or_create(&KindLabels { kind });
+        }
+        for kind in ["chat", "presence", "roster", "kicked"] {
+            let _ = m.pushes.get_or_create(&KindLabels { kind });
+        }
         Metrics {
             registry: root,
             ..m

@@ -124,6 +124,11 @@ async fn readiness_turns_503_when_storage_goes_away() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_dashboard_and_alerts_use_real_metric_names() {
     let srv = TestServer::start().await;
+    // Families with labels appear once they have a series: a login, a
+    // request and an error make them.
+    let (_, mut c) = user_l2(&srv, "alice").await;
+    c.send(json!({"msgid": 999})).await;
+    c.expect_error(6).await;
     let (_, exported) = get(srv.http, "/metrics").await;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
     let mut used = std::collections::BTreeSet::new();

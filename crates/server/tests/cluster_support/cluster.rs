@@ -24,6 +24,8 @@ pub struct Cluster {
     pub db: MariaDb,
     /// The database URL the nodes use.
     pub db_url: String,
+    /// Killed nodes' (chat, HTTP) addresses, for restarts.
+    killed: std::collections::HashMap<usize, (SocketAddr, SocketAddr)>,
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
     test: String,
@@ -53,6 +55,7 @@ impl Cluster {
             redis,
             db,
             db_url,
+            killed: Default::default(),
             dir: Some(dir),
             path,
             test: test.to_owned(),
@@ -115,6 +118,22 @@ impl Cluster {
     pub async fn kill_node(&mut self, i: usize) {
         let mut n = self.nodes[i].take().expect("node already killed");
         n.kill().await;
+        self.killed.insert(i, (n.addr, n.http));
+    }
+
+    /// Starts killed node `i` again on its old addresses.
+    pub async fn restart_node(&mut self, i: usize) {
+        let addrs = self.killed.remove(&i).expect("node was not killed");
+        let node = NodeProc::start_at(
+            &server_bin(),
+            i,
+            &self.path,
+            &self.db_url,
+            &self.redis.url(),
+            addrs,
+        )
+        .await;
+        self.nodes[i] = Some(node);
     }
 
     /// Lines of node `i`'s log that contain `needle`.

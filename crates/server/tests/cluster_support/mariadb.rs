@@ -115,7 +115,8 @@ impl MariaDb {
         }
     }
 
-    async fn try_sql(&self, sql: &str) -> Result<String, String> {
+    /// Runs `sql` as root through the mariadb client; its output, or why not.
+    pub async fn try_sql(&self, sql: &str) -> Result<String, String> {
         let mut cmd = Command::new(&self.bins.mariadb);
         cmd.arg("--no-defaults")
             .arg("-uroot")

@@ -28,6 +28,7 @@ mod mariadb;
 mod nodes;
 mod process;
 mod redis;
+mod traffic;
 
 pub use agent::{Agent, AgentCtl, AgentReport, AgentSpec, Dest};
 pub use chat_testkit::Recv;
@@ -35,6 +36,7 @@ pub use checks::{print_counts, wait_settled};
 pub use client::{as_user, befriend, friend_state, make_group, register, Client};
 pub use cluster::Cluster;
 pub use ledger::{Counts, Ledger, SharedLedger};
+pub use traffic::{Outcome, Traffic};
 
 /// The presence lease the nodes run with, in seconds (the server's minimum).
 pub const LEASE_SECS: u64 = 3;

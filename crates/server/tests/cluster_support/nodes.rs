@@ -38,11 +38,32 @@ impl NodeProc {
         db_url: &str,
         redis_url: &str,
     ) -> NodeProc {
-        let name = node_name(i);
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_at(bin, i, dir, db_url, redis_url, (addr, http)).await
+    }
+
+    /// [`NodeProc::start`] on given (chat, HTTP) addresses: a restart
+    /// takes its old ones, which nginx knows.
+    pub async fn start_at(
+        bin: &Path,
+        i: usize,
+        dir: &Path,
+        db_url: &str,
+        redis_url: &str,
+        (addr, http): (SocketAddr, SocketAddr),
+    ) -> NodeProc {
+        let name = node_name(i);
         let log = dir.join(format!("{name}.log"));
+        // The log is appended to across restarts: wait for one more line.
+        let seen = |needle: &str| {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches(needle)
+                .count()
+        };
+        let (ready_before, redis_before) =
+            (seen("clusterchat server ready"), seen("connected to Redis"));
         let mut cmd = Command::new(bin);
         cmd.env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
@@ -70,20 +91,12 @@ impl NodeProc {
             Duration::from_secs(30),
             Duration::from_millis(50),
             &[&log],
-            async || {
-                std::fs::read_to_string(&log)
-                    .unwrap_or_default()
-                    .contains("clusterchat server ready")
-            },
+            async || seen("clusterchat server ready") > ready_before,
         )
         .await;
         // Ready means listening; also wait for its Redis subscriber.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("connected to Redis")
-            && Instant::now() < deadline
-        {
+        while seen("connected to Redis") <= redis_before && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         NodeProc {
@@ -98,6 +111,15 @@ impl NodeProc {
     /// Kills it with SIGKILL, as a crash would.
     pub async fn kill(&mut self) {
         self.proc.kill().await;
+    }
+
+    /// Its resident memory in KiB (Linux), or None once it is gone.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 }
 
