@@ -47,6 +47,9 @@ pub struct AgentCtl {
     pub reconnect_to: watch::Receiver<Option<SocketAddr>>,
     /// Ends the agent (after the test saw everything arrive).
     pub stop: CancellationToken,
+    /// Once cancelled, the agent starts no new message (it still resends
+    /// and receives): a test that runs for a time rather than a count.
+    pub halt: CancellationToken,
     /// Where the agent records what it did.
     pub ledger: SharedLedger,
 }
@@ -368,6 +371,7 @@ impl Agent {
             }
             // A new message when its time has come and the window has room.
             if self.next < self.spec.count
+                && !self.ctl.halt.is_cancelled()
                 && self.inflight.len() < SEND_WINDOW
                 && Instant::now() >= self.next_send
             {

@@ -17,6 +17,7 @@ pub struct Traffic {
     /// What the agents did.
     pub ledger: SharedLedger,
     stop: CancellationToken,
+    halt: CancellationToken,
     handles: Vec<tokio::task::JoinHandle<AgentReport>>,
     /// Messages the agents send in all.
     pub total: usize,
@@ -31,6 +32,7 @@ impl Traffic {
     ) -> Traffic {
         let ledger: SharedLedger = Arc::new(Mutex::new(Ledger::default()));
         let stop = CancellationToken::new();
+        let halt = CancellationToken::new();
         let mut handles = Vec::new();
         let n = agents.len();
         for (id, dest, home, rx) in agents {
@@ -45,6 +47,7 @@ impl Traffic {
             let ctl = AgentCtl {
                 reconnect_to: rx,
                 stop: stop.clone(),
+                halt: halt.clone(),
                 ledger: ledger.clone(),
             };
             let agent = Agent::start(spec, ctl).await;
@@ -53,9 +56,20 @@ impl Traffic {
         Traffic {
             ledger,
             stop,
+            halt,
             handles,
             total: n * count,
         }
+    }
+
+    /// Stops the agents from starting new messages; [`Traffic::finish`]
+    /// then waits for those already sent. Returns how many that is.
+    pub async fn halt(&mut self) -> usize {
+        self.halt.cancel();
+        // An agent between the check and recording its send finishes it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.total = self.ledger.lock().unwrap().sent.len();
+        self.total
     }
 
     /// Waits for everything to be acknowledged and received (bounded), stops
