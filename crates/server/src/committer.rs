@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{KindLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::store::{
     Appended, Fanout, NewMessage, Store, StoreError, StoreResult, TokenIssued, TokenRequest,
     UserId, WriteOp, WriteOutcome,
@@ -213,14 +213,8 @@ async fn run(
         while let Some((outcomes, replies)) = to_route.recv().await {
             for o in &outcomes {
                 if let WriteOutcome::Append(Ok(Appended::New(fanout))) = o {
-                    let kind = match fanout.message.target {
-                        crate::store::Target::User(_) => "direct",
-                        crate::store::Target::Group(_) => "group",
-                    };
-                    stored
-                        .messages_stored
-                        .get_or_create(&KindLabels { kind })
-                        .inc();
+                    let group = matches!(fanout.message.target, crate::store::Target::Group(_));
+                    stored.stored(group);
                     dispatch.committed(fanout);
                 }
             }

@@ -55,10 +55,42 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// Kinds of push, in [`Metrics::pushed`]'s order.
+pub const PUSH_KINDS: [&str; 5] = ["chat", "presence", "roster", "kicked", "redeliver"];
+
+/// The msgids clients send: their series exist from the start and count
+/// without a map lookup (see [`Metrics::request`]).
+const REQUEST_MSGIDS: [i64; 15] = {
+    use chat_protocol::msgid::*;
+    [
+        LOGIN,
+        LOGINOUT,
+        REG,
+        ONE_CHAT,
+        ADD_FRIEND,
+        CREATE_GROUP,
+        ADD_GROUP,
+        GROUP_CHAT,
+        DEL_FRIEND,
+        QUIT_GROUP,
+        DISBAND_GROUP,
+        DELIVERED,
+        HISTORY,
+        PING,
+        FIND_USER,
+    ]
+};
+
 /// Every metric of a node.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The hot-path series, resolved once: per push kind (in
+    /// [`PUSH_KINDS`] order), per message kind (direct, group), and per
+    /// known msgid. Each is a handle on its family's series.
+    pushed: [Counter; PUSH_KINDS.len()],
+    stored: [Counter; 2],
+    requested: Vec<Option<Counter>>,
     /// Open connections.
     pub connections: Family<ConnLabels, Gauge>,
     /// Logins by result.
@@ -108,6 +140,9 @@ impl Metrics {
         let mut root = Registry::with_prefix("chat");
         let m = Metrics {
             registry: Registry::default(),
+            pushed: Default::default(),
+            stored: Default::default(),
+            requested: Vec::new(),
             connections: Family::default(),
             logins: Family::default(),
             requests: Family::default(),
@@ -218,21 +253,46 @@ impl Metrics {
                 m.connections_at(transport, level);
             }
         }
-        for kind in ["direct", "group"] {
-            let _ = m.messages_stored.get_or_create(&KindLabels { kind });
-        }
-        for kind in ["chat", "presence", "roster", "kicked"] {
-            let _ = m.pushes.get_or_create(&KindLabels { kind });
+        let pushed = PUSH_KINDS.map(|kind| m.pushes.get_or_create(&KindLabels { kind }).clone());
+        let stored = ["direct", "group"].map(|kind| {
+            m.messages_stored
+                .get_or_create(&KindLabels { kind })
+                .clone()
+        });
+        let mut requested = vec![None; 32];
+        for msgid in REQUEST_MSGIDS {
+            requested[msgid as usize] =
+                Some(m.requests.get_or_create(&MsgidLabels { msgid }).clone());
         }
         Metrics {
             registry: root,
+            pushed,
+            stored,
+            requested,
             ..m
         }
     }
 
-    /// Counts a request.
+    /// Counts a request: the protocol's msgids through their handle, others
+    /// (junk) through the family.
     pub fn request(&self, msgid: i64) {
-        self.requests.get_or_create(&MsgidLabels { msgid }).inc();
+        match usize::try_from(msgid)
+            .ok()
+            .and_then(|i| self.requested.get(i)?.as_ref())
+        {
+            Some(c) => c.inc(),
+            None => self.requests.get_or_create(&MsgidLabels { msgid }).inc(),
+        };
+    }
+
+    /// Counts a push of kind `PUSH_KINDS[kind]`.
+    pub fn pushed(&self, kind: usize) {
+        self.pushed[kind].inc();
+    }
+
+    /// Counts a stored message: one to one, or to a group.
+    pub fn stored(&self, group: bool) {
+        self.stored[usize::from(group)].inc();
     }
 
     /// Counts a request answered with `e`.

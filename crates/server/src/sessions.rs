@@ -35,7 +35,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::frames::{self, EncodedChat};
-pub use crate::metrics::{KindLabels, Metrics};
+pub use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Outgoing, QueueError};
 use crate::store::{Store, StoreResult, StoredMessage, UserId};
 
@@ -323,18 +323,15 @@ impl SessionHandle {
     /// Delivers an event without blocking. A chat push out of order starts a
     /// catch-up task (see the module docs).
     pub fn deliver(self: &Arc<Self>, ev: &Event) {
+        // In PUSH_KINDS order.
         let kind = match ev {
-            Event::Chat { .. } => "chat",
-            Event::Presence { .. } => "presence",
-            Event::Kick { .. } => "kicked",
-            Event::Roster(_) => "roster",
-            Event::Redeliver => "redeliver",
+            Event::Chat { .. } => 0,
+            Event::Presence { .. } => 1,
+            Event::Roster(_) => 2,
+            Event::Kick { .. } => 3,
+            Event::Redeliver => 4,
         };
-        self.backlog
-            .metrics
-            .pushes
-            .get_or_create(&KindLabels { kind })
-            .inc();
+        self.backlog.metrics.pushed(kind);
         match ev {
             Event::Chat { push, seq } => self.deliver_chat(*seq, push),
             Event::Presence { id, online, since } => {

@@ -19,13 +19,7 @@ const KICK_WITHIN: Duration = Duration::from_secs(10);
 
 /// Runs `chat-server admin ARGS` against the database `db`, with `stdin`.
 fn admin(db: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-server"));
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("CHAT_") || k == "DATABASE_URL" || k == "REDIS_URL" {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = server_command(env!("CARGO_BIN_EXE_chat-server"));
     cmd.arg("admin")
         .args(args)
         // The test server's cheap hashing cost.

@@ -3,19 +3,13 @@
 //! `Config::default()`), and a bad value fails with a clear message before
 //! anything starts.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use clusterchat::Config;
 
 /// Runs `chat-server` with `args` and only `env` from the CHAT_* variables.
 fn chat_server(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-server"));
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("CHAT_") || k == "DATABASE_URL" || k == "REDIS_URL" {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = chat_testkit::server_command(env!("CARGO_BIN_EXE_chat-server"));
     cmd.args(args).envs(env.iter().copied());
     cmd.output().expect("run chat-server")
 }

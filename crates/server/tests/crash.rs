@@ -41,7 +41,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -119,15 +119,7 @@ impl Server {
         let log = dir.join(format!("server-{run}.log"));
         let out = File::create(&log).expect("create server log");
         let err = out.try_clone().expect("clone server log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-server"));
-        // Only the flags below configure it: no cluster mode, no stray
-        // database or limits from the environment.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy().into_owned();
-            if k.starts_with("CHAT_") || k == "DATABASE_URL" || k == "REDIS_URL" {
-                cmd.env_remove(k);
-            }
-        }
+        let mut cmd = common::server_command(env!("CARGO_BIN_EXE_chat-server"));
         let url = format!("sqlite://{}", db.display());
         cmd.env("NO_COLOR", "1")
             .args([

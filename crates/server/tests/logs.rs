@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -24,13 +24,7 @@ impl Drop for KillOnDrop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_at_trace_level_never_show_a_password_or_a_token() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-server"));
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("CHAT_") || k == "DATABASE_URL" || k == "REDIS_URL" || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = server_command(env!("CARGO_BIN_EXE_chat-server"));
     let db = format!("sqlite://{}", dir.path().join("chat.db").display());
     let child = cmd
         .args([

@@ -215,13 +215,7 @@ impl Proc {
     async fn start(dir: &Path, certs: &TestCerts) -> Proc {
         let log = dir.join("server.log");
         let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-server"));
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy().into_owned();
-            if k.starts_with("CHAT_") || k == "DATABASE_URL" || k == "REDIS_URL" {
-                cmd.env_remove(k);
-            }
-        }
+        let mut cmd = server_command(env!("CARGO_BIN_EXE_chat-server"));
         let url = format!("sqlite://{}", dir.join("chat.db").display());
         let child = cmd
             .env("NO_COLOR", "1")

@@ -650,10 +650,7 @@ impl MessageStore for MemoryStore {
                 }
             }
         }
-        let next = (batch.len() as i64 == users.max(1))
-            .then(|| batch.last().map(|b| b.0))
-            .flatten();
-        Ok((deleted, next))
+        Ok((deleted, super::next_user(&batch, users)))
     }
 
     async fn prune_messages(&self, before: i64, limit: i64) -> StoreResult<u64> {

@@ -448,6 +448,16 @@ pub struct TokenIssued {
     pub user: UserId,
 }
 
+/// Where the next [`MessageStore::prune_delivered`] step goes on: after the
+/// last user of a full page of `users`, or nowhere (the page was the last).
+pub(crate) fn next_user(batch: &[(UserId, i64)], users: i64) -> Option<UserId> {
+    if batch.len() as i64 == users.max(1) {
+        batch.last().map(|b| b.0)
+    } else {
+        None
+    }
+}
+
 /// The last mid retention may delete among `oldest` (the oldest messages,
 /// `(mid, stored at)` in mid order): the run stored before `before`, and
 /// below `pending`, the oldest mid someone has not confirmed. None: nothing.

@@ -770,10 +770,7 @@ impl MessageStore for SqliteStore {
                         .prepare_cached("DELETE FROM inbox WHERE userid = ? AND seq <= ?")?
                         .execute([user, upto])? as u64;
                 }
-                let next = (batch.len() as i64 == users.max(1))
-                    .then(|| batch.last().map(|b| b.0))
-                    .flatten();
-                Ok((deleted, next))
+                Ok((deleted, super::next_user(&batch, users)))
             })
             .await
     }

@@ -77,15 +77,7 @@ async fn spawn_server(dir: &Path, addr: SocketAddr, http: SocketAddr, run: usize
     let log = dir.join(format!("server-{run}.log"));
     let out = std::fs::File::create(&log).expect("create the server log");
     let err = out.try_clone().expect("clone the log file");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-server"));
-    // Only the flags below configure it: no cluster, database or limits
-    // from the environment.
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("CHAT_") || k == "DATABASE_URL" || k == "REDIS_URL" {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = chat_testkit::server_command(env!("CARGO_BIN_EXE_chat-server"));
     let db = format!("sqlite://{}", dir.join("chat.db").display());
     cmd.env("NO_COLOR", "1")
         .arg("--listen")
