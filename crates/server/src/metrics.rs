@@ -105,8 +105,11 @@ pub struct Metrics {
     pub pushes: Family<KindLabels, Counter>,
     /// Writes per group commit.
     pub commit_batch: Histogram,
-    /// How long one group commit took.
+    /// How long one group commit took (until committed; see
+    /// `commit_flush_seconds` for the wait for the disk after it).
     pub commit_seconds: Histogram,
+    /// How long a committed batch then waited until it was on disk.
+    pub commit_flush_seconds: Histogram,
     /// Writes waiting for the committer (read at scrape time).
     pub commit_queue: Gauge,
     /// Sessions dropped because their outbound queue was full.
@@ -153,6 +156,7 @@ impl Metrics {
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             // 50 µs to about 3.3 s.
             commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
+            commit_flush_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
             commit_queue: Gauge::default(),
             slow_consumer_drops: Counter::default(),
             bus_publishes: Counter::default(),
@@ -197,9 +201,15 @@ impl Metrics {
         );
         r.register_with_unit(
             "commit_duration",
-            "Group commit latency (storage round trip and fsync)",
+            "Group commit latency until committed (with SQLite, before its WAL is flushed)",
             Unit::Seconds,
             m.commit_seconds.clone(),
+        );
+        r.register_with_unit(
+            "commit_flush_duration",
+            "Wait from a group commit until it is on disk (SQLite's WAL fdatasync; 0 where the commit includes it)",
+            Unit::Seconds,
+            m.commit_flush_seconds.clone(),
         );
         r.register(
             "commit_queue_depth",

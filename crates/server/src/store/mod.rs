@@ -629,6 +629,14 @@ pub trait MessageStore: Send + Sync {
     /// Applies a batch in one transaction. The outer error means nothing was
     /// written; otherwise there is one outcome per op, in order.
     async fn commit(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>>;
+    /// [`MessageStore::commit`] in two steps: returns once the batch is
+    /// committed, with a [`Durable`] that resolves once it is on disk. The
+    /// committer starts the next batch meanwhile and answers this one's
+    /// writers (and pushes its messages) only after the `Durable`. By
+    /// default the commit is durable when it returns.
+    async fn commit_staged(&self, ops: Vec<WriteOp>) -> StoreResult<(Vec<WriteOutcome>, Durable)> {
+        Ok((self.commit(ops).await?, Durable::ready()))
+    }
     /// The highest seq a user has confirmed.
     async fn acked_seq(&self, user: UserId) -> StoreResult<i64>;
     /// Messages for `user` with seq above `after`, oldest first, at most `limit`.
@@ -702,6 +710,31 @@ pub trait AdminStore: Send + Sync {
     async fn account_events(&self, after: i64, limit: i64) -> StoreResult<Vec<AccountEvent>>;
     /// The highest account event id recorded, 0 when none.
     async fn last_account_event(&self) -> StoreResult<i64>;
+}
+
+/// Resolves once a staged commit is on disk (see
+/// [`MessageStore::commit_staged`]).
+#[derive(Debug)]
+pub struct Durable(Option<tokio::sync::oneshot::Receiver<StoreResult<()>>>);
+
+impl Durable {
+    /// Already durable.
+    pub fn ready() -> Self {
+        Durable(None)
+    }
+
+    /// Durable once `rx` answers `Ok`.
+    pub(crate) fn pending(rx: tokio::sync::oneshot::Receiver<StoreResult<()>>) -> Self {
+        Durable(Some(rx))
+    }
+
+    /// Waits until the commit is on disk; an error means it may not be.
+    pub async fn wait(self) -> StoreResult<()> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => rx.await.map_err(|_| StoreError::Closed)?,
+        }
+    }
 }
 
 /// Everything the service needs from storage.

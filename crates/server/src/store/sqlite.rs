@@ -23,7 +23,7 @@ use super::sql::{self, role_from, Dialect, SqlReads, ROLE_IN};
 use super::sqlite_writer::{Writer, WriterOptions};
 use super::{
     backfill_name_keys, key_digest, AccountChange, AccountEvent, AdminStore, Conversation,
-    DeletedUser, FriendStore, GroupId, GroupInfo, GroupStore, MessageStore, Person, Role,
+    DeletedUser, Durable, FriendStore, GroupId, GroupInfo, GroupStore, MessageStore, Person, Role,
     StoreError, StoreOptions, StoreResult, StoredMessage, Target, TokenRequest, UserId, UserRecord,
     UserStore, UserSummary, WriteOp, WriteOutcome,
 };
@@ -679,9 +679,15 @@ async fn checkpointer(pool: SqlitePool) {
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn commit(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
+        let (out, durable) = self.commit_staged(ops).await?;
+        durable.wait().await?;
+        Ok(out)
+    }
+
+    async fn commit_staged(&self, ops: Vec<WriteOp>) -> StoreResult<(Vec<WriteOutcome>, Durable)> {
         let counters = self.counters.clone();
         self.writer
-            .run(move |conn| {
+            .run_staged(move |conn| {
                 let mut known = counters.lock().unwrap_or_else(|poisoned| {
                     // A batch panicked halfway: start over from the tables.
                     counters.clear_poison();
