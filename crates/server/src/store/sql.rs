@@ -150,9 +150,6 @@ macro_rules! insert_message_into {
 }
 /// For a multi-row insert: the backend appends the rows.
 pub(crate) const INSERT_MESSAGE_INTO: &str = insert_message_into!();
-/// One row.
-pub(crate) const INSERT_MESSAGE: &str =
-    concat!(insert_message_into!(), "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
 /// Binds expires_at, hash.
 pub(crate) const SHORTEN_TOKEN: &str = "UPDATE tokens SET expires_at = ? WHERE hash = ?";
 /// Binds hash, user, seq, expires_at.

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::types::ToSqlOutput;
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -241,6 +242,80 @@ fn last_seqs(
     Ok(out)
 }
 
+/// Rows per multi-row INSERT, largest first: a batch's rows go in
+/// statements of these sizes, so each table has six statement texts, each
+/// prepared once and cached, and a big batch pays one statement per 64 rows
+/// instead of one per row.
+const ROWS_PER_INSERT: [usize; 6] = [64, 16, 8, 4, 2, 1];
+
+/// The INSERT texts of one table, one per size in [`ROWS_PER_INSERT`].
+struct Inserts {
+    head: &'static str,
+    columns: usize,
+    texts: std::sync::OnceLock<Vec<String>>,
+}
+
+impl Inserts {
+    const fn new(head: &'static str, columns: usize) -> Self {
+        Inserts {
+            head,
+            columns,
+            texts: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The text for `i`, the index of a size in [`ROWS_PER_INSERT`].
+    ///
+    /// `OR ROLLBACK`: a multi-row statement that may abort halfway needs a
+    /// statement journal (a copy of every page it changes, so that it alone
+    /// can be undone), which cost more than the statements saved. A batch
+    /// is all or nothing anyway, and the planner leaves nothing to conflict:
+    /// should a row conflict regardless, the whole transaction rolls back
+    /// and every writer in it hears errno 10.
+    fn text(&self, i: usize) -> &str {
+        &self.texts.get_or_init(|| {
+            let head = self
+                .head
+                .replacen("INSERT INTO", "INSERT OR ROLLBACK INTO", 1);
+            let one = format!("({})", vec!["?"; self.columns].join(", "));
+            ROWS_PER_INSERT
+                .iter()
+                .map(|&n| format!("{head}VALUES {}", vec![one.as_str(); n].join(", ")))
+                .collect()
+        })[i]
+    }
+}
+
+static MESSAGE_INSERTS: Inserts = Inserts::new(sql::INSERT_MESSAGE_INTO, 9);
+static INBOX_INSERTS: Inserts = Inserts::new("INSERT INTO inbox (userid, seq, mid) ", 3);
+
+/// Inserts `rows` with multi-row statements; `bind` appends one row's
+/// values, in column order.
+fn insert_rows<R>(
+    tx: &Transaction<'_>,
+    table: &Inserts,
+    rows: &[R],
+    bind: impl for<'a> Fn(&'a R, &mut Vec<ToSqlOutput<'a>>),
+) -> StoreResult<()> {
+    let mut args: Vec<ToSqlOutput<'_>> = Vec::with_capacity(ROWS_PER_INSERT[0] * table.columns);
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let i = ROWS_PER_INSERT
+            .iter()
+            .position(|&n| n <= rest.len())
+            .unwrap_or(ROWS_PER_INSERT.len() - 1);
+        let (chunk, tail) = rest.split_at(ROWS_PER_INSERT[i].min(rest.len()));
+        args.clear();
+        for row in chunk {
+            bind(row, &mut args);
+        }
+        tx.prepare_cached(table.text(i))?
+            .execute(rusqlite::params_from_iter(args.iter()))?;
+        rest = tail;
+    }
+    Ok(())
+}
+
 /// The group commit: plan with [`batch`], then write the rows it planned.
 /// `known` is advanced as rows are written; the caller forgets it if the
 /// transaction does not commit.
@@ -262,30 +337,35 @@ fn commit_batch(
     };
     let mut plan = batch::plan(ops, &lk, max_mid, &last);
 
-    let mut st = tx.prepare_cached(sql::INSERT_MESSAGE)?;
-    for row in &plan.messages {
+    insert_rows(tx, &MESSAGE_INSERTS, &plan.messages, |row, args| {
         let m = &row.message;
-        st.execute(params![
-            m.mid,
-            m.sender,
-            m.sender_name,
-            m.target.kind(),
-            m.target.id(),
-            row.conv,
-            m.body,
-            row.cmid,
-            m.time,
-        ])?;
-    }
+        args.extend([
+            ToSqlOutput::from(m.mid),
+            ToSqlOutput::from(m.sender),
+            ToSqlOutput::from(m.sender_name.as_str()),
+            ToSqlOutput::from(m.target.kind()),
+            ToSqlOutput::from(m.target.id()),
+            ToSqlOutput::from(row.conv.as_str()),
+            ToSqlOutput::from(m.body.as_str()),
+            row.cmid.as_deref().map_or(
+                ToSqlOutput::Owned(rusqlite::types::Value::Null),
+                ToSqlOutput::from,
+            ),
+            ToSqlOutput::from(m.time),
+        ]);
+    })?;
     if let Some(last) = plan.messages.last() {
         known.max_mid = Some(last.message.mid);
     }
     // In key order: a batch's rows for one user land on the same page.
     plan.inbox.sort_unstable();
-    let mut st = tx.prepare_cached("INSERT INTO inbox (userid, seq, mid) VALUES (?, ?, ?)")?;
-    for (u, s, m) in &plan.inbox {
-        st.execute([u, s, m])?;
-    }
+    insert_rows(tx, &INBOX_INSERTS, &plan.inbox, |&(u, s, m), args| {
+        args.extend([
+            ToSqlOutput::from(u),
+            ToSqlOutput::from(s),
+            ToSqlOutput::from(m),
+        ]);
+    })?;
     // Every user has a counter row from registration, so an UPDATE finds
     // it; the INSERT is for rows that predate that.
     let mut update = tx.prepare_cached("UPDATE user_seq SET last_seq = ? WHERE userid = ?")?;
@@ -879,6 +959,37 @@ mod tests {
         assert_eq!(delivered(&out[0]), (41, vec![(b, 8)]));
         let out = store.commit(vec![to(a, b)]).await.unwrap();
         assert_eq!(delivered(&out[0]), (42, vec![(b, 9)]));
+        store.close().await;
+    }
+    /// A batch's rows go in multi-row statements of several sizes: every
+    /// size and every row must land, in order, whatever the batch size.
+    #[tokio::test]
+    async fn batches_of_every_size_store_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("chat.db").display());
+        let store = SqliteStore::open(&url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let a = store.create_user("a", "a", "x").await.unwrap();
+        let b = store.create_user("b", "b", "x").await.unwrap();
+        let mut sent = 0i64;
+        // 64 + 16 + 8 + 4 + 2 + 1 = 95 exercises every statement size.
+        for n in [1usize, 2, 3, 64, 95, 130, 7] {
+            let out = store.commit(vec![to(a, b); n]).await.unwrap();
+            for (i, o) in out.iter().enumerate() {
+                let k = sent + i as i64 + 1;
+                assert_eq!(delivered(o), (k, vec![(b, k)]), "batch of {n}, row {i}");
+            }
+            sent += n as i64;
+        }
+        let rows = store.undelivered(b, 0, 1000).await.unwrap();
+        assert_eq!(rows.len() as i64, sent);
+        for (i, (seq, m)) in rows.iter().enumerate() {
+            assert_eq!(
+                (*seq, m.mid, m.body.as_str()),
+                (i as i64 + 1, i as i64 + 1, "hi")
+            );
+        }
         store.close().await;
     }
 }

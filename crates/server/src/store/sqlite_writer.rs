@@ -39,7 +39,7 @@ use super::{Durable, StoreError, StoreResult};
 
 /// Distinct statements the writer runs, with room to spare: each is prepared
 /// once and then reused from the cache.
-const STATEMENT_CACHE: usize = 64;
+const STATEMENT_CACHE: usize = 128;
 
 /// Work for the writer thread. It answers through a channel of its own.
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
