@@ -2,19 +2,39 @@
 //! `msgid`, plus typed field accessors that turn every wrong or missing field
 //! into errno 6 with a message naming the field.
 
+use std::borrow::Cow;
+use std::fmt;
+
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
 
 use crate::error::ServiceError;
 
-/// A decoded request frame.
+/// A decoded request frame. Its field names and string values borrow from
+/// the frame (copied only when they contain JSON escapes), so a chat message
+/// costs one allocation to decode, not one per key and value as a
+/// `serde_json::Value` map did.
 #[derive(Debug)]
-pub struct Request {
+pub struct Request<'a> {
     /// The request's msgid.
     pub msgid: i64,
     /// The client's `reqid`, echoed in the reply (string or integer).
     pub reqid: Option<Value>,
-    body: Map<String, Value>,
+    /// The fields in frame order; on a repeated key the last one counts.
+    body: Vec<(Cow<'a, str>, Field<'a>)>,
+}
+
+/// One field's value, as far as any request needs to know it.
+#[derive(Debug)]
+enum Field<'a> {
+    Null,
+    Int(i64),
+    /// An integer above `i64::MAX`: a valid `reqid`, no valid field.
+    Big(u64),
+    Str(Cow<'a, str>),
+    /// A float, a boolean, an array or an object.
+    Other,
 }
 
 /// A frame that is not a request: errno 6, with the reqid if one was readable.
@@ -26,47 +46,73 @@ pub struct BadFrame {
     pub reqid: Option<Value>,
 }
 
-impl Request {
+impl<'a> Request<'a> {
     /// Parses one frame.
-    pub fn parse(frame: &Bytes) -> Result<Request, BadFrame> {
+    pub fn parse(frame: &'a Bytes) -> Result<Request<'a>, BadFrame> {
         let bad = |msg: &'static str, reqid| BadFrame {
             error: ServiceError::malformed(msg),
             reqid,
         };
-        let value: Value = match serde_json::from_slice(frame) {
-            Ok(v) => v,
+        let mut body = match serde_json::from_slice::<Top<'a>>(frame) {
+            Ok(Top::Object(body)) => body,
+            Ok(Top::NotObject) => return Err(bad("frame is not a JSON object", None)),
             Err(_) if std::str::from_utf8(frame).is_err() => {
                 return Err(bad("frame is not valid UTF-8", None))
             }
             Err(_) => return Err(bad("frame is not valid JSON", None)),
         };
-        let Value::Object(mut body) = value else {
-            return Err(bad("frame is not a JSON object", None));
-        };
-        let reqid = match body.remove("reqid") {
-            None | Some(Value::Null) => None,
-            Some(v @ Value::String(_)) => Some(v),
-            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(Value::Number(n)),
-            Some(_) => return Err(bad("reqid must be a string or an integer", None)),
-        };
-        match body.get("msgid").and_then(Value::as_i64) {
-            Some(msgid) => Ok(Request { msgid, reqid, body }),
-            None => Err(bad("msgid must be an integer", reqid)),
+        // Like a JSON map, the last of repeated keys counts: take that one
+        // out and drop the rest.
+        let mut reqid = None;
+        if let Some(i) = body.iter().rposition(|(k, _)| k == "reqid") {
+            let (_, v) = body.remove(i);
+            body.retain(|(k, _)| k != "reqid");
+            reqid = match v {
+                Field::Null => None,
+                Field::Str(s) => Some(Value::String(s.into_owned())),
+                Field::Int(n) => Some(Value::from(n)),
+                Field::Big(n) => Some(Value::from(n)),
+                Field::Other => {
+                    return Err(bad("reqid must be a string or an integer", None));
+                }
+            };
         }
+        let req = Request {
+            msgid: 0,
+            reqid,
+            body,
+        };
+        match req.get("msgid") {
+            Some(Field::Int(msgid)) => Ok(Request {
+                msgid: *msgid,
+                ..req
+            }),
+            _ => Err(bad("msgid must be an integer", req.reqid)),
+        }
+    }
+
+    /// The field under `key` (the last one, if repeated).
+    fn get(&self, key: &str) -> Option<&Field<'a>> {
+        self.body
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     /// Whether the field is present (and not null).
     pub fn has(&self, key: &str) -> bool {
-        !matches!(self.body.get(key), None | Some(Value::Null))
+        !matches!(self.get(key), None | Some(Field::Null))
     }
 
     /// An optional integer field.
     pub fn opt_int(&self, key: &'static str) -> Result<Option<i64>, ServiceError> {
-        match self.body.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_i64().map(Some).ok_or_else(|| {
-                ServiceError::malformed(format!("field `{key}` must be an integer"))
-            }),
+        match self.get(key) {
+            None | Some(Field::Null) => Ok(None),
+            Some(Field::Int(v)) => Ok(Some(*v)),
+            Some(_) => Err(ServiceError::malformed(format!(
+                "field `{key}` must be an integer"
+            ))),
         }
     }
 
@@ -88,9 +134,9 @@ impl Request {
 
     /// An optional string field.
     pub fn opt_str(&self, key: &'static str) -> Result<Option<&str>, ServiceError> {
-        match self.body.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
+        match self.get(key) {
+            None | Some(Field::Null) => Ok(None),
+            Some(Field::Str(s)) => Ok(Some(s)),
             Some(_) => Err(ServiceError::malformed(format!(
                 "field `{key}` must be a string"
             ))),
@@ -127,6 +173,130 @@ impl Request {
     }
 }
 
+/// The top level of a frame: an object's fields, or anything else.
+enum Top<'a> {
+    Object(Vec<(Cow<'a, str>, Field<'a>)>),
+    NotObject,
+}
+
+impl<'de> de::Deserialize<'de> for Top<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TopVisitor;
+        impl<'de> Visitor<'de> for TopVisitor {
+            type Value = Top<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Top<'de>, M::Error> {
+                let mut body = Vec::with_capacity(m.size_hint().unwrap_or(8).min(16));
+                while let Some(Key(k)) = m.next_key()? {
+                    body.push((k, m.next_value()?));
+                }
+                Ok(Top::Object(body))
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, mut s: S) -> Result<Top<'de>, S::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Top::NotObject)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Top<'de>, E> {
+                Ok(Top::NotObject)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Top<'de>, E> {
+                Ok(Top::NotObject)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Top<'de>, E> {
+                Ok(Top::NotObject)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Top<'de>, E> {
+                Ok(Top::NotObject)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Top<'de>, E> {
+                Ok(Top::NotObject)
+            }
+            fn visit_unit<E>(self) -> Result<Top<'de>, E> {
+                Ok(Top::NotObject)
+            }
+        }
+        d.deserialize_any(TopVisitor)
+    }
+}
+
+/// A field name, borrowed from the frame unless it has escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(CowStr).map(Key)
+    }
+}
+
+/// Visits a string into a `Cow`, borrowed when serde_json can lend it.
+struct CowStr;
+
+impl<'de> Visitor<'de> for CowStr {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Field<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl<'de> Visitor<'de> for FieldVisitor {
+            type Value = Field<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Field<'de>, E> {
+                Ok(Field::Null)
+            }
+            fn visit_none<E>(self) -> Result<Field<'de>, E> {
+                Ok(Field::Null)
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Field<'de>, E> {
+                Ok(Field::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Field<'de>, E> {
+                Ok(i64::try_from(v).map_or(Field::Big(v), Field::Int))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Field<'de>, E> {
+                Ok(Field::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Field<'de>, E> {
+                Ok(Field::Other)
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Field<'de>, E> {
+                Ok(Field::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Field<'de>, E> {
+                Ok(Field::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Field<'de>, E> {
+                Ok(Field::Str(Cow::Owned(v)))
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, mut s: S) -> Result<Field<'de>, S::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Field::Other)
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Field<'de>, M::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Field::Other)
+            }
+        }
+        d.deserialize_any(FieldVisitor)
+    }
+}
+
 /// Length check in Unicode scalar values, errno 6 when out of range.
 pub fn check_chars(key: &'static str, s: &str, min: usize, max: usize) -> Result<(), ServiceError> {
     let n = s.chars().count();
@@ -146,4 +316,80 @@ pub fn check_bytes(key: &'static str, s: &str, min: usize, max: usize) -> Result
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &'static str) -> Result<Request<'static>, BadFrame> {
+        // Leaked so the borrowed request can outlive this helper in a test.
+        let frame: &'static Bytes = Box::leak(Box::new(Bytes::from_static(s.as_bytes())));
+        Request::parse(frame)
+    }
+
+    #[test]
+    fn fields_borrow_and_unescape() {
+        let req = parse(r#"{"msgid":5,"msg":"a\"b\u00e9","toid":7,"reqid":"r1"}"#).unwrap();
+        assert_eq!(req.msgid, 5);
+        assert_eq!(req.reqid, Some(Value::from("r1")));
+        assert_eq!(req.str("msg").unwrap(), "a\"bé");
+        assert_eq!(req.int("toid").unwrap(), 7);
+        assert!(!req.has("reqid"), "reqid is taken out of the body");
+    }
+
+    #[test]
+    fn the_last_of_repeated_keys_counts() {
+        let req =
+            parse(r#"{"msgid":1,"reqid":1,"toid":2,"toid":3,"msgid":4,"reqid":"x"}"#).unwrap();
+        assert_eq!(req.msgid, 4);
+        assert_eq!(req.int("toid").unwrap(), 3);
+        assert_eq!(req.reqid, Some(Value::from("x")));
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let req =
+            parse(r#"{"msgid":5,"toid":1.5,"msg":[1],"name":null,"big":18446744073709551615}"#)
+                .unwrap();
+        assert!(req
+            .int("toid")
+            .unwrap_err()
+            .to_string()
+            .contains("`toid` must be an integer"));
+        assert!(req
+            .str("msg")
+            .unwrap_err()
+            .to_string()
+            .contains("`msg` must be a string"));
+        assert!(req
+            .str("name")
+            .unwrap_err()
+            .to_string()
+            .contains("`name` is required"));
+        assert!(req.int("big").is_err());
+        assert!(req.has("msg") && !req.has("name"));
+    }
+
+    #[test]
+    fn frames_that_are_not_requests() {
+        let msg = |s| parse(s).unwrap_err().error.to_string();
+        assert!(msg("[1,2]").contains("not a JSON object"));
+        assert!(msg("\"x\"").contains("not a JSON object"));
+        assert!(msg("{\"msgid\":").contains("not valid JSON"));
+        assert!(msg(r#"{"msgid":1.0}"#).contains("msgid must be an integer"));
+        assert!(msg(r#"{"msgid":1,"reqid":true}"#).contains("reqid must be"));
+        let big = parse(r#"{"msgid":"x","reqid":18446744073709551615}"#).unwrap_err();
+        assert_eq!(
+            big.reqid,
+            Some(Value::from(u64::MAX)),
+            "a readable reqid is echoed"
+        );
+        let bad_utf8: &'static Bytes = Box::leak(Box::new(Bytes::from_static(b"{\"a\":\"\xff\"}")));
+        assert!(Request::parse(bad_utf8)
+            .unwrap_err()
+            .error
+            .to_string()
+            .contains("UTF-8"));
+    }
 }
