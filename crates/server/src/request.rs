@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::error::ServiceError;
@@ -53,12 +53,14 @@ impl<'a> Request<'a> {
             error: ServiceError::malformed(msg),
             reqid,
         };
-        let mut body = match serde_json::from_slice::<Top<'a>>(frame) {
+        // UTF-8 first, for the whole frame: serde_json checks it only in
+        // the strings it reads, not in the values it skips.
+        let Ok(text) = std::str::from_utf8(frame) else {
+            return Err(bad("frame is not valid UTF-8", None));
+        };
+        let mut body = match serde_json::from_str::<Top<'a>>(text) {
             Ok(Top::Object(body)) => body,
             Ok(Top::NotObject) => return Err(bad("frame is not a JSON object", None)),
-            Err(_) if std::str::from_utf8(frame).is_err() => {
-                return Err(bad("frame is not valid UTF-8", None))
-            }
             Err(_) => return Err(bad("frame is not valid JSON", None)),
         };
         // Like a JSON map, the last of repeated keys counts: take that one
@@ -195,7 +197,7 @@ impl<'de> de::Deserialize<'de> for Top<'de> {
                 Ok(Top::Object(body))
             }
             fn visit_seq<S: SeqAccess<'de>>(self, mut s: S) -> Result<Top<'de>, S::Error> {
-                while s.next_element::<IgnoredAny>()?.is_some() {}
+                while s.next_element::<Checked>()?.is_some() {}
                 Ok(Top::NotObject)
             }
             fn visit_bool<E>(self, _: bool) -> Result<Top<'de>, E> {
@@ -220,6 +222,13 @@ impl<'de> de::Deserialize<'de> for Top<'de> {
         d.deserialize_any(TopVisitor)
     }
 }
+
+/// A nested value no request reads (inside an array or object), parsed in
+/// full and dropped: unlike `IgnoredAny`, serde_json then still refuses lone
+/// surrogate escapes in it and nesting deeper than its limit of 128, as the
+/// `Value` parse did. Requests hold no nested values, so this costs nothing
+/// on the hot path.
+type Checked = Value;
 
 /// A field name, borrowed from the frame unless it has escapes.
 struct Key<'a>(Cow<'a, str>);
@@ -285,11 +294,11 @@ impl<'de> de::Deserialize<'de> for Field<'de> {
                 Ok(Field::Str(Cow::Owned(v)))
             }
             fn visit_seq<S: SeqAccess<'de>>(self, mut s: S) -> Result<Field<'de>, S::Error> {
-                while s.next_element::<IgnoredAny>()?.is_some() {}
+                while s.next_element::<Checked>()?.is_some() {}
                 Ok(Field::Other)
             }
             fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Field<'de>, M::Error> {
-                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                while m.next_entry::<Checked, Checked>()?.is_some() {}
                 Ok(Field::Other)
             }
         }
@@ -385,11 +394,22 @@ mod tests {
             Some(Value::from(u64::MAX)),
             "a readable reqid is echoed"
         );
-        let bad_utf8: &'static Bytes = Box::leak(Box::new(Bytes::from_static(b"{\"a\":\"\xff\"}")));
-        assert!(Request::parse(bad_utf8)
-            .unwrap_err()
-            .error
-            .to_string()
-            .contains("UTF-8"));
+        assert!(msg(r#"{"msgid":1,"x":["\ud800"]}"#).contains("not valid JSON"));
+        let deep = format!(
+            "{{\"msgid\":1,\"x\":{}{}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let deep: &'static str = Box::leak(deep.into_boxed_str());
+        assert!(msg(deep).contains("not valid JSON"), "nesting is limited");
+        for frame in [
+            &b"{\"msgid\":1,\"x\":[\"\xff\"]}"[..],
+            b"[\"\xff\"]",
+            b"{\"a\":\"\xff\"}",
+        ] {
+            let frame: &'static Bytes = Box::leak(Box::new(Bytes::from_static(frame)));
+            let err = Request::parse(frame).unwrap_err().error.to_string();
+            assert!(err.contains("UTF-8"), "{err}");
+        }
     }
 }

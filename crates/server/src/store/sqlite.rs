@@ -758,6 +758,14 @@ async fn checkpointer(pool: SqlitePool) {
 
 #[async_trait]
 impl MessageStore for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        // Reads would still work after a failed flush; writes never will.
+        if let Some(e) = self.writer.failure() {
+            return Err(e);
+        }
+        self.acked_seq(0).await.map(|_| ())
+    }
+
     async fn commit(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
         let (out, durable) = self.commit_staged(ops).await?;
         durable.wait().await?;

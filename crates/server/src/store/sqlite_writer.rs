@@ -24,11 +24,19 @@
 //! its new header at once under NORMAL), while the writer already runs the
 //! next batch. Flushes coalesce: one `fdatasync` covers every commit that
 //! finished before it began.
+//!
+//! A failed `fdatasync` is final: Linux may already have dropped the pages
+//! it could not write, so a later sync that succeeds proves nothing about
+//! them, and WAL recovery would stop at the hole and drop every batch after
+//! it. The flusher therefore remembers the first failure, fails every later
+//! flush, and the writer refuses every job from then on (errno 10) until the
+//! server restarts and SQLite recovers from what is on disk.
 
 use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -43,6 +51,10 @@ const STATEMENT_CACHE: usize = 128;
 
 /// Work for the writer thread. It answers through a channel of its own.
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// How the flusher makes the WAL durable: [`sync_wal`], or in tests one that
+/// can be told to fail.
+type SyncFn = Box<dyn FnMut(&Path, &mut Option<File>) -> StoreResult<()> + Send>;
 
 /// How the writer opens its connection.
 pub(crate) struct WriterOptions {
@@ -65,10 +77,15 @@ pub(crate) struct Writer {
 impl Writer {
     /// Starts the thread and waits until it has opened its connection.
     pub(crate) async fn start(opts: WriterOptions) -> StoreResult<Writer> {
+        Self::start_with(opts, Box::new(sync_wal)).await
+    }
+
+    /// [`Writer::start`] with the flusher's sync function given.
+    async fn start_with(opts: WriterOptions, sync: SyncFn) -> StoreResult<Writer> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (ready, opened) = oneshot::channel();
         let flusher = if opts.synchronous_full {
-            Some(Arc::new(Flusher::start(wal_path(&opts.path))?))
+            Some(Arc::new(Flusher::start(wal_path(&opts.path), sync)?))
         } else {
             None
         };
@@ -135,14 +152,20 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         let flusher = self.flusher.clone();
         let job: Job = Box::new(move |conn| {
+            // After a failed flush nothing more is written or read here.
+            if let Some(e) = flusher.as_ref().and_then(|fl| fl.failure()) {
+                let _ = reply.send(Err(e));
+                return;
+            }
             let before = conn.total_changes();
             // A panic answers its caller and leaves the thread serving; the
             // transaction guard rolls back as it unwinds.
             let out = catch_unwind(AssertUnwindSafe(|| f(conn)))
                 .unwrap_or_else(|_| Err(StoreError::unavailable("SQLite write panicked")));
-            // Only a job that committed changes has anything to flush.
+            // A job that committed changes needs a flush; one that changed
+            // nothing may still have read rows whose flush is under way.
             let durable = match flusher {
-                Some(fl) if out.is_ok() && conn.total_changes() != before => fl.request(),
+                Some(fl) if out.is_ok() => fl.durable_after(conn.total_changes() != before),
                 _ => Durable::ready(),
             };
             let _ = reply.send(out.map(|o| (o, durable)));
@@ -155,6 +178,12 @@ impl Writer {
             }
         }
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The failed flush that stopped all writing, if one did: readiness
+    /// checks report it.
+    pub(crate) fn failure(&self) -> Option<StoreError> {
+        self.flusher.as_ref().and_then(|fl| fl.failure())
     }
 
     /// Refuses new writes, lets the queued ones finish (and flush), and
@@ -199,24 +228,61 @@ type Waiter = oneshot::Sender<StoreResult<()>>;
 struct Flusher {
     requests: Mutex<Option<mpsc::Sender<Waiter>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    state: Arc<FlushState>,
+}
+
+/// What the writer and the flusher share.
+#[derive(Default)]
+struct FlushState {
+    /// Flushes asked for and not yet answered.
+    outstanding: AtomicUsize,
+    /// The first failed sync: final (module docs).
+    failed: OnceLock<StoreError>,
 }
 
 impl Flusher {
-    fn start(wal: PathBuf) -> StoreResult<Flusher> {
+    fn start(wal: PathBuf, sync: SyncFn) -> StoreResult<Flusher> {
         let (requests, queue) = mpsc::channel::<Waiter>();
+        let state = Arc::new(FlushState::default());
+        let shared = state.clone();
         let thread = std::thread::Builder::new()
             .name("sqlite-flusher".into())
-            .spawn(move || flush_loop(&wal, queue))
+            .spawn(move || flush_loop(&wal, queue, &shared, sync))
             .map_err(StoreError::unavailable)?;
         Ok(Flusher {
             requests: Mutex::new(Some(requests)),
             thread: Mutex::new(Some(thread)),
+            state,
         })
+    }
+
+    /// The failure that ended flushing, if one did.
+    fn failure(&self) -> Option<StoreError> {
+        self.state.failed.get().cloned()
+    }
+
+    /// What a job that just ran must wait for: a flush if it changed rows,
+    /// or while earlier flushes are unanswered (it may have read their
+    /// rows); otherwise nothing, unless flushing has failed.
+    fn durable_after(&self, changed: bool) -> Durable {
+        // `outstanding` before `failed`: the flusher records a failure
+        // before it counts the failed requests as answered.
+        if changed || self.state.outstanding.load(Ordering::SeqCst) > 0 {
+            return self.request();
+        }
+        match self.failure() {
+            Some(e) => failed(e),
+            None => Durable::ready(),
+        }
     }
 
     /// Asks for a flush that begins after this call; called on the writer
     /// thread right after a COMMIT.
     fn request(&self) -> Durable {
+        if let Some(e) = self.failure() {
+            return failed(e);
+        }
+        self.state.outstanding.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = oneshot::channel();
         let sent = self
             .requests
@@ -228,9 +294,8 @@ impl Flusher {
             Some(Ok(())) => Durable::pending(rx),
             // Stopped: nothing can be promised durable.
             _ => {
-                let (tx, rx) = oneshot::channel();
-                let _ = tx.send(Err(StoreError::Closed));
-                Durable::pending(rx)
+                self.state.outstanding.fetch_sub(1, Ordering::SeqCst);
+                failed(StoreError::Closed)
             }
         }
     }
@@ -256,23 +321,44 @@ impl Flusher {
     }
 }
 
+/// A durability that has already failed.
+fn failed(e: StoreError) -> Durable {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(Err(e));
+    Durable::pending(rx)
+}
+
 /// The flusher's loop: take the first request, then every one queued behind
-/// it, sync once, answer them all.
-fn flush_loop(wal: &Path, queue: mpsc::Receiver<Waiter>) {
+/// it, sync once, answer them all. After a failed sync it syncs no more and
+/// answers every request with that failure.
+fn flush_loop(wal: &Path, queue: mpsc::Receiver<Waiter>, state: &FlushState, mut sync: SyncFn) {
     let mut file: Option<File> = None;
     let mut waiters = Vec::new();
     while let Ok(first) = queue.recv() {
         waiters.push(first);
         waiters.extend(queue.try_iter());
-        let res = sync_wal(wal, &mut file);
-        if let Err(e) = &res {
-            // As after a failed fsync anywhere, what the OS holds can no
-            // longer be trusted to reach the disk: the writers hear errno
-            // 10, and the file is opened afresh for the next attempt.
-            tracing::error!(error = %e, wal = %wal.display(), "fdatasync of the SQLite WAL failed");
-            file = None;
-        }
+        let res = match state.failed.get() {
+            Some(e) => Err(e.clone()),
+            None => sync(wal, &mut file).map_err(|e| {
+                // What the OS held for the WAL may never reach the disk,
+                // and a later sync would not say so: stop here (module docs).
+                tracing::error!(
+                    error = %e,
+                    wal = %wal.display(),
+                    "fdatasync of the SQLite WAL failed: this server now refuses every write \
+                     (errno 10) until it is restarted and SQLite recovers from what is on disk"
+                );
+                let e = StoreError::unavailable(format!(
+                    "the database's log could not be flushed to disk ({e}); writes are \
+                     refused until the server restarts"
+                ));
+                state.failed.get_or_init(|| e).clone()
+            }),
+        };
         for w in waiters.drain(..) {
+            // Counted as answered before the answer goes: whoever hears it
+            // and writes next sees no stale flush outstanding.
+            state.outstanding.fetch_sub(1, Ordering::SeqCst);
             let _ = w.send(res.clone());
         }
     }
@@ -349,6 +435,21 @@ fn serve(mut conn: Connection, queue: mpsc::Receiver<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A FULL writer on a fresh file in `dir` whose flusher syncs with `sync`.
+    async fn writer_syncing_with(dir: &tempfile::TempDir, sync: SyncFn) -> Writer {
+        let path = dir.path().join("w.db");
+        std::fs::File::create(&path).expect("create db file");
+        Writer::start_with(
+            WriterOptions {
+                path,
+                synchronous_full: true,
+            },
+            sync,
+        )
+        .await
+        .expect("start writer")
+    }
 
     async fn writer(dir: &tempfile::TempDir, synchronous_full: bool) -> Writer {
         let path = dir.path().join("w.db");
@@ -442,6 +543,101 @@ mod tests {
             d.wait().await.expect("durable");
         }
         assert!(dir.path().join("w.db-wal").exists());
+        w.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_is_final() {
+        // The disk fails one fdatasync and would succeed afterwards: the
+        // batch it covered, every later one, reads through the writer and
+        // writes that change nothing all fail, and nothing more is synced.
+        use std::sync::atomic::AtomicBool;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fail_next = Arc::new(AtomicBool::new(false));
+        let syncs = Arc::new(AtomicUsize::new(0));
+        let (fail, count) = (fail_next.clone(), syncs.clone());
+        let sync: SyncFn = Box::new(move |wal, file| {
+            count.fetch_add(1, Ordering::SeqCst);
+            if fail.swap(false, Ordering::SeqCst) {
+                return Err(StoreError::unavailable("injected EIO"));
+            }
+            sync_wal(wal, file)
+        });
+        let w = writer_syncing_with(&dir, sync).await;
+        w.transact(|tx| Ok(tx.execute_batch("CREATE TABLE t (x INTEGER)")?))
+            .await
+            .expect("create table");
+        w.transact(|tx| Ok(tx.execute("INSERT INTO t VALUES (1)", [])?))
+            .await
+            .expect("a flush that works");
+
+        fail_next.store(true, Ordering::SeqCst);
+        let (_, durable) = w
+            .run_staged(|c| Ok(c.execute("INSERT INTO t VALUES (2)", [])?))
+            .await
+            .expect("the insert commits");
+        let err = durable.wait().await.expect_err("its flush failed");
+        assert!(
+            err.to_string().contains("until the server restarts"),
+            "{err}"
+        );
+        let synced = syncs.load(Ordering::SeqCst);
+
+        // The next sync would work, but nothing is promised any more.
+        let write = w
+            .transact(|tx| Ok(tx.execute("INSERT INTO t VALUES (3)", [])?))
+            .await;
+        assert!(
+            matches!(write, Err(StoreError::Unavailable(_))),
+            "{write:?}"
+        );
+        let read = w
+            .run(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0))?))
+            .await;
+        assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
+        assert_eq!(
+            syncs.load(Ordering::SeqCst),
+            synced,
+            "no sync after the failure"
+        );
+        assert!(w.failure().is_some(), "readiness checks see it");
+        w.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_read_waits_for_the_flush_of_what_it_may_have_seen() {
+        // A job that changes nothing while an earlier flush is unanswered
+        // may have read that batch's rows: it waits for a flush too. Once
+        // every flush is answered, a read waits for nothing.
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Each sync waits for a token from the test: flushes are held open.
+        let (tokens, gate) = mpsc::channel::<()>();
+        let sync: SyncFn = Box::new(move |wal, file| {
+            gate.recv().map_err(StoreError::unavailable)?;
+            sync_wal(wal, file)
+        });
+        let w = writer_syncing_with(&dir, sync).await;
+        tokens.send(()).expect("token");
+        w.transact(|tx| Ok(tx.execute_batch("CREATE TABLE t (x INTEGER)")?))
+            .await
+            .expect("create table");
+        let count = |c: &mut Connection| -> StoreResult<i64> {
+            Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?)
+        };
+        let (_, write) = w
+            .run_staged(|c| Ok(c.execute("INSERT INTO t VALUES (1)", [])?))
+            .await
+            .expect("insert");
+        let (n, read) = w.run_staged(count).await.expect("count");
+        assert_eq!(n, 1, "the read sees the committed row");
+        assert!(read.0.is_some(), "so it waits for that row's flush");
+        tokens.send(()).expect("token");
+        tokens.send(()).expect("token");
+        write.wait().await.expect("the write's flush");
+        read.wait().await.expect("the read's flush");
+        let (_, idle) = w.run_staged(count).await.expect("count");
+        assert!(idle.0.is_none(), "nothing outstanding, nothing to wait for");
+        drop(tokens);
         w.stop().await;
     }
 
