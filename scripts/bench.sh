@@ -22,7 +22,10 @@
 #   BENCH_SETUP=N       users registered at full argon2 cost (default 400)
 #   BENCH_ONLY="..."    run only these cases (direct-w32 direct-w32-ws direct-w1
 #                       direct-rate group group-rate idle idle-ws setup);
-#                       default all
+#                       default all of those. `cluster` runs only when named:
+#                       two nodes on MariaDB + Redis (scripts/cluster.sh, in
+#                       a temporary directory, on ports 16100+) against one
+#                       SQLite node, cross-node pairs at window 32, alternating
 #   BENCH_OUT=DIR       where results go (default bench-results)
 #   BENCH_PROFILE=...   cargo profile (default release; --smoke uses dev,
 #                       which `cargo test` has already built)
@@ -71,7 +74,23 @@ stop_server() {
     server_pid=""
   fi
 }
-cleanup() { stop_server; rm -rf "$tmp"; }
+cluster_up=0
+cluster_env() {
+  # The cluster's own directory and ports, so a cluster of the user's in
+  # ./var/cluster is left alone; load limits off and a cheap hash, as for
+  # the single node.
+  env CLUSTER_DIR="$tmp/cluster" CLUSTER_BASE_PORT=16100 CLUSTER_NGINX_PORT=16190 \
+    CLUSTER_HTTP_PORT=16191 CLUSTER_MYSQL_PORT=16192 CLUSTER_REDIS_PORT=16193 \
+    CHAT_SERVER_BIN="$PWD/$server_bin" CHAT_LOG=warn \
+    CHAT_MAX_CONNECTIONS_PER_IP=0 CHAT_REG_PER_IP_PER_MIN=0 CHAT_LOGIN_FAILURES_PER_IP=0 \
+    CHAT_PRELOGIN_PER_IP_PER_SEC=0 CHAT_SOCIAL_PER_MIN=0 CHAT_FANOUT_PER_SEC=0 \
+    CHAT_ARGON2_M_KIB=1024 CHAT_ARGON2_T=1 "$@"
+}
+cleanup() {
+  stop_server
+  ((cluster_up)) && cluster_env scripts/cluster.sh down >/dev/null 2>&1
+  rm -rf "$tmp"
+}
 trap cleanup EXIT
 
 # Low argon2 cost where the scenario is not about password hashing.
@@ -240,6 +259,21 @@ done
 stop_server
 fi
 
+if [[ " ${BENCH_ONLY:-} " == *" cluster "* ]]; then
+say "cluster: 2 nodes (MariaDB + Redis) against 1 SQLite node, cross-node pairs, window 32 ($runs runs each, alternating)"
+cluster_up=1
+cluster_env scripts/cluster.sh up 2 >"$tmp/cluster-up.log" 2>&1 || { cat "$tmp/cluster-up.log" >&2; exit 1; }
+start_server "${cheap_hash[@]}"
+for _ in $(seq "$runs"); do
+  bench_tcp cluster-single direct --register --pairs 200 --window 32 --size 64 --duration "$duration" --warmup 1
+  run_bench cluster-2nodes --server 127.0.0.1:16100,127.0.0.1:16102 direct --register --pairs 200 --window 32 \
+    --size 64 --duration "$duration" --warmup 1
+done
+stop_server
+cluster_env scripts/cluster.sh down >/dev/null 2>&1
+cluster_up=0
+fi
+
 if want idle; then
 say "idle: $idle_n connections, level-2 token logins"
 idle_users
@@ -270,6 +304,16 @@ bench "setup-$setup_n" --note argon2=m19456,t2,p1 setup "$setup_n" --out "$tmp/u
 stop_server
 fi
 
+# cluster_row: with the cluster case, its medians and their ratio.
+cluster_row() {
+  median() { grep "\"case\":\"$1\"" "$jsonl" | grep -o '"msgs_per_s":[0-9.]*' | cut -d: -f2 | sort -n |
+    awk '{v[NR] = $1} END {if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
+  local one two
+  one=$(median cluster-single) two=$(median cluster-2nodes)
+  [[ -n $one && -n $two ]] || return 0
+  awk -v a="$two" -v b="$one" 'BEGIN {printf "- cluster row: 2 nodes %.0f msg/s, 1 node %.0f msg/s (medians): %.2f of single\n", a, b, a / b}'
+}
+
 md="$out/$stamp.md"
 {
   echo "# chat-bench results $stamp"
@@ -279,6 +323,7 @@ md="$out/$stamp.md"
   echo "- cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
   echo "- profile: $profile; throughput runs: $runs x ${duration} s measured (+1 s warmup)"
   echo "- $(cat "$tmp/fsync.txt")"
+  cluster_row
   echo
   "$bench_bin" report "$jsonl"
 } >"$md"

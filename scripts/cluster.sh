@@ -7,8 +7,9 @@
 #   scripts/cluster.sh status   what runs, with pids and ports
 #   scripts/cluster.sh down     stop what this script started (by pid file)
 #
-# Everything lives under ./var/cluster/: MariaDB's data directory, Redis, the
-# nginx config, logs and pid files. Running `up` twice starts nothing new.
+# Everything lives under ./var/cluster/ (or $CLUSTER_DIR): MariaDB's data
+# directory, Redis, the nginx config, logs and pid files. Running `up` twice
+# starts nothing new.
 # Ports (override with the environment variables in brackets):
 #   nodes 6000, 6002, ... [CLUSTER_BASE_PORT]   nginx 8000 [CLUSTER_NGINX_PORT]
 #   node web listeners 6001, 6003, ... (node port + 1)
@@ -17,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-VAR=$ROOT/var/cluster
+VAR=${CLUSTER_DIR:-$ROOT/var/cluster}
 BASE_PORT=${CLUSTER_BASE_PORT:-6000}
 NGINX_PORT=${CLUSTER_NGINX_PORT:-8000}
 HTTP_PORT=${CLUSTER_HTTP_PORT:-8080}
