@@ -436,6 +436,13 @@ fn serve(mut conn: Connection, queue: mpsc::Receiver<Job>) {
 mod tests {
     use super::*;
 
+    /// The table the tests write to.
+    async fn create_t(w: &Writer) {
+        w.transact(|tx| Ok(tx.execute_batch("CREATE TABLE t (x INTEGER)")?))
+            .await
+            .expect("create table");
+    }
+
     /// A FULL writer on a fresh file in `dir` whose flusher syncs with `sync`.
     async fn writer_syncing_with(dir: &tempfile::TempDir, sync: SyncFn) -> Writer {
         let path = dir.path().join("w.db");
@@ -528,9 +535,7 @@ mod tests {
         // commits in a row all become durable, in any order of waiting.
         let dir = tempfile::tempdir().expect("temp dir");
         let w = writer(&dir, true).await;
-        w.transact(|tx| Ok(tx.execute_batch("CREATE TABLE t (x INTEGER)")?))
-            .await
-            .expect("create table");
+        create_t(&w).await;
         let mut pending = Vec::new();
         for i in 0..50 {
             let (_, d) = w
@@ -564,9 +569,7 @@ mod tests {
             sync_wal(wal, file)
         });
         let w = writer_syncing_with(&dir, sync).await;
-        w.transact(|tx| Ok(tx.execute_batch("CREATE TABLE t (x INTEGER)")?))
-            .await
-            .expect("create table");
+        create_t(&w).await;
         w.transact(|tx| Ok(tx.execute("INSERT INTO t VALUES (1)", [])?))
             .await
             .expect("a flush that works");
@@ -618,9 +621,7 @@ mod tests {
         });
         let w = writer_syncing_with(&dir, sync).await;
         tokens.send(()).expect("token");
-        w.transact(|tx| Ok(tx.execute_batch("CREATE TABLE t (x INTEGER)")?))
-            .await
-            .expect("create table");
+        create_t(&w).await;
         let count = |c: &mut Connection| -> StoreResult<i64> {
             Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?)
         };
@@ -645,9 +646,7 @@ mod tests {
     async fn a_panic_answers_its_caller_and_the_writer_goes_on() {
         let dir = tempfile::tempdir().expect("temp dir");
         let w = writer(&dir, false).await;
-        w.transact(|tx| Ok(tx.execute_batch("CREATE TABLE t (x INTEGER)")?))
-            .await
-            .expect("create table");
+        create_t(&w).await;
         let r: StoreResult<()> = w
             .transact(|tx| {
                 tx.execute("INSERT INTO t VALUES (1)", [])?;
