@@ -2085,6 +2085,10 @@ async fn admin_delete_user(fx: Arc<Fixture>) {
     );
     let newest = appended(&send(s, append(a, Target::User(b), "last word")).await).0;
     commit(s, vec![WriteOp::Ack { user: b, seq: ALL }]).await;
+    // Alice confirms "to alice" too, and pruning drops the confirmed inbox
+    // rows: the messages to alice must still be found.
+    commit(s, vec![WriteOp::Ack { user: a, seq: ALL }]).await;
+    s.prune_delivered(0, ALL, ALL).await.unwrap();
     let c_before = s.undelivered(c, 0, ALL).await.unwrap();
     assert_eq!(c_before.len(), 2);
 

@@ -242,22 +242,12 @@ impl State {
                 }
             }
         }
-        let direct_to: BTreeSet<i64> = self
-            .inbox
-            .get(&user)
-            .into_iter()
-            .flat_map(|i| i.values())
-            .copied()
-            .filter(|m| {
-                self.messages
-                    .get(m)
-                    .is_some_and(|m| matches!(m.target, super::Target::User(_)))
-            })
-            .collect();
         let doomed: Vec<i64> = self
             .messages
             .values()
-            .filter(|m| m.sender == user || direct_to.contains(&m.mid))
+            // Every one-to-one message to the user, delivered and pruned
+            // from the inbox or not.
+            .filter(|m| m.sender == user || m.target == super::Target::User(user))
             .map(|m| m.mid)
             .collect();
         self.mid_floor = self

@@ -473,21 +473,18 @@ pub(crate) fn retention_cut(
         .map(|(mid, _)| *mid)
 }
 
-/// What each migration does, in order; every backend has one SQL file per
-/// entry under `migrations/BACKEND/`, numbered from 1.
-const MIGRATIONS: [&str; 4] = ["init", "token rotation", "name keys", "admin"];
-
-/// A backend's migrator over its SQL files, one per [`MIGRATIONS`] entry.
-fn migrator(sql: [&'static str; MIGRATIONS.len()]) -> sqlx::migrate::Migrator {
+/// A backend's migrator over its migrations, in order: what each does and
+/// its SQL (one file each under `migrations/BACKEND/`, numbered from 1).
+/// The backends share their first four; later ones may be one backend's.
+fn migrator(list: &[(&'static str, &'static str)]) -> sqlx::migrate::Migrator {
     use sqlx::migrate::{Migration, MigrationType, Migrator};
-    let migrations = MIGRATIONS
+    let migrations = list
         .iter()
-        .zip(sql)
         .zip(1..)
-        .map(|((what, sql), version)| {
+        .map(|(&(what, sql), version)| {
             Migration::new(
                 version,
-                std::borrow::Cow::Borrowed(*what),
+                std::borrow::Cow::Borrowed(what),
                 MigrationType::Simple,
                 std::borrow::Cow::Borrowed(sql),
                 false,

@@ -45,11 +45,20 @@ pub struct MysqlStore {
 type Tx = Transaction<'static, MySql>;
 
 fn migrator() -> Migrator {
-    super::migrator([
-        include_str!("../../migrations/mysql/0001_init.sql"),
-        include_str!("../../migrations/mysql/0002_token_rotation.sql"),
-        include_str!("../../migrations/mysql/0003_name_keys.sql"),
-        include_str!("../../migrations/mysql/0004_admin.sql"),
+    super::migrator(&[
+        ("init", include_str!("../../migrations/mysql/0001_init.sql")),
+        (
+            "token rotation",
+            include_str!("../../migrations/mysql/0002_token_rotation.sql"),
+        ),
+        (
+            "name keys",
+            include_str!("../../migrations/mysql/0003_name_keys.sql"),
+        ),
+        (
+            "admin",
+            include_str!("../../migrations/mysql/0004_admin.sql"),
+        ),
     ])
 }
 
@@ -625,7 +634,7 @@ impl MysqlStore {
             .into_iter()
             .collect();
         let mut doomed = ids(&mut tx, MySql::SENT_BY, user, 1).await?;
-        doomed.extend(ids(&mut tx, sql::DIRECT_TO, user, 1).await?);
+        doomed.extend(ids(&mut tx, MySql::DIRECT_TO, user, 6).await?);
         let (hide, delete): (Vec<i64>, Vec<i64>) =
             doomed.into_iter().partition(|m| pending.contains(m));
         for (mids, statement, count) in [

@@ -22,8 +22,9 @@ use super::{
 /// statement), so they stay in the backend files, as does reading the new
 /// row's id (rusqlite's `insert`, MySQL's `last_insert_id`).
 pub(crate) trait Dialect: Database {
-    /// [`undelivered`](SqlReads::undelivered)'s query, with the larger of
-    /// two values spelled `MAX` (SQLite) or `GREATEST` (MySQL).
+    /// [`undelivered`](SqlReads::undelivered)'s query: the user's inbox
+    /// rows after the larger of `after` and their confirmed seq, joined to
+    /// their messages, in seq order. Binds user, after, user, limit.
     const UNDELIVERED: &'static str;
     /// A user's token rows; MySQL locks them (`FOR UPDATE`) until the
     /// transaction ends. Binds the user.
@@ -38,21 +39,8 @@ pub(crate) trait Dialect: Database {
     /// The mids of every message a user sent; MySQL locks them, and the
     /// index range, so the user's sends wait for the delete. Binds the user.
     const SENT_BY: &'static str;
-}
-
-/// The undelivered page, with the dialect's name for the larger of two values.
-macro_rules! undelivered_sql {
-    ($greatest:literal) => {
-        concat!(
-            "SELECT i.seq, m.mid, m.sender, m.sender_name, m.kind, m.target, m.body, m.created_at \
-             FROM inbox i JOIN messages m ON m.mid = i.mid \
-             WHERE i.userid = ? \
-               AND i.seq > ",
-            $greatest,
-            "(?, COALESCE((SELECT acked_seq FROM user_seq WHERE userid = ?), 0)) \
-             ORDER BY i.seq LIMIT ?"
-        )
-    };
+    /// The one-to-one messages a user received. Binds the user six times.
+    const DIRECT_TO: &'static str;
 }
 
 /// A user's token rows, as [`super::batch::plan_token`] reads them, with
@@ -94,10 +82,52 @@ macro_rules! sent_by_sql {
     };
 }
 
+/// [`Dialect::DIRECT_TO`], from the conversation keys (`d:LO:HI`), not from
+/// the inbox, whose confirmed rows are pruned: the conversations in which
+/// the user is LO are one range of the index, and those in which they are
+/// HI one lookup per user with a smaller id (a sender deleted since took
+/// their messages along). `$key` builds `d:` + a + `:` + b in the dialect.
+macro_rules! direct_to_sql {
+    ($lo:literal, $hi:literal, $key:literal) => {
+        concat!(
+            "SELECT mid FROM messages WHERE conv >= ",
+            $lo,
+            " AND conv < ",
+            $hi,
+            " AND target = ? AND kind = 6 \
+             UNION \
+             SELECT m.mid FROM users u JOIN messages m ON m.conv = ",
+            $key,
+            " WHERE u.id < ? AND m.target = ? AND m.kind = 6 \
+             ORDER BY 1"
+        )
+    };
+}
+
 impl Dialect for sqlx::Sqlite {
     const USER_FOR_ADMIN: &'static str = user_for_admin_sql!("");
     const SENT_BY: &'static str = sent_by_sql!("");
-    const UNDELIVERED: &'static str = undelivered_sql!("MAX");
+    const DIRECT_TO: &'static str = direct_to_sql!(
+        "'d:' || ? || ':'",
+        "'d:' || ? || ';'",
+        "'d:' || u.id || ':' || ?"
+    );
+    // SQLite's inbox is two tables, `inbox` and the inbox log that commits
+    // append to (sqlite.rs, "The inbox log"); a row is in one of them. The
+    // planner merges the two arms in seq order (the first straight from the
+    // primary key, the log sorted) and stops at the limit.
+    const UNDELIVERED: &'static str =
+        "SELECT i.seq, m.mid, m.sender, m.sender_name, m.kind, m.target, m.body, m.created_at \
+         FROM (SELECT seq, mid FROM inbox \
+               WHERE userid = ?1 \
+                 AND seq > MAX(?2, COALESCE((SELECT acked_seq FROM user_seq WHERE userid = ?3), 0)) \
+               UNION ALL \
+               SELECT seq, mid FROM inbox_log \
+               WHERE userid = ?1 \
+                 AND seq > MAX(?2, COALESCE((SELECT acked_seq FROM user_seq WHERE userid = ?3), 0)) \
+               ORDER BY seq) i \
+         JOIN messages m ON m.mid = i.mid \
+         ORDER BY i.seq LIMIT ?4";
     // No lock hints: the one writer thread holds SQLite's write lock.
     const TOKENS_OF: &'static str = tokens_of_sql!("");
     const MEMBERS_OF: &'static str = members_of_sql!("");
@@ -109,7 +139,18 @@ impl Dialect for sqlx::Sqlite {
 impl Dialect for sqlx::MySql {
     const USER_FOR_ADMIN: &'static str = user_for_admin_sql!(" FOR UPDATE");
     const SENT_BY: &'static str = sent_by_sql!(" FOR UPDATE");
-    const UNDELIVERED: &'static str = undelivered_sql!("GREATEST");
+    // The collation is utf8mb4_bin: ':' sorts right before ';'.
+    const DIRECT_TO: &'static str = direct_to_sql!(
+        "CONCAT('d:', ?, ':')",
+        "CONCAT('d:', ?, ';')",
+        "CONCAT('d:', u.id, ':', ?)"
+    );
+    const UNDELIVERED: &'static str =
+        "SELECT i.seq, m.mid, m.sender, m.sender_name, m.kind, m.target, m.body, m.created_at \
+         FROM inbox i JOIN messages m ON m.mid = i.mid \
+         WHERE i.userid = ? \
+           AND i.seq > GREATEST(?, COALESCE((SELECT acked_seq FROM user_seq WHERE userid = ?), 0)) \
+         ORDER BY i.seq LIMIT ?";
     const TOKENS_OF: &'static str = tokens_of_sql!(" FOR UPDATE");
     const MEMBERS_OF: &'static str = members_of_sql!(" FOR UPDATE");
     // IGNORE skips only the duplicate row: two plain BIGINTs and a valid
@@ -172,9 +213,6 @@ pub(crate) const DELETE_MEMBERSHIPS: &str = "DELETE FROM groupuser WHERE userid 
 /// A user's friends, one direction. Binds the user.
 pub(crate) const FRIEND_IDS: &str =
     "SELECT friendid FROM friends WHERE userid = ? ORDER BY friendid";
-/// The one-to-one messages a user received, by their inbox. Binds the user.
-pub(crate) const DIRECT_TO: &str = "SELECT i.mid FROM inbox i JOIN messages m ON m.mid = i.mid \
-     WHERE i.userid = ? AND m.kind = 6 ORDER BY i.mid";
 /// The messages a user sent that another recipient has not confirmed:
 /// every user's unconfirmed inbox rows (a range of the primary key each).
 /// Binds the user twice.

@@ -6,10 +6,28 @@
 //! thread rather than one per statement. Reads use a sqlx pool and run beside
 //! the writer, as WAL allows. Migrations run over sqlx when the store opens,
 //! before the writer starts.
+//!
+//! The inbox log. A commit appends its inbox rows (one per recipient per
+//! message) to `inbox_log`, a plain rowid table, not to `inbox`, which is
+//! clustered by (userid, seq): there a group message of 500 members touched
+//! 500 pages, each written to the WAL and flushed before the ACK, while in
+//! the log its rows fill a page or two. A merger moves the log into `inbox`
+//! in the background, a generation at a time: rows that were already in the
+//! log when the previous generation was taken, so every row has waited at
+//! least [`MERGE_EVERY`] or [`MERGE_AT`] newer rows. By then an online
+//! recipient has usually confirmed it, and a confirmed row is dropped, as
+//! pruning would drop it from `inbox` (confirmed rows are never read again);
+//! the rest go in sorted by key. Each step is one short transaction on the
+//! writer, queued behind the commits. A row is in exactly one of the two
+//! tables at any snapshot: the inbox read reads both
+//! ([`Dialect::UNDELIVERED`]), retention reads both, and account deletion
+//! merges everything first. Durability does not change: the log is a table
+//! like any other, flushed before the ACK.
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,6 +53,125 @@ pub struct SqliteStore {
     read: Arc<SqlReads<Sqlite>>,
     writer: Arc<Writer>,
     counters: Arc<Mutex<Counters>>,
+    log: Arc<InboxLog>,
+}
+
+/// Rows appended to the inbox log since the last generation was taken that
+/// start the next merge at once (module docs). Readers scan the log, up to
+/// about twice this, a few milliseconds at worst; at 250,000 deliveries a
+/// second this still gives confirmations over 100 ms to arrive.
+const MERGE_AT: usize = 32_768;
+
+/// How often the merger looks at the log when it is not full: a quiet
+/// server's rows wait one to two of these.
+const MERGE_EVERY: Duration = Duration::from_secs(1);
+
+/// Log rows one merge step takes at most, so that no step holds the writer
+/// for more than a few milliseconds.
+const MERGE_STEP: i64 = 8192;
+
+/// The inbox log's bookkeeping, shared by the store and its merger.
+#[derive(Default)]
+struct InboxLog {
+    /// Rows appended since the merger last took a generation. Only the
+    /// writer thread changes it, so a merge step can reset it.
+    staged: AtomicUsize,
+    /// Wakes the merger before its timer.
+    full: tokio::sync::Notify,
+}
+
+/// One merge step: moves the log rows with a rowid at or below `due` into
+/// `inbox`, at most [`MERGE_STEP`] of them, dropping those their recipient
+/// has confirmed; the rest go in key order, so each user's rows land
+/// together. Returns the new `due` (the log's highest rowid, and `staged`
+/// reset) once no row at or below `due` is left, else `None`.
+fn merge_step(tx: &Transaction<'_>, log: &InboxLog, due: i64) -> StoreResult<Option<i64>> {
+    let first: Option<i64> = tx
+        .prepare_cached("SELECT MIN(rowid) FROM inbox_log")?
+        .query_row([], |r| r.get(0))?;
+    if let Some(first) = first.filter(|&f| f <= due) {
+        let upto = due.min(first.saturating_add(MERGE_STEP - 1));
+        tx.prepare_cached(
+            "INSERT INTO inbox (userid, seq, mid) \
+             SELECT l.userid, l.seq, l.mid FROM inbox_log l \
+             LEFT JOIN user_seq s ON s.userid = l.userid \
+             WHERE l.rowid <= ? AND l.seq > COALESCE(s.acked_seq, 0) \
+             ORDER BY l.userid, l.seq",
+        )?
+        .execute([upto])?;
+        tx.prepare_cached("DELETE FROM inbox_log WHERE rowid <= ?")?
+            .execute([upto])?;
+        if upto < due {
+            return Ok(None);
+        }
+    }
+    let top: Option<i64> = tx
+        .prepare_cached("SELECT MAX(rowid) FROM inbox_log")?
+        .query_row([], |r| r.get(0))?;
+    // Commits run on this thread too: none came in between.
+    log.staged.store(0, Ordering::Relaxed);
+    Ok(Some(top.unwrap_or(0)))
+}
+
+/// Moves the whole log into `inbox` (confirmed rows dropped), for the
+/// writer's statements that read `inbox` alone.
+fn merge_all(tx: &Transaction<'_>, log: &InboxLog) -> StoreResult<()> {
+    while merge_step(tx, log, i64::MAX)?.is_none() {}
+    Ok(())
+}
+
+/// Moves the whole log into `inbox`, confirmed rows too, for pruning: it
+/// deletes confirmed rows a bounded number per user and counts them.
+fn move_all(tx: &Transaction<'_>, log: &InboxLog) -> StoreResult<()> {
+    tx.prepare_cached(
+        "INSERT INTO inbox (userid, seq, mid) \
+         SELECT userid, seq, mid FROM inbox_log ORDER BY userid, seq",
+    )?
+    .execute([])?;
+    tx.prepare_cached("DELETE FROM inbox_log")?.execute([])?;
+    log.staged.store(0, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The merger task: takes a generation of the log when [`MERGE_AT`] rows
+/// have come in or every [`MERGE_EVERY`], and merges the previous one in
+/// steps. Ends when the store is closed or dropped.
+async fn merger(writer: Weak<Writer>, log: Arc<InboxLog>) {
+    // Rows a previous run left in the log are due at the first look.
+    let mut due = i64::MAX;
+    loop {
+        let _ = tokio::time::timeout(MERGE_EVERY, log.full.notified()).await;
+        if due == 0 && log.staged.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let mut steps = 0u32;
+        loop {
+            let Some(w) = writer.upgrade() else { return };
+            let shared = log.clone();
+            let res = w.transact(move |tx| merge_step(tx, &shared, due)).await;
+            drop(w);
+            steps += 1;
+            match res {
+                Ok(Some(next)) => {
+                    due = next;
+                    break;
+                }
+                Ok(None) => {}
+                Err(StoreError::Closed) => return,
+                Err(e) => {
+                    // The rows stay in the log, where reads find them.
+                    tracing::warn!(error = %e, "merging the inbox log failed; retrying");
+                    break;
+                }
+            }
+        }
+        tracing::trace!(
+            steps,
+            ms = started.elapsed().as_millis() as u64,
+            "merged a generation of the inbox log"
+        );
+    }
 }
 
 /// Users whose `last_seq` the writer remembers at most; past it the memory
@@ -78,11 +215,27 @@ impl Counters {
 }
 
 fn migrator() -> Migrator {
-    super::migrator([
-        include_str!("../../migrations/sqlite/0001_init.sql"),
-        include_str!("../../migrations/sqlite/0002_token_rotation.sql"),
-        include_str!("../../migrations/sqlite/0003_name_keys.sql"),
-        include_str!("../../migrations/sqlite/0004_admin.sql"),
+    super::migrator(&[
+        (
+            "init",
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+        ),
+        (
+            "token rotation",
+            include_str!("../../migrations/sqlite/0002_token_rotation.sql"),
+        ),
+        (
+            "name keys",
+            include_str!("../../migrations/sqlite/0003_name_keys.sql"),
+        ),
+        (
+            "admin",
+            include_str!("../../migrations/sqlite/0004_admin.sql"),
+        ),
+        (
+            "inbox log",
+            include_str!("../../migrations/sqlite/0005_inbox_log.sql"),
+        ),
     ])
 }
 
@@ -173,10 +326,14 @@ impl SqliteStore {
             }
         };
         tokio::spawn(checkpointer(read.clone()));
+        let writer = Arc::new(writer);
+        let log = Arc::new(InboxLog::default());
+        tokio::spawn(merger(Arc::downgrade(&writer), log.clone()));
         Ok(SqliteStore {
             read: Arc::new(SqlReads::new(read)),
-            writer: Arc::new(writer),
+            writer,
             counters: Arc::default(),
+            log,
         })
     }
 }
@@ -287,7 +444,7 @@ impl Inserts {
 }
 
 static MESSAGE_INSERTS: Inserts = Inserts::new(sql::INSERT_MESSAGE_INTO, 9);
-static INBOX_INSERTS: Inserts = Inserts::new("INSERT INTO inbox (userid, seq, mid) ", 3);
+static INBOX_INSERTS: Inserts = Inserts::new("INSERT INTO inbox_log (userid, seq, mid) ", 3);
 
 /// Inserts `rows` with multi-row statements; `bind` appends one row's
 /// values, in column order.
@@ -318,12 +475,13 @@ fn insert_rows<R>(
 
 /// The group commit: plan with [`batch`], then write the rows it planned.
 /// `known` is advanced as rows are written; the caller forgets it if the
-/// transaction does not commit.
+/// transaction does not commit. Also returns how many rows went into the
+/// inbox log.
 fn commit_batch(
     tx: &Transaction<'_>,
     ops: &[WriteOp],
     known: &mut Counters,
-) -> StoreResult<Vec<WriteOutcome>> {
+) -> StoreResult<(Vec<WriteOutcome>, usize)> {
     let need = batch::needs(ops);
     let lk = lookups(tx, &need)?;
     let rcpt = batch::recipients(ops, &lk);
@@ -335,7 +493,7 @@ fn commit_batch(
         }
         None => 0,
     };
-    let mut plan = batch::plan(ops, &lk, max_mid, &last);
+    let plan = batch::plan(ops, &lk, max_mid, &last);
 
     insert_rows(tx, &MESSAGE_INSERTS, &plan.messages, |row, args| {
         let m = &row.message;
@@ -357,8 +515,7 @@ fn commit_batch(
     if let Some(last) = plan.messages.last() {
         known.max_mid = Some(last.message.mid);
     }
-    // In key order: a batch's rows for one user land on the same page.
-    plan.inbox.sort_unstable();
+    // Appended to the inbox log in plan order; the merger sorts them.
     insert_rows(tx, &INBOX_INSERTS, &plan.inbox, |&(u, s, m), args| {
         args.extend([
             ToSqlOutput::from(u),
@@ -403,7 +560,7 @@ fn commit_batch(
             }
         });
     }
-    Ok(outcomes)
+    Ok((outcomes, plan.inbox.len()))
 }
 
 /// The highest mid handed out: the newest message, or the floor that
@@ -440,8 +597,9 @@ fn ids(tx: &Transaction<'_>, statement: &str, args: &[i64]) -> StoreResult<Vec<i
 }
 
 /// [`AdminStore::delete_user`] in the writer's transaction.
-fn delete_user(tx: &Transaction<'_>, user: UserId) -> StoreResult<DeletedUser> {
+fn delete_user(tx: &Transaction<'_>, log: &InboxLog, user: UserId) -> StoreResult<DeletedUser> {
     disabled_at(tx, user)?;
+    merge_all(tx, log)?;
     let mut out = DeletedUser {
         groups: ids(tx, sql::CREATED_BY, &[user])?,
         ..DeletedUser::default()
@@ -460,7 +618,7 @@ fn delete_user(tx: &Transaction<'_>, user: UserId) -> StoreResult<DeletedUser> {
         .into_iter()
         .collect();
     let mut doomed = ids(tx, Sqlite::SENT_BY, &[user])?;
-    doomed.extend(ids(tx, sql::DIRECT_TO, &[user])?);
+    doomed.extend(ids(tx, Sqlite::DIRECT_TO, &[user; 6])?);
     tx.prepare_cached(KEEP_MID_FLOOR)?.execute([])?;
     for mid in doomed {
         if pending.contains(&mid) {
@@ -718,7 +876,10 @@ impl AdminStore for SqliteStore {
     }
 
     async fn delete_user(&self, user: UserId) -> StoreResult<DeletedUser> {
-        self.writer.transact(move |tx| delete_user(tx, user)).await
+        let log = self.log.clone();
+        self.writer
+            .transact(move |tx| delete_user(tx, &log, user))
+            .await
     }
 
     async fn account_events(&self, after: i64, limit: i64) -> StoreResult<Vec<AccountEvent>> {
@@ -774,7 +935,9 @@ impl MessageStore for SqliteStore {
 
     async fn commit_staged(&self, ops: Vec<WriteOp>) -> StoreResult<(Vec<WriteOutcome>, Durable)> {
         let counters = self.counters.clone();
-        self.writer
+        let log = self.log.clone();
+        let out = self
+            .writer
             .run_staged(move |conn| {
                 let mut known = counters.lock().unwrap_or_else(|poisoned| {
                     // A batch panicked halfway: start over from the tables.
@@ -786,8 +949,9 @@ impl MessageStore for SqliteStore {
                 let mut batch = || {
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                     known.check(&tx)?;
-                    let out = commit_batch(&tx, &ops, &mut known)?;
+                    let (out, logged) = commit_batch(&tx, &ops, &mut known)?;
                     tx.commit()?;
+                    log.staged.fetch_add(logged, Ordering::Relaxed);
                     Ok(out)
                 };
                 let out = batch();
@@ -797,7 +961,11 @@ impl MessageStore for SqliteStore {
                 }
                 out
             })
-            .await
+            .await;
+        if self.log.staged.load(Ordering::Relaxed) >= MERGE_AT {
+            self.log.full.notify_one();
+        }
+        out
     }
 
     async fn acked_seq(&self, user: UserId) -> StoreResult<i64> {
@@ -842,8 +1010,12 @@ impl MessageStore for SqliteStore {
         users: i64,
         per_user: i64,
     ) -> StoreResult<(u64, Option<UserId>)> {
+        let log = self.log.clone();
         self.writer
             .transact(move |tx| {
+                // The merger drops most confirmed rows before this runs;
+                // what is left in the log is seconds' worth.
+                move_all(tx, &log)?;
                 let batch: Vec<(UserId, i64)> = tx
                     .prepare_cached(
                         "SELECT userid, acked_seq FROM user_seq WHERE userid > ? \
@@ -873,7 +1045,10 @@ impl MessageStore for SqliteStore {
         self.writer
             .transact(move |tx| {
                 let pending: Option<i64> = tx
-                    .prepare_cached("SELECT MIN(mid) FROM inbox")?
+                    .prepare_cached(
+                        "SELECT MIN(m) FROM (SELECT MIN(mid) AS m FROM inbox \
+                         UNION ALL SELECT MIN(mid) FROM inbox_log)",
+                    )?
                     .query_row([], |r| r.get(0))?;
                 let oldest: Vec<(i64, i64)> = tx
                     .prepare_cached("SELECT mid, created_at FROM messages ORDER BY mid LIMIT ?")?
@@ -938,10 +1113,15 @@ mod tests {
         }
     }
 
-    /// The writer remembers counters between batches; a write by anyone
-    /// else (another process on the same file) must make it read them again.
-    #[tokio::test]
-    async fn remembered_counters_yield_to_other_writers() {
+    /// A store in a new directory (kept while the guard lives), its file,
+    /// and two users.
+    async fn two_users() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        SqliteStore,
+        UserId,
+        UserId,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chat.db");
         let url = format!("sqlite://{}", path.display());
@@ -950,6 +1130,14 @@ mod tests {
             .unwrap();
         let a = store.create_user("a", "a", "x").await.unwrap();
         let b = store.create_user("b", "b", "x").await.unwrap();
+        (dir, path, store, a, b)
+    }
+
+    /// The writer remembers counters between batches; a write by anyone
+    /// else (another process on the same file) must make it read them again.
+    #[tokio::test]
+    async fn remembered_counters_yield_to_other_writers() {
+        let (_dir, path, store, a, b) = two_users().await;
         let out = store.commit(vec![to(a, b), to(a, b)]).await.unwrap();
         assert_eq!(delivered(&out[1]), (2, vec![(b, 2)]));
 
@@ -969,6 +1157,115 @@ mod tests {
         assert_eq!(delivered(&out[0]), (42, vec![(b, 9)]));
         store.close().await;
     }
+    /// Rows in the inbox log and in `inbox`, read with a connection of the
+    /// test's own.
+    fn rows(path: &std::path::Path) -> (i64, i64) {
+        let c = rusqlite::Connection::open(path).unwrap();
+        let n = |t: &str| {
+            c.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        (n("inbox_log"), n("inbox"))
+    }
+
+    /// One merge generation as the merger runs it: steps until done.
+    async fn merge(store: &SqliteStore, due: i64) -> i64 {
+        loop {
+            let log = store.log.clone();
+            let step = store
+                .writer
+                .transact(move |tx| merge_step(tx, &log, due))
+                .await
+                .unwrap();
+            if let Some(next) = step {
+                return next;
+            }
+        }
+    }
+
+    /// Commits append inbox rows to the log; a merge takes the rows of the
+    /// previous generation only, drops the confirmed ones and moves the rest
+    /// into `inbox`. Reads see the same rows, in seq order, wherever they
+    /// are, also a page that spans both tables.
+    #[tokio::test]
+    async fn the_inbox_log_merges_by_generation_and_reads_see_both_tables() {
+        let (_dir, path, store, a, b) = two_users().await;
+        let seqs = |rows: Vec<(i64, StoredMessage)>| -> Vec<(i64, i64)> {
+            rows.into_iter().map(|(s, m)| (s, m.mid)).collect()
+        };
+        store.commit(vec![to(a, b); 10]).await.unwrap();
+        assert_eq!(rows(&path), (10, 0));
+        // The first generation starts: nothing was due yet.
+        let due = merge(&store, 0).await;
+        assert_eq!((due, rows(&path)), (10, (10, 0)));
+        store.commit(vec![to(a, b); 10]).await.unwrap();
+        store
+            .commit(vec![WriteOp::Ack { user: b, seq: 4 }])
+            .await
+            .unwrap();
+        // Rows 1-10 were due: 1-4 confirmed and dropped, 5-10 moved; 11-20
+        // wait for the next generation.
+        let due = merge(&store, due).await;
+        assert_eq!((due, rows(&path)), (20, (10, 6)));
+        let all = seqs(store.undelivered(b, 0, 100).await.unwrap());
+        assert_eq!(all, (5..=20).map(|k| (k, k)).collect::<Vec<_>>());
+        let page = seqs(store.undelivered(b, 7, 5).await.unwrap());
+        assert_eq!(page, (8..=12).map(|k| (k, k)).collect::<Vec<_>>());
+        assert!(store.undelivered(a, 0, 100).await.unwrap().is_empty());
+        let due = merge(&store, due).await;
+        assert_eq!((due, rows(&path)), (0, (0, 16)));
+        assert_eq!(seqs(store.undelivered(b, 0, 100).await.unwrap()), all);
+        store.close().await;
+    }
+
+    /// The merger runs by itself: rows a previous run left are due at its
+    /// first look, and a full log is merged without waiting for the timer.
+    #[tokio::test]
+    async fn the_merger_empties_the_log_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let url = format!("sqlite://{}", path.display());
+        let opts = StoreOptions::default();
+        let store = SqliteStore::open(&url, &opts).await.unwrap();
+        let a = store.create_user("a", "a", "x").await.unwrap();
+        let b = store.create_user("b", "b", "x").await.unwrap();
+        store.commit(vec![to(a, b); 7]).await.unwrap();
+        store.close().await;
+        assert_eq!(rows(&path), (7, 0));
+
+        let store = SqliteStore::open(&url, &opts).await.unwrap();
+        let wait_for = |want: (i64, i64)| {
+            let path = path.clone();
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while rows(&path) != want {
+                    assert!(std::time::Instant::now() < deadline, "log never merged");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        wait_for((0, 7)).await;
+        // Two logs' worth: the first is confirmed in the commit of the
+        // second, before the second fills the log, so it is dropped when it
+        // is merged; the second is still owed and moves into `inbox`.
+        let n = MERGE_AT + MERGE_STEP as usize;
+        store.commit(vec![to(a, b); n]).await.unwrap();
+        let mut second = vec![to(a, b); n];
+        second.push(WriteOp::Ack {
+            user: b,
+            seq: 7 + n as i64,
+        });
+        store.commit(second).await.unwrap();
+        wait_for((0, 7 + n as i64)).await;
+        let got = store.undelivered(b, 0, 1_000_000).await.unwrap();
+        assert_eq!(got.len(), n);
+        assert!(got
+            .iter()
+            .zip(8 + n as i64..)
+            .all(|((s, m), k)| *s == k && m.mid == k));
+        store.close().await;
+    }
+
     /// A batch's rows go in multi-row statements of several sizes: every
     /// size and every row must land, in order, whatever the batch size.
     #[tokio::test]
