@@ -20,8 +20,8 @@
 //! the rest go in sorted by key. Each step is one short transaction on the
 //! writer, queued behind the commits. A row is in exactly one of the two
 //! tables at any snapshot: the inbox read reads both
-//! ([`Dialect::UNDELIVERED`]), retention reads both, and account deletion
-//! merges everything first. Durability does not change: the log is a table
+//! ([`Dialect::UNDELIVERED`]), retention reads both, account deletion
+//! merges everything first, and pruning moves a short log into `inbox`. Durability does not change: the log is a table
 //! like any other, flushed before the ACK.
 
 use std::collections::HashMap;
@@ -120,9 +120,18 @@ fn merge_all(tx: &Transaction<'_>, log: &InboxLog) -> StoreResult<()> {
     Ok(())
 }
 
-/// Moves the whole log into `inbox`, confirmed rows too, for pruning: it
-/// deletes confirmed rows a bounded number per user and counts them.
-fn move_all(tx: &Transaction<'_>, log: &InboxLog) -> StoreResult<()> {
+/// Moves the whole log into `inbox`, confirmed rows too, for pruning, which
+/// deletes confirmed rows a bounded number per user and counts them; but
+/// only a log of at most [`MERGE_STEP`] rows. A longer one is left to the
+/// merger, which drops its confirmed rows anyway (moving it here would hold
+/// the writer for as long as a whole generation takes).
+fn move_small_log(tx: &Transaction<'_>, log: &InboxLog) -> StoreResult<()> {
+    let span: Option<i64> = tx
+        .prepare_cached("SELECT MAX(rowid) - MIN(rowid) FROM inbox_log")?
+        .query_row([], |r| r.get(0))?;
+    if span.is_none_or(|n| n >= MERGE_STEP) {
+        return Ok(());
+    }
     tx.prepare_cached(
         "INSERT INTO inbox (userid, seq, mid) \
          SELECT userid, seq, mid FROM inbox_log ORDER BY userid, seq",
@@ -1013,9 +1022,7 @@ impl MessageStore for SqliteStore {
         let log = self.log.clone();
         self.writer
             .transact(move |tx| {
-                // The merger drops most confirmed rows before this runs;
-                // what is left in the log is seconds' worth.
-                move_all(tx, &log)?;
+                move_small_log(tx, &log)?;
                 let batch: Vec<(UserId, i64)> = tx
                     .prepare_cached(
                         "SELECT userid, acked_seq FROM user_seq WHERE userid > ? \
@@ -1263,6 +1270,39 @@ mod tests {
             .iter()
             .zip(8 + n as i64..)
             .all(|((s, m), k)| *s == k && m.mid == k));
+        store.close().await;
+    }
+
+    /// [`move_small_log`], then the rows in the log and in `inbox`, in one
+    /// transaction.
+    async fn move_and_count(store: &SqliteStore) -> (i64, i64) {
+        let log = store.log.clone();
+        store
+            .writer
+            .transact(move |tx| {
+                move_small_log(tx, &log)?;
+                let n =
+                    |t: &str| tx.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0));
+                Ok((n("inbox_log")?, n("inbox")?))
+            })
+            .await
+            .unwrap()
+    }
+
+    /// Pruning moves a short log into `inbox` (so that it can delete and
+    /// count the confirmed rows), but leaves a long one to the merger.
+    #[tokio::test]
+    async fn pruning_moves_only_a_short_log() {
+        let (_dir, _path, store, a, b) = two_users().await;
+        store.commit(vec![to(a, b); 10]).await.unwrap();
+        assert_eq!(move_and_count(&store).await, (0, 10));
+        // Wait out the merger's first look (it merges leftovers at once);
+        // its next look only takes a generation, so for a second after the
+        // commit the long log is the test's alone.
+        tokio::time::sleep(MERGE_EVERY + Duration::from_millis(200)).await;
+        let n = MERGE_STEP + 10;
+        store.commit(vec![to(a, b); n as usize]).await.unwrap();
+        assert_eq!(move_and_count(&store).await, (n, 10));
         store.close().await;
     }
 
