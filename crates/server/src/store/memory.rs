@@ -21,7 +21,14 @@ use super::{
 #[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// With [`MemoryStore::hold_flushes`]: where each commit's "flush" goes
+    /// for a test to finish.
+    flushes: Mutex<Option<Flushes>>,
 }
+
+/// Each staged commit's durability, handed to whoever finishes it.
+pub(crate) type Flushes =
+    tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<StoreResult<()>>>;
 
 /// A group's row.
 #[derive(Debug)]
@@ -99,6 +106,19 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// From now on a staged commit is durable only once the test answers
+    /// the sender it receives here (`Ok`, or the error the flush "failed"
+    /// with), as a disk that flushes when told: for tests of what waits for
+    /// durability and what does not.
+    #[cfg(test)]
+    pub(crate) fn hold_flushes(
+        &self,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<StoreResult<()>>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.flushes.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
+        rx
     }
 
     /// The state; a panic elsewhere leaves it usable (each call changes it
@@ -568,6 +588,23 @@ impl AdminStore for MemoryStore {
 impl MessageStore for MemoryStore {
     async fn commit(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
         Ok(self.state().commit(&ops))
+    }
+
+    async fn commit_staged(
+        &self,
+        ops: Vec<WriteOp>,
+    ) -> StoreResult<(Vec<WriteOutcome>, super::Durable)> {
+        let out = self.state().commit(&ops);
+        let held = self.flushes.lock().unwrap_or_else(PoisonError::into_inner);
+        let durable = match held.as_ref() {
+            Some(flushes) => {
+                let (done, rx) = tokio::sync::oneshot::channel();
+                let _ = flushes.send(done);
+                super::Durable::pending(rx)
+            }
+            None => super::Durable::ready(),
+        };
+        Ok((out, durable))
     }
 
     async fn acked_seq(&self, user: UserId) -> StoreResult<i64> {

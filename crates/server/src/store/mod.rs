@@ -628,9 +628,12 @@ pub trait MessageStore: Send + Sync {
     async fn commit(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>>;
     /// [`MessageStore::commit`] in two steps: returns once the batch is
     /// committed, with a [`Durable`] that resolves once it is on disk. The
-    /// committer starts the next batch meanwhile and answers this one's
-    /// writers (and pushes its messages) only after the `Durable`. By
-    /// default the commit is durable when it returns.
+    /// committer starts the next batch meanwhile, pushes this one's
+    /// messages at once and answers its writers only after the `Durable`:
+    /// so what a commit returned must survive a crash of the process (in
+    /// the OS's hands, as SQLite's WAL after COMMIT), and only a flush may
+    /// be left (crate::committer explains why). By default the commit is
+    /// durable when it returns.
     async fn commit_staged(&self, ops: Vec<WriteOp>) -> StoreResult<(Vec<WriteOutcome>, Durable)> {
         Ok((self.commit(ops).await?, Durable::ready()))
     }
