@@ -5,8 +5,10 @@
 //! bigger the batches and the cheaper each message's durability. A store may
 //! commit in two steps ([`crate::store::MessageStore::commit_staged`]): the
 //! next batch then commits while this one is flushed to disk. Messages are
-//! routed in commit order as soon as they are committed; the writers (the
-//! sender's ACK, every other reply) hear of a batch only once it is durable.
+//! pushed in commit order as soon as they are committed (by a pusher task,
+//! so that neither the next commit nor the previous batch's flush holds them
+//! up); the writers (the sender's ACK, every other reply) hear of a batch
+//! only once it is durable (the router task).
 //!
 //! Why a push may go before the flush: what a COMMIT wrote is in the OS's
 //! hands, so no crash of this process can lose it, and after a restart the
@@ -228,17 +230,23 @@ async fn run(
     // in turn, so the committer may run this far ahead of the disk.
     let (routed, mut to_route) =
         mpsc::channel::<(Vec<WriteOutcome>, Vec<Reply>, Durable)>(ROUTE_AHEAD);
+    // Committed messages, in commit order, for the pusher: it pushes each
+    // batch at once (module docs), not behind the flush of the one before,
+    // and not on this task, which should be committing the next batch.
+    let (to_push, mut pushes) = mpsc::channel::<Vec<Fanout>>(ROUTE_AHEAD);
+    let counted = metrics.clone();
+    let pusher = tokio::spawn(async move {
+        while let Some(batch) = pushes.recv().await {
+            for fanout in &batch {
+                let group = matches!(fanout.message.target, crate::store::Target::Group(_));
+                counted.stored(group);
+                dispatch.committed(fanout);
+            }
+        }
+    });
     let stored = metrics.clone();
     let router = tokio::spawn(async move {
         while let Some((outcomes, replies, durable)) = to_route.recv().await {
-            // Committed: pushed now (module docs), answered once durable.
-            for o in &outcomes {
-                if let WriteOutcome::Append(Ok(Appended::New(fanout))) = o {
-                    let group = matches!(fanout.message.target, crate::store::Target::Group(_));
-                    stored.stored(group);
-                    dispatch.committed(fanout);
-                }
-            }
             let waited = std::time::Instant::now();
             let on_disk = durable.wait().await;
             stored
@@ -327,6 +335,16 @@ async fn run(
             // Routing and replies run in their own task, in commit order,
             // so the next batch starts committing while this one is routed.
             Ok((outcomes, durable)) => {
+                let fresh: Vec<Fanout> = outcomes
+                    .iter()
+                    .filter_map(|o| match o {
+                        WriteOutcome::Append(Ok(Appended::New(f))) => Some(f.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if !fresh.is_empty() && to_push.send(fresh).await.is_err() {
+                    break;
+                }
                 if routed.send((outcomes, replies, durable)).await.is_err() {
                     break;
                 }
@@ -339,7 +357,9 @@ async fn run(
             }
         }
     }
+    drop(to_push);
     drop(routed);
+    let _ = pusher.await;
     let _ = router.await;
     tracing::debug!("committer stopped");
 }
