@@ -15,7 +15,8 @@
 //! store hands out mids and seqs after it (it reads its counters back from
 //! the tables): a client can never have been pushed a seq or mid that
 //! storage later gives another message. Only a power cut or a failed flush
-//! within the flush's fraction of a millisecond could, the same window in
+//! before the flush (usually a fraction of a millisecond; under load up to
+//! [`ROUTE_AHEAD`] committed batches may wait for the disk) could, the same window in
 //! which a HISTORY read or a login's backlog could already see the batch
 //! (docs/reliability.md, "Nothing lost"); the sender, not yet ACKed,
 //! retries by cmid. It saves a recipient the flush: a third of the

@@ -408,6 +408,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let opts = StoreOptions {
         pool_size: args.pool_size,
         sqlite_synchronous_full: matches!(args.sqlite_synchronous, Synchronous::Full),
+        background: true,
     };
     let store = store::open(&args.database_url, &opts)
         .await

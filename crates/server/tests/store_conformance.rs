@@ -334,6 +334,7 @@ conformance!(all: [
     admin_disable_and_enable,
     admin_reset_password,
     admin_delete_user,
+    admin_delete_user_after_their_sender,
     admin_events_in_order,
     confirmed_rows_and_old_messages_are_pruned,
 ], sql: [
@@ -2145,6 +2146,29 @@ async fn admin_delete_user(fx: Arc<Fixture>) {
     // The name is free again; the id is not reused.
     let again = user(s, "alice").await;
     assert!(again > c, "new id {again}");
+}
+
+/// A one-to-one message still undelivered when its sender is deleted is
+/// hidden, not deleted; deleting its recipient afterwards deletes it.
+async fn admin_delete_user_after_their_sender(fx: Arc<Fixture>) {
+    let s = &*fx.store;
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let c = user(s, "carol").await;
+    send(s, append(a, Target::User(b), "psst")).await;
+    send(s, append(c, Target::User(b), "hello")).await;
+    let d = s.delete_user(a).await.unwrap();
+    assert_eq!((d.messages, d.pending), (0, 1), "undelivered: hidden");
+    assert_eq!(s.undelivered(b, 0, ALL).await.unwrap().len(), 2);
+    let d = s.delete_user(b).await.unwrap();
+    assert_eq!(
+        (d.messages, d.pending),
+        (2, 0),
+        "both messages to bob go with him, the hidden one too"
+    );
+    assert!(history(s, Conversation::Direct(b, c), None, ALL)
+        .await
+        .is_empty());
 }
 
 async fn admin_events_in_order(fx: Arc<Fixture>) {

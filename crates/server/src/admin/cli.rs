@@ -75,7 +75,12 @@ pub async fn run(cmd: AdminCommand, url: &str, hash: HashCost) -> anyhow::Result
     if let AdminCommand::Backup { to } = &cmd {
         return backup(url, to).await;
     }
-    let store = store::open(url, &StoreOptions::default()).await?;
+    // The servers do the upkeep; this process only runs one command.
+    let opts = StoreOptions {
+        background: false,
+        ..StoreOptions::default()
+    };
+    let store = store::open(url, &opts).await?;
     let res = run_on(&*store, cmd, hash).await;
     store.close().await;
     res

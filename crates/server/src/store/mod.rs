@@ -762,6 +762,10 @@ pub struct StoreOptions {
     pub pool_size: u32,
     /// SQLite `synchronous`: FULL makes every commit survive power loss.
     pub sqlite_synchronous_full: bool,
+    /// Runs the store's background upkeep (SQLite: checkpoints and the
+    /// inbox log's merges): a server does, a short-lived operator command
+    /// beside it need not.
+    pub background: bool,
 }
 
 impl Default for StoreOptions {
@@ -769,6 +773,7 @@ impl Default for StoreOptions {
         StoreOptions {
             pool_size: 4,
             sqlite_synchronous_full: true,
+            background: true,
         }
     }
 }

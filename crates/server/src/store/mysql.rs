@@ -634,7 +634,7 @@ impl MysqlStore {
             .into_iter()
             .collect();
         let mut doomed = ids(&mut tx, MySql::SENT_BY, user, 1).await?;
-        doomed.extend(ids(&mut tx, MySql::DIRECT_TO, user, 6).await?);
+        doomed.extend(ids(&mut tx, MySql::DIRECT_TO, user, 7).await?);
         let (hide, delete): (Vec<i64>, Vec<i64>) =
             doomed.into_iter().partition(|m| pending.contains(m));
         for (mids, statement, count) in [

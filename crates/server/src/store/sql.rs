@@ -39,7 +39,7 @@ pub(crate) trait Dialect: Database {
     /// The mids of every message a user sent; MySQL locks them, and the
     /// index range, so the user's sends wait for the delete. Binds the user.
     const SENT_BY: &'static str;
-    /// The one-to-one messages a user received. Binds the user six times.
+    /// The one-to-one messages a user received. Binds the user seven times.
     const DIRECT_TO: &'static str;
 }
 
@@ -84,9 +84,11 @@ macro_rules! sent_by_sql {
 
 /// [`Dialect::DIRECT_TO`], from the conversation keys (`d:LO:HI`), not from
 /// the inbox, whose confirmed rows are pruned: the conversations in which
-/// the user is LO are one range of the index, and those in which they are
-/// HI one lookup per user with a smaller id (a sender deleted since took
-/// their messages along). `$key` builds `d:` + a + `:` + b in the dialect.
+/// the user is LO are one range of the index, those in which they are HI one
+/// lookup per existing user with a smaller id (about a second per million
+/// accounts), and the messages of senders deleted since are either gone
+/// with them or, still undelivered then, hidden under the key `deleted`.
+/// `$key` builds `d:` + a + `:` + b in the dialect.
 macro_rules! direct_to_sql {
     ($lo:literal, $hi:literal, $key:literal) => {
         concat!(
@@ -95,6 +97,8 @@ macro_rules! direct_to_sql {
             " AND conv < ",
             $hi,
             " AND target = ? AND kind = 6 \
+             UNION \
+             SELECT mid FROM messages WHERE conv = 'deleted' AND target = ? AND kind = 6 \
              UNION \
              SELECT m.mid FROM users u JOIN messages m ON m.conv = ",
             $key,
@@ -113,19 +117,23 @@ impl Dialect for sqlx::Sqlite {
         "'d:' || u.id || ':' || ?"
     );
     // SQLite's inbox is two tables, `inbox` and the inbox log that commits
-    // append to (sqlite.rs, "The inbox log"); a row is in one of them. The
-    // planner merges the two arms in seq order (the first straight from the
-    // primary key, the log sorted) and stops at the limit.
+    // append to (sqlite.rs, "The inbox log"); a row is in one of them. Each
+    // arm takes at most the limit in seq order (the first straight from the
+    // primary key, the log scanned and sorted), whatever the planner does
+    // with the rest; an unconfirmed row always has its message (deletions
+    // hide an undelivered message rather than delete it), so limiting
+    // before the join loses nothing.
     const UNDELIVERED: &'static str =
         "SELECT i.seq, m.mid, m.sender, m.sender_name, m.kind, m.target, m.body, m.created_at \
-         FROM (SELECT seq, mid FROM inbox \
-               WHERE userid = ?1 \
-                 AND seq > MAX(?2, COALESCE((SELECT acked_seq FROM user_seq WHERE userid = ?3), 0)) \
+         FROM (SELECT * FROM (SELECT seq, mid FROM inbox \
+                 WHERE userid = ?1 \
+                   AND seq > MAX(?2, COALESCE((SELECT acked_seq FROM user_seq WHERE userid = ?3), 0)) \
+                 ORDER BY seq LIMIT ?4) \
                UNION ALL \
-               SELECT seq, mid FROM inbox_log \
-               WHERE userid = ?1 \
-                 AND seq > MAX(?2, COALESCE((SELECT acked_seq FROM user_seq WHERE userid = ?3), 0)) \
-               ORDER BY seq) i \
+               SELECT * FROM (SELECT seq, mid FROM inbox_log \
+                 WHERE userid = ?1 \
+                   AND seq > MAX(?2, COALESCE((SELECT acked_seq FROM user_seq WHERE userid = ?3), 0)) \
+                 ORDER BY seq LIMIT ?4)) i \
          JOIN messages m ON m.mid = i.mid \
          ORDER BY i.seq LIMIT ?4";
     // No lock hints: the one writer thread holds SQLite's write lock.

@@ -13,8 +13,8 @@
 //! 500 pages, each written to the WAL and flushed before the ACK, while in
 //! the log its rows fill a page or two. A merger moves the log into `inbox`
 //! in the background, a generation at a time: rows that were already in the
-//! log when the previous generation was taken, so every row has waited at
-//! least [`MERGE_EVERY`] or [`MERGE_AT`] newer rows. By then an online
+//! log when the previous generation was taken, so a row has normally waited
+//! [`MERGE_EVERY`] or [`MERGE_AT`] newer rows. By then an online
 //! recipient has usually confirmed it, and a confirmed row is dropped, as
 //! pruning would drop it from `inbox` (confirmed rows are never read again);
 //! the rest go in sorted by key. Each step is one short transaction on the
@@ -76,6 +76,10 @@ struct InboxLog {
     /// Rows appended since the merger last took a generation. Only the
     /// writer thread changes it, so a merge step can reset it.
     staged: AtomicUsize,
+    /// Set when something other than the merger emptied the log: rowids
+    /// then start again from 1, below the merger's generation mark, which
+    /// must start over.
+    emptied: std::sync::atomic::AtomicBool,
     /// Wakes the merger before its timer.
     full: tokio::sync::Notify,
 }
@@ -117,6 +121,7 @@ fn merge_step(tx: &Transaction<'_>, log: &InboxLog, due: i64) -> StoreResult<Opt
 /// writer's statements that read `inbox` alone.
 fn merge_all(tx: &Transaction<'_>, log: &InboxLog) -> StoreResult<()> {
     while merge_step(tx, log, i64::MAX)?.is_none() {}
+    log.emptied.store(true, Ordering::Relaxed);
     Ok(())
 }
 
@@ -139,6 +144,7 @@ fn move_small_log(tx: &Transaction<'_>, log: &InboxLog) -> StoreResult<()> {
     .execute([])?;
     tx.prepare_cached("DELETE FROM inbox_log")?.execute([])?;
     log.staged.store(0, Ordering::Relaxed);
+    log.emptied.store(true, Ordering::Relaxed);
     Ok(())
 }
 
@@ -146,11 +152,22 @@ fn move_small_log(tx: &Transaction<'_>, log: &InboxLog) -> StoreResult<()> {
 /// have come in or every [`MERGE_EVERY`], and merges the previous one in
 /// steps. Ends when the store is closed or dropped.
 async fn merger(writer: Weak<Writer>, log: Arc<InboxLog>) {
-    // Rows a previous run left in the log are due at the first look.
-    let mut due = i64::MAX;
+    // Nothing is due until the first look takes a generation: rows a
+    // previous run left are merged at the second.
+    let mut due = 0;
+    log.staged.store(1, Ordering::Relaxed);
     loop {
-        let _ = tokio::time::timeout(MERGE_EVERY, log.full.notified()).await;
-        if due == 0 && log.staged.load(Ordering::Relaxed) == 0 {
+        let woken = tokio::time::timeout(MERGE_EVERY, log.full.notified()).await;
+        let staged = log.staged.load(Ordering::Relaxed);
+        // A wake-up stored while a merge ran may be for a log that merge
+        // has since taken: only a log that is full now cuts the wait short.
+        if woken.is_ok() && staged < MERGE_AT {
+            continue;
+        }
+        if log.emptied.swap(false, Ordering::Relaxed) {
+            due = 0;
+        }
+        if due == 0 && staged == 0 {
             continue;
         }
         let started = std::time::Instant::now();
@@ -334,10 +351,12 @@ impl SqliteStore {
                 return Err(e.into());
             }
         };
-        tokio::spawn(checkpointer(read.clone()));
         let writer = Arc::new(writer);
         let log = Arc::new(InboxLog::default());
-        tokio::spawn(merger(Arc::downgrade(&writer), log.clone()));
+        if opts.background {
+            tokio::spawn(checkpointer(read.clone()));
+            tokio::spawn(merger(Arc::downgrade(&writer), log.clone()));
+        }
         Ok(SqliteStore {
             read: Arc::new(SqlReads::new(read)),
             writer,
@@ -627,7 +646,7 @@ fn delete_user(tx: &Transaction<'_>, log: &InboxLog, user: UserId) -> StoreResul
         .into_iter()
         .collect();
     let mut doomed = ids(tx, Sqlite::SENT_BY, &[user])?;
-    doomed.extend(ids(tx, Sqlite::DIRECT_TO, &[user; 6])?);
+    doomed.extend(ids(tx, Sqlite::DIRECT_TO, &[user; 7])?);
     tx.prepare_cached(KEEP_MID_FLOOR)?.execute([])?;
     for mid in doomed {
         if pending.contains(&mid) {
