@@ -192,11 +192,14 @@ async fn merger(writer: Weak<Writer>, log: Arc<InboxLog>) {
                 }
             }
         }
-        tracing::trace!(
-            steps,
-            ms = started.elapsed().as_millis() as u64,
-            "merged a generation of the inbox log"
-        );
+        let ms = started.elapsed().as_millis() as u64;
+        if ms > 500 {
+            // Each step is short, but a generation this slow means the
+            // writer is falling behind (commits come first).
+            tracing::info!(steps, ms, "slow merge of the inbox log");
+        } else {
+            tracing::trace!(steps, ms, "merged a generation of the inbox log");
+        }
     }
 }
 
