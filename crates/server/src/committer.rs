@@ -16,9 +16,9 @@
 //! the tables): a client can never have been pushed a seq or mid that
 //! storage later gives another message. Only a power cut or a failed flush
 //! before the flush (usually a fraction of a millisecond; under load up to
-//! [`ROUTE_AHEAD`] committed batches may wait for the disk) could, the same window in
-//! which a HISTORY read or a login's backlog could already see the batch
-//! (docs/reliability.md, "Nothing lost"); the sender, not yet ACKed,
+//! [`ROUTE_AHEAD`] committed batches may wait for the disk) could, the same
+//! window in which a HISTORY read or a login's backlog could already see the
+//! batch (docs/reliability.md, "Nothing lost"); the sender, not yet ACKed,
 //! retries by cmid. It saves a recipient the flush: a third of the
 //! latency at 2,000 msg/s.
 
@@ -333,7 +333,7 @@ async fn run(
             tracing::info!(ms = took.as_millis() as u64, batch = n, "slow group commit");
         }
         match committed {
-            // Routing and replies run in their own task, in commit order,
+            // Pushes and replies run in tasks of their own, in commit order,
             // so the next batch starts committing while this one is routed.
             Ok((outcomes, durable)) => {
                 let fresh: Vec<Fanout> = outcomes

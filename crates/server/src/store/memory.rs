@@ -26,9 +26,11 @@ pub struct MemoryStore {
     flushes: Mutex<Option<Flushes>>,
 }
 
-/// Each staged commit's durability, handed to whoever finishes it.
-pub(crate) type Flushes =
-    tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<StoreResult<()>>>;
+/// A staged commit's durability, for whoever finishes it to answer.
+pub(crate) type Flush = tokio::sync::oneshot::Sender<StoreResult<()>>;
+
+/// Where [`MemoryStore::hold_flushes`] sends each commit's [`Flush`].
+type Flushes = tokio::sync::mpsc::UnboundedSender<Flush>;
 
 /// A group's row.
 #[derive(Debug)]
@@ -113,9 +115,7 @@ impl MemoryStore {
     /// with), as a disk that flushes when told: for tests of what waits for
     /// durability and what does not.
     #[cfg(test)]
-    pub(crate) fn hold_flushes(
-        &self,
-    ) -> tokio::sync::mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<StoreResult<()>>> {
+    pub(crate) fn hold_flushes(&self) -> tokio::sync::mpsc::UnboundedReceiver<Flush> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         *self.flushes.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
         rx

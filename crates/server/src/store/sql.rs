@@ -108,6 +108,20 @@ macro_rules! direct_to_sql {
     };
 }
 
+/// One arm of SQLite's [`Dialect::UNDELIVERED`]: a user's unconfirmed rows
+/// in `$table`, at most the limit, in seq order.
+macro_rules! owed_in {
+    ($table:literal) => {
+        concat!(
+            "SELECT * FROM (SELECT seq, mid FROM ",
+            $table,
+            " WHERE userid = ?1 \
+               AND seq > MAX(?2, COALESCE((SELECT acked_seq FROM user_seq WHERE userid = ?3), 0)) \
+             ORDER BY seq LIMIT ?4)"
+        )
+    };
+}
+
 impl Dialect for sqlx::Sqlite {
     const USER_FOR_ADMIN: &'static str = user_for_admin_sql!("");
     const SENT_BY: &'static str = sent_by_sql!("");
@@ -123,19 +137,14 @@ impl Dialect for sqlx::Sqlite {
     // with the rest; an unconfirmed row always has its message (deletions
     // hide an undelivered message rather than delete it), so limiting
     // before the join loses nothing.
-    const UNDELIVERED: &'static str =
+    const UNDELIVERED: &'static str = concat!(
         "SELECT i.seq, m.mid, m.sender, m.sender_name, m.kind, m.target, m.body, m.created_at \
-         FROM (SELECT * FROM (SELECT seq, mid FROM inbox \
-                 WHERE userid = ?1 \
-                   AND seq > MAX(?2, COALESCE((SELECT acked_seq FROM user_seq WHERE userid = ?3), 0)) \
-                 ORDER BY seq LIMIT ?4) \
-               UNION ALL \
-               SELECT * FROM (SELECT seq, mid FROM inbox_log \
-                 WHERE userid = ?1 \
-                   AND seq > MAX(?2, COALESCE((SELECT acked_seq FROM user_seq WHERE userid = ?3), 0)) \
-                 ORDER BY seq LIMIT ?4)) i \
-         JOIN messages m ON m.mid = i.mid \
-         ORDER BY i.seq LIMIT ?4";
+         FROM (",
+        owed_in!("inbox"),
+        " UNION ALL ",
+        owed_in!("inbox_log"),
+        ") i JOIN messages m ON m.mid = i.mid ORDER BY i.seq LIMIT ?4"
+    );
     // No lock hints: the one writer thread holds SQLite's write lock.
     const TOKENS_OF: &'static str = tokens_of_sql!("");
     const MEMBERS_OF: &'static str = members_of_sql!("");

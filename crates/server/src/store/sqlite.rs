@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -79,9 +79,17 @@ struct InboxLog {
     /// Set when something other than the merger emptied the log: rowids
     /// then start again from 1, below the merger's generation mark, which
     /// must start over.
-    emptied: std::sync::atomic::AtomicBool,
+    emptied: AtomicBool,
     /// Wakes the merger before its timer.
     full: tokio::sync::Notify,
+}
+
+impl InboxLog {
+    /// Notes that a transaction other than the merger's emptied the log.
+    fn emptied_elsewhere(&self) {
+        self.staged.store(0, Ordering::Relaxed);
+        self.emptied.store(true, Ordering::Relaxed);
+    }
 }
 
 /// One merge step: moves the log rows with a rowid at or below `due` into
@@ -121,7 +129,7 @@ fn merge_step(tx: &Transaction<'_>, log: &InboxLog, due: i64) -> StoreResult<Opt
 /// writer's statements that read `inbox` alone.
 fn merge_all(tx: &Transaction<'_>, log: &InboxLog) -> StoreResult<()> {
     while merge_step(tx, log, i64::MAX)?.is_none() {}
-    log.emptied.store(true, Ordering::Relaxed);
+    log.emptied_elsewhere();
     Ok(())
 }
 
@@ -143,8 +151,7 @@ fn move_small_log(tx: &Transaction<'_>, log: &InboxLog) -> StoreResult<()> {
     )?
     .execute([])?;
     tx.prepare_cached("DELETE FROM inbox_log")?.execute([])?;
-    log.staged.store(0, Ordering::Relaxed);
-    log.emptied.store(true, Ordering::Relaxed);
+    log.emptied_elsewhere();
     Ok(())
 }
 
@@ -1189,12 +1196,13 @@ mod tests {
     /// Rows in the inbox log and in `inbox`, read with a connection of the
     /// test's own.
     fn rows(path: &std::path::Path) -> (i64, i64) {
-        let c = rusqlite::Connection::open(path).unwrap();
-        let n = |t: &str| {
-            c.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
-                .unwrap()
-        };
-        (n("inbox_log"), n("inbox"))
+        counts(&rusqlite::Connection::open(path).unwrap()).unwrap()
+    }
+
+    /// Rows in the inbox log and in `inbox`, as `conn` sees them.
+    fn counts(conn: &rusqlite::Connection) -> rusqlite::Result<(i64, i64)> {
+        let n = |t: &str| conn.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0));
+        Ok((n("inbox_log")?, n("inbox")?))
     }
 
     /// One merge generation as the merger runs it: steps until done.
@@ -1303,9 +1311,7 @@ mod tests {
             .writer
             .transact(move |tx| {
                 move_small_log(tx, &log)?;
-                let n =
-                    |t: &str| tx.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0));
-                Ok((n("inbox_log")?, n("inbox")?))
+                Ok(counts(tx)?)
             })
             .await
             .unwrap()
