@@ -147,6 +147,8 @@ pub struct Client {
     lines: Receiver<String>,
     seen: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    /// The thread copying stderr; it ends when the client's stderr closes.
+    stderr_reader: Option<thread::JoinHandle<()>>,
 }
 
 impl Client {
@@ -168,7 +170,7 @@ impl Client {
         let mut err = child.stderr.take().unwrap();
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = Arc::clone(&stderr);
-        thread::spawn(move || {
+        let stderr_reader = thread::spawn(move || {
             let mut buf = [0u8; 1024];
             while let Ok(n @ 1..) = err.read(&mut buf) {
                 sink.lock()
@@ -193,6 +195,7 @@ impl Client {
             lines: rx,
             seen: Vec::new(),
             stderr,
+            stderr_reader: Some(stderr_reader),
         }
     }
 
@@ -286,6 +289,11 @@ impl Client {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
+                // Everything it printed is read before anyone looks: the
+                // copier ends at the pipe's end, which exit closed.
+                if let Some(reader) = self.stderr_reader.take() {
+                    let _ = reader.join();
+                }
                 return st;
             }
             if Instant::now() > deadline {
