@@ -41,6 +41,9 @@ pub(crate) trait Dialect: Database {
     const SENT_BY: &'static str;
     /// The one-to-one messages a user received. Binds the user seven times.
     const DIRECT_TO: &'static str;
+    /// A page of a conversation, newest first: the messages below `before`.
+    /// Binds conv, before, limit.
+    const HISTORY: &'static str;
 }
 
 /// A user's token rows, as [`super::batch::plan_token`] reads them, with
@@ -84,25 +87,36 @@ macro_rules! sent_by_sql {
 
 /// [`Dialect::DIRECT_TO`], from the conversation keys (`d:LO:HI`), not from
 /// the inbox, whose confirmed rows are pruned: the conversations in which
-/// the user is LO are one range of the index, those in which they are HI one
-/// lookup per existing user with a smaller id (about a second per million
-/// accounts), and the messages of senders deleted since are either gone
-/// with them or, still undelivered then, hidden under the key `deleted`.
+/// the user is LO are one range of the (conv, mid) index, those in which
+/// they are HI one lookup per existing user with a smaller id (about a
+/// second per million accounts), and the messages of senders deleted since
+/// are either gone with them or, still undelivered then, hidden under the
+/// key `deleted`. `$from` gives messages `m` and the indexed key `$conv`;
 /// `$key` builds `d:` + a + `:` + b in the dialect.
 macro_rules! direct_to_sql {
-    ($lo:literal, $hi:literal, $key:literal) => {
+    ($from:literal, $conv:literal, $lo:literal, $hi:literal, $key:literal) => {
         concat!(
-            "SELECT mid FROM messages WHERE conv >= ",
+            "SELECT m.mid FROM ",
+            $from,
+            " WHERE ",
+            $conv,
+            " >= ",
             $lo,
-            " AND conv < ",
+            " AND ",
+            $conv,
+            " < ",
             $hi,
-            " AND target = ? AND kind = 6 \
+            " AND m.target = ? AND m.kind = 6 \
              UNION \
              SELECT mid FROM messages WHERE conv = 'deleted' AND target = ? AND kind = 6 \
              UNION \
-             SELECT m.mid FROM users u JOIN messages m ON m.conv = ",
+             SELECT m.mid FROM users u, ",
+            $from,
+            " WHERE ",
+            $conv,
+            " = ",
             $key,
-            " WHERE u.id < ? AND m.target = ? AND m.kind = 6 \
+            " AND u.id < ? AND m.target = ? AND m.kind = 6 \
              ORDER BY 1"
         )
     };
@@ -125,7 +139,12 @@ macro_rules! owed_in {
 impl Dialect for sqlx::Sqlite {
     const USER_FOR_ADMIN: &'static str = user_for_admin_sql!("");
     const SENT_BY: &'static str = sent_by_sql!("");
+    // The (conv, mid) index is the `history` table, which the indexer fills
+    // behind the commits (sqlite_history.rs); account deletion indexes the
+    // whole tail before it runs this.
     const DIRECT_TO: &'static str = direct_to_sql!(
+        "history h JOIN messages m ON m.mid = h.mid",
+        "h.conv",
         "'d:' || ? || ':'",
         "'d:' || ? || ';'",
         "'d:' || u.id || ':' || ?"
@@ -145,6 +164,7 @@ impl Dialect for sqlx::Sqlite {
         owed_in!("inbox_log"),
         ") i JOIN messages m ON m.mid = i.mid ORDER BY i.seq LIMIT ?4"
     );
+    const HISTORY: &'static str = super::sqlite_history::HISTORY;
     // No lock hints: the one writer thread holds SQLite's write lock.
     const TOKENS_OF: &'static str = tokens_of_sql!("");
     const MEMBERS_OF: &'static str = members_of_sql!("");
@@ -158,6 +178,8 @@ impl Dialect for sqlx::MySql {
     const SENT_BY: &'static str = sent_by_sql!(" FOR UPDATE");
     // The collation is utf8mb4_bin: ':' sorts right before ';'.
     const DIRECT_TO: &'static str = direct_to_sql!(
+        "messages m",
+        "m.conv",
         "CONCAT('d:', ?, ':')",
         "CONCAT('d:', ?, ';')",
         "CONCAT('d:', u.id, ':', ?)"
@@ -168,6 +190,9 @@ impl Dialect for sqlx::MySql {
          WHERE i.userid = ? \
            AND i.seq > GREATEST(?, COALESCE((SELECT acked_seq FROM user_seq WHERE userid = ?), 0)) \
          ORDER BY i.seq LIMIT ?";
+    const HISTORY: &'static str =
+        "SELECT mid, sender, sender_name, kind, target, body, created_at FROM messages \
+         WHERE conv = ? AND mid < ? ORDER BY mid DESC LIMIT ?";
     const TOKENS_OF: &'static str = tokens_of_sql!(" FOR UPDATE");
     const MEMBERS_OF: &'static str = members_of_sql!(" FOR UPDATE");
     // IGNORE skips only the duplicate row: two plain BIGINTs and a valid
@@ -554,15 +579,12 @@ where
         before: Option<i64>,
         limit: i64,
     ) -> StoreResult<Vec<StoredMessage>> {
-        let rows = sqlx::query::<DB>(
-            "SELECT mid, sender, sender_name, kind, target, body, created_at FROM messages \
-             WHERE conv = ? AND mid < ? ORDER BY mid DESC LIMIT ?",
-        )
-        .bind(conv.key())
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(limit.max(0))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query::<DB>(DB::HISTORY)
+            .bind(conv.key())
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(limit.max(0))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(|r| Self::message(r, 0)).collect()
     }
 }

@@ -21,8 +21,12 @@
 //! writer, queued behind the commits. A row is in exactly one of the two
 //! tables at any snapshot: the inbox read reads both
 //! ([`Dialect::UNDELIVERED`]), retention reads both, account deletion
-//! merges everything first, and pruning moves a short log into `inbox`. Durability does not change: the log is a table
-//! like any other, flushed before the ACK.
+//! merges everything first, and pruning moves a short log into `inbox`.
+//! Durability does not change: the log is a table like any other, flushed
+//! before the ACK.
+//!
+//! HISTORY's (conv, mid) index is built behind the commits the same way, by
+//! its own task ([`super::sqlite_history`]).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -39,6 +43,7 @@ use sqlx::{Row, Sqlite, SqlitePool};
 
 use super::batch::{self, Earlier, Lookups, Step, TokenRow};
 use super::sql::{self, role_from, Dialect, SqlReads, ROLE_IN};
+use super::sqlite_history::{self as history, HistoryIndex};
 use super::sqlite_writer::{Writer, WriterOptions};
 use super::{
     backfill_name_keys, key_digest, AccountChange, AccountEvent, AdminStore, Conversation,
@@ -51,9 +56,11 @@ use super::{
 #[derive(Clone)]
 pub struct SqliteStore {
     read: Arc<SqlReads<Sqlite>>,
-    writer: Arc<Writer>,
+    /// The one writer; the history indexer queues its steps here too.
+    pub(super) writer: Arc<Writer>,
     counters: Arc<Mutex<Counters>>,
     log: Arc<InboxLog>,
+    index: Arc<HistoryIndex>,
 }
 
 /// Rows appended to the inbox log since the last generation was taken that
@@ -272,6 +279,10 @@ fn migrator() -> Migrator {
             "inbox log",
             include_str!("../../migrations/sqlite/0005_inbox_log.sql"),
         ),
+        (
+            "history index",
+            include_str!("../../migrations/sqlite/0006_history_index.sql"),
+        ),
     ])
 }
 
@@ -363,15 +374,18 @@ impl SqliteStore {
         };
         let writer = Arc::new(writer);
         let log = Arc::new(InboxLog::default());
+        let index = Arc::new(HistoryIndex::default());
         if opts.background {
             tokio::spawn(checkpointer(read.clone()));
             tokio::spawn(merger(Arc::downgrade(&writer), log.clone()));
+            tokio::spawn(history::indexer(Arc::downgrade(&writer), index.clone()));
         }
         Ok(SqliteStore {
             read: Arc::new(SqlReads::new(read)),
             writer,
             counters: Arc::default(),
             log,
+            index,
         })
     }
 }
@@ -514,12 +528,12 @@ fn insert_rows<R>(
 /// The group commit: plan with [`batch`], then write the rows it planned.
 /// `known` is advanced as rows are written; the caller forgets it if the
 /// transaction does not commit. Also returns how many rows went into the
-/// inbox log.
+/// inbox log and how many messages were stored.
 fn commit_batch(
     tx: &Transaction<'_>,
     ops: &[WriteOp],
     known: &mut Counters,
-) -> StoreResult<(Vec<WriteOutcome>, usize)> {
+) -> StoreResult<(Vec<WriteOutcome>, usize, usize)> {
     let need = batch::needs(ops);
     let lk = lookups(tx, &need)?;
     let rcpt = batch::recipients(ops, &lk);
@@ -598,7 +612,7 @@ fn commit_batch(
             }
         });
     }
-    Ok((outcomes, plan.inbox.len()))
+    Ok((outcomes, plan.inbox.len(), plan.messages.len()))
 }
 
 /// The highest mid handed out: the newest message, or the floor that
@@ -638,6 +652,7 @@ fn ids(tx: &Transaction<'_>, statement: &str, args: &[i64]) -> StoreResult<Vec<i
 fn delete_user(tx: &Transaction<'_>, log: &InboxLog, user: UserId) -> StoreResult<DeletedUser> {
     disabled_at(tx, user)?;
     merge_all(tx, log)?;
+    history::index_all(tx)?;
     let mut out = DeletedUser {
         groups: ids(tx, sql::CREATED_BY, &[user])?,
         ..DeletedUser::default()
@@ -659,6 +674,7 @@ fn delete_user(tx: &Transaction<'_>, log: &InboxLog, user: UserId) -> StoreResul
     doomed.extend(ids(tx, Sqlite::DIRECT_TO, &[user; 7])?);
     tx.prepare_cached(KEEP_MID_FLOOR)?.execute([])?;
     for mid in doomed {
+        tx.prepare_cached(history::UNINDEX)?.execute([mid])?;
         if pending.contains(&mid) {
             out.pending += tx.prepare_cached(sql::HIDE_MESSAGE)?.execute([mid])? as u64;
         } else {
@@ -974,6 +990,7 @@ impl MessageStore for SqliteStore {
     async fn commit_staged(&self, ops: Vec<WriteOp>) -> StoreResult<(Vec<WriteOutcome>, Durable)> {
         let counters = self.counters.clone();
         let log = self.log.clone();
+        let index = self.index.clone();
         let out = self
             .writer
             .run_staged(move |conn| {
@@ -987,9 +1004,10 @@ impl MessageStore for SqliteStore {
                 let mut batch = || {
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                     known.check(&tx)?;
-                    let (out, logged) = commit_batch(&tx, &ops, &mut known)?;
+                    let (out, logged, stored) = commit_batch(&tx, &ops, &mut known)?;
                     tx.commit()?;
                     log.staged.fetch_add(logged, Ordering::Relaxed);
+                    index.committed(stored);
                     Ok(out)
                 };
                 let out = batch();
@@ -1093,6 +1111,10 @@ impl MessageStore for SqliteStore {
                 let Some(upto) = super::retention_cut(&oldest, before, pending) else {
                     return Ok(0);
                 };
+                let mut unindex = tx.prepare_cached(history::UNINDEX)?;
+                for &(mid, _) in oldest.iter().take_while(|(mid, _)| *mid <= upto) {
+                    unindex.execute([mid])?;
+                }
                 Ok(tx
                     .prepare_cached("DELETE FROM messages WHERE mid <= ?")?
                     .execute([upto])? as u64)

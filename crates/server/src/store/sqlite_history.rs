@@ -1,0 +1,355 @@
+//! The SQLite store's HISTORY index, built behind the commits.
+//!
+//! HISTORY pages a conversation by mid, so it needs (conv, mid) in key
+//! order. As an index of `messages` that put an entry on the newest page of
+//! every conversation a commit wrote to, and each of those pages went to
+//! the WAL and was flushed before the ACK: with 200 busy conversations that
+//! was most of a commit's pages, and dropping the index alone raised window
+//! 32 by about a third (BENCHMARKS.md, issue 9, fourth pass).
+//!
+//! So the index is a table of its own, `history (conv, mid)`, that an
+//! indexer task fills behind the commits: at most [`INDEX_STEP`] messages
+//! per short transaction on the writer, sorted by key, so each
+//! conversation's page is written once for many of its messages. The
+//! `counters` row `history` holds the highest mid indexed and moves in the
+//! same transaction, so every snapshot sees each message exactly once:
+//! indexed (mid at or below it) or in the tail (above it), which HISTORY
+//! scans by mid, a rowid range of at most a few thousand rows
+//! ([`HISTORY`]). Whatever deletes or hides a message takes its entry out
+//! first ([`UNINDEX`]); account deletion indexes the whole tail before it
+//! looks messages up by conversation.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use rusqlite::Transaction;
+
+use super::sqlite_writer::Writer;
+use super::{StoreError, StoreResult};
+
+/// Messages committed since the last pass that start the next one at once;
+/// with [`INDEX_EVERY`] this bounds the tail HISTORY scans.
+pub(super) const INDEX_AT: usize = 4096;
+
+/// How often the indexer looks when fewer than [`INDEX_AT`] came in.
+const INDEX_EVERY: Duration = Duration::from_secs(1);
+
+/// Mids one indexing transaction covers at most, so that none holds the
+/// writer for more than a few milliseconds.
+const INDEX_STEP: i64 = 4096;
+
+/// The SQLite dialect of HISTORY: the newest messages of the unindexed tail
+/// (a backwards scan of the mids above the `history` counter) and of the
+/// index, each arm limited, merged by mid. Binds conv, before, limit.
+pub(crate) const HISTORY: &str = "SELECT * FROM ( \
+       SELECT * FROM (SELECT mid, sender, sender_name, kind, target, body, created_at \
+         FROM messages \
+         WHERE mid > (SELECT COALESCE(MAX(value), 0) FROM counters WHERE name = 'history') \
+           AND mid < ?2 AND conv = ?1 \
+         ORDER BY mid DESC LIMIT ?3) \
+       UNION ALL \
+       SELECT * FROM (SELECT m.mid, m.sender, m.sender_name, m.kind, m.target, m.body, m.created_at \
+         FROM history h JOIN messages m ON m.mid = h.mid \
+         WHERE h.conv = ?1 AND h.mid < ?2 \
+         ORDER BY h.mid DESC LIMIT ?3)) \
+     ORDER BY mid DESC LIMIT ?3";
+
+/// Takes a message out of the index (a no-op while it is in the tail), before
+/// it is deleted or hidden. Binds the mid.
+pub(super) const UNINDEX: &str = "DELETE FROM history \
+     WHERE conv = (SELECT conv FROM messages WHERE mid = ?1) AND mid = ?1";
+
+/// What the commits tell the indexer.
+#[derive(Default)]
+pub(super) struct HistoryIndex {
+    /// Messages committed since the indexer's last pass began.
+    pub(super) pending: AtomicUsize,
+    /// Wakes the indexer before its timer.
+    pub(super) wake: tokio::sync::Notify,
+}
+
+impl HistoryIndex {
+    /// Counts `n` newly committed messages; call after the commit.
+    pub(super) fn committed(&self, n: usize) {
+        if n > 0 && self.pending.fetch_add(n, Ordering::Relaxed) + n >= INDEX_AT {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Indexes the messages after the `history` counter, at most
+/// [`INDEX_STEP`] mids of them, and moves the counter. Returns whether
+/// more are left.
+pub(super) fn index_step(tx: &Transaction<'_>) -> StoreResult<bool> {
+    let done: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(value), 0) FROM counters WHERE name = 'history'")?
+        .query_row([], |r| r.get(0))?;
+    let top: Option<i64> = tx
+        .prepare_cached("SELECT MAX(mid) FROM messages")?
+        .query_row([], |r| r.get(0))?;
+    let Some(top) = top.filter(|&t| t > done) else {
+        return Ok(false);
+    };
+    let upto = top.min(done.saturating_add(INDEX_STEP));
+    tx.prepare_cached(
+        "INSERT INTO history (conv, mid) SELECT conv, mid FROM messages \
+         WHERE mid > ? AND mid <= ? AND conv <> 'deleted' ORDER BY conv, mid",
+    )?
+    .execute([done, upto])?;
+    tx.prepare_cached(
+        "INSERT INTO counters (name, value) VALUES ('history', ?) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([upto])?;
+    Ok(upto < top)
+}
+
+/// Indexes the whole tail, for the writer's statements that look messages
+/// up by conversation.
+pub(super) fn index_all(tx: &Transaction<'_>) -> StoreResult<()> {
+    while index_step(tx)? {}
+    Ok(())
+}
+
+/// The indexer task: a pass when [`INDEX_AT`] messages came in or every
+/// [`INDEX_EVERY`], in steps until the tail is indexed. Ends when the store
+/// is closed or dropped.
+pub(super) async fn indexer(writer: Weak<Writer>, index: Arc<HistoryIndex>) {
+    // A previous run may have left a tail: the first look indexes it.
+    index.pending.store(1, Ordering::Relaxed);
+    loop {
+        let woken = tokio::time::timeout(INDEX_EVERY, index.wake.notified()).await;
+        // A wake-up stored during a pass may be for messages it indexed.
+        if woken.is_ok() && index.pending.load(Ordering::Relaxed) < INDEX_AT {
+            continue;
+        }
+        if index.pending.swap(0, Ordering::Relaxed) == 0 {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let mut steps = 0u32;
+        loop {
+            let Some(w) = writer.upgrade() else { return };
+            let res = w.transact(index_step).await;
+            drop(w);
+            steps += 1;
+            match res {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(StoreError::Closed) => return,
+                Err(e) => {
+                    // HISTORY still finds the messages in the tail.
+                    tracing::warn!(error = %e, "indexing history failed; retrying");
+                    index.pending.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        if ms > 500 {
+            tracing::info!(steps, ms, "slow pass of the history indexer");
+        } else {
+            tracing::trace!(steps, ms, "indexed history");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{
+        AdminStore, Appended, Conversation, MessageStore, NewMessage, StoreOptions, Target, UserId,
+        UserStore, WriteOp, WriteOutcome,
+    };
+
+    fn to(sender: UserId, user: UserId, body: &str) -> WriteOp {
+        WriteOp::Append(NewMessage {
+            sender,
+            sender_name: "a".into(),
+            target: Target::User(user),
+            body: body.into(),
+            cmid: None,
+            time: 0,
+        })
+    }
+
+    fn mid(o: &WriteOutcome) -> i64 {
+        match o {
+            WriteOutcome::Append(Ok(Appended::New(f))) => f.message.mid,
+            other => panic!("not stored: {other:?}"),
+        }
+    }
+
+    /// Rows in `history`, and the `history` counter, read with a
+    /// connection of the test's own.
+    fn indexed(path: &std::path::Path) -> (i64, i64) {
+        let c = rusqlite::Connection::open(path).unwrap();
+        c.query_row(
+            "SELECT (SELECT COUNT(*) FROM history), \
+             (SELECT COALESCE(MAX(value), 0) FROM counters WHERE name = 'history')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    }
+
+    async fn open(path: &std::path::Path, background: bool) -> SqliteStore {
+        let url = format!("sqlite://{}", path.display());
+        let opts = StoreOptions {
+            background,
+            ..StoreOptions::default()
+        };
+        SqliteStore::open(&url, &opts).await.unwrap()
+    }
+
+    /// A store without background tasks in a new directory (kept while the
+    /// guard lives), its file, and `N` users.
+    async fn users<const N: usize>() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        SqliteStore,
+        [UserId; N],
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let store = open(&path, false).await;
+        let mut ids = [0; N];
+        for (i, id) in ids.iter_mut().enumerate() {
+            let name = format!("u{i}");
+            *id = store.create_user(&name, &name, "x").await.unwrap();
+        }
+        (dir, path, store, ids)
+    }
+
+    async fn history(s: &SqliteStore, conv: Conversation, before: Option<i64>, n: i64) -> Vec<i64> {
+        let rows = s.history(conv, before, n).await.unwrap();
+        rows.iter().map(|m| m.mid).collect()
+    }
+
+    /// HISTORY pages read the index and the tail as one list, newest
+    /// first, also a page that spans both; other conversations stay out.
+    #[tokio::test]
+    async fn history_reads_the_index_and_the_tail_as_one() {
+        let (_dir, path, store, [a, b, c]) = users::<3>().await;
+        let ab = Conversation::Direct(a, b);
+        let ops: Vec<_> = (0..10)
+            .flat_map(|_| [to(a, b, "ab"), to(a, c, "ac")])
+            .collect();
+        store.commit(ops).await.unwrap();
+        // Nothing indexed yet: all of it is the tail.
+        assert_eq!(indexed(&path), (0, 0));
+        let odd: Vec<i64> = (1..=19).rev().step_by(2).collect();
+        assert_eq!(history(&store, ab, None, 100).await, odd);
+        store.writer.transact(index_all).await.unwrap();
+        assert_eq!(indexed(&path), (20, 20));
+        assert_eq!(history(&store, ab, None, 100).await, odd);
+        store
+            .commit((0..5).map(|_| to(b, a, "ba")).collect())
+            .await
+            .unwrap();
+        // 21-25 in the tail, 1-19 indexed.
+        assert_eq!(
+            history(&store, ab, None, 8).await,
+            [25, 24, 23, 22, 21, 19, 17, 15]
+        );
+        assert_eq!(history(&store, ab, Some(23), 4).await, [22, 21, 19, 17]);
+        assert_eq!(
+            history(&store, ab, Some(15), 100).await,
+            [13, 11, 9, 7, 5, 3, 1]
+        );
+        let ac = Conversation::Direct(a, c);
+        assert_eq!(history(&store, ac, Some(21), 3).await, [20, 18, 16]);
+        store.close().await;
+    }
+
+    /// Steps stop at [`INDEX_STEP`] mids; the indexer runs by itself, on a
+    /// tail a previous run left and on a full one.
+    #[tokio::test]
+    async fn the_indexer_indexes_by_itself() {
+        let (_dir, path, store, [a, b]) = users::<2>().await;
+        let n = INDEX_STEP as usize + 10;
+        store.commit(vec![to(a, b, "x"); n]).await.unwrap();
+        assert!(store.writer.transact(index_step).await.unwrap());
+        assert_eq!(indexed(&path), (INDEX_STEP, INDEX_STEP));
+        store.close().await;
+
+        let store = open(&path, true).await;
+        let wait_for = |want: i64| {
+            let path = path.clone();
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while indexed(&path) != (want, want) {
+                    assert!(std::time::Instant::now() < deadline, "never indexed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        wait_for(n as i64).await;
+        store.commit(vec![to(a, b, "x"); INDEX_AT]).await.unwrap();
+        wait_for((n + INDEX_AT) as i64).await;
+        store.close().await;
+    }
+
+    /// Deleting an account takes its messages out of the index as well as
+    /// the table, also those still in the tail; a hidden message leaves
+    /// every history.
+    #[tokio::test]
+    async fn deleted_and_hidden_messages_leave_the_index() {
+        let (_dir, path, store, [a, b, c]) = users::<3>().await;
+        // 1-2 confirmed by b, so deleted with a; 3 still owed to c, so hidden.
+        let out = store
+            .commit(vec![to(a, b, "1"), to(a, b, "2"), to(a, c, "3")])
+            .await
+            .unwrap();
+        assert_eq!(out.iter().map(mid).collect::<Vec<_>>(), [1, 2, 3]);
+        store.writer.transact(index_all).await.unwrap();
+        store
+            .commit(vec![
+                to(a, b, "4"),
+                to(b, c, "5"),
+                WriteOp::Ack { user: b, seq: 3 },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(indexed(&path), (3, 3));
+        let gone = store.delete_user(a).await.unwrap();
+        assert_eq!((gone.messages, gone.pending), (3, 1));
+        // Only b -> c is left, indexed by the deletion.
+        assert_eq!(indexed(&path), (1, 5));
+        assert!(history(&store, Conversation::Direct(a, b), None, 10)
+            .await
+            .is_empty());
+        assert!(history(&store, Conversation::Direct(a, c), None, 10)
+            .await
+            .is_empty());
+        assert_eq!(
+            history(&store, Conversation::Direct(b, c), None, 10).await,
+            [5]
+        );
+        store.close().await;
+    }
+
+    /// Retention deletes the index entries of the messages it deletes.
+    #[tokio::test]
+    async fn pruned_messages_leave_the_index() {
+        let (_dir, path, store, [a, b]) = users::<2>().await;
+        store.commit(vec![to(a, b, "x"); 6]).await.unwrap();
+        store.writer.transact(index_all).await.unwrap();
+        store
+            .commit(vec![WriteOp::Ack { user: b, seq: 6 }])
+            .await
+            .unwrap();
+        // Confirmed rows go first: retention keeps what someone is owed.
+        store.prune_delivered(0, 100, 100).await.unwrap();
+        // Messages are stamped time 0: all of them are old enough.
+        assert_eq!(store.prune_messages(1, 4).await.unwrap(), 4);
+        assert_eq!(indexed(&path), (2, 6));
+        assert_eq!(
+            history(&store, Conversation::Direct(a, b), None, 10).await,
+            [6, 5]
+        );
+        store.close().await;
+    }
+}
