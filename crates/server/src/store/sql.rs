@@ -41,9 +41,6 @@ pub(crate) trait Dialect: Database {
     const SENT_BY: &'static str;
     /// The one-to-one messages a user received. Binds the user seven times.
     const DIRECT_TO: &'static str;
-    /// A page of a conversation, newest first: the messages below `before`.
-    /// Binds conv, before, limit.
-    const HISTORY: &'static str;
 }
 
 /// A user's token rows, as [`super::batch::plan_token`] reads them, with
@@ -139,11 +136,11 @@ macro_rules! owed_in {
 impl Dialect for sqlx::Sqlite {
     const USER_FOR_ADMIN: &'static str = user_for_admin_sql!("");
     const SENT_BY: &'static str = sent_by_sql!("");
-    // The (conv, mid) index is the `history` table, which the indexer fills
-    // behind the commits (sqlite_history.rs); account deletion indexes the
-    // whole tail before it runs this.
+    // The (conv, mid) index is the `history` table of blocks, which the
+    // indexer fills behind the commits (sqlite_history.rs); account deletion
+    // indexes the whole tail before it runs this.
     const DIRECT_TO: &'static str = direct_to_sql!(
-        "history h JOIN messages m ON m.mid = h.mid",
+        "history h, json_each(h.mids) j JOIN messages m ON m.mid = j.value",
         "h.conv",
         "'d:' || ? || ':'",
         "'d:' || ? || ';'",
@@ -164,7 +161,6 @@ impl Dialect for sqlx::Sqlite {
         owed_in!("inbox_log"),
         ") i JOIN messages m ON m.mid = i.mid ORDER BY i.seq LIMIT ?4"
     );
-    const HISTORY: &'static str = super::sqlite_history::HISTORY;
     // No lock hints: the one writer thread holds SQLite's write lock.
     const TOKENS_OF: &'static str = tokens_of_sql!("");
     const MEMBERS_OF: &'static str = members_of_sql!("");
@@ -190,9 +186,6 @@ impl Dialect for sqlx::MySql {
          WHERE i.userid = ? \
            AND i.seq > GREATEST(?, COALESCE((SELECT acked_seq FROM user_seq WHERE userid = ?), 0)) \
          ORDER BY i.seq LIMIT ?";
-    const HISTORY: &'static str =
-        "SELECT mid, sender, sender_name, kind, target, body, created_at FROM messages \
-         WHERE conv = ? AND mid < ? ORDER BY mid DESC LIMIT ?";
     const TOKENS_OF: &'static str = tokens_of_sql!(" FOR UPDATE");
     const MEMBERS_OF: &'static str = members_of_sql!(" FOR UPDATE");
     // IGNORE skips only the duplicate row: two plain BIGINTs and a valid
@@ -328,7 +321,7 @@ where
 {
     /// Columns `mid, sender, sender_name, kind, target, body, created_at`,
     /// starting at `at`.
-    fn message(row: &DB::Row, at: usize) -> StoreResult<StoredMessage> {
+    pub(crate) fn message(row: &DB::Row, at: usize) -> StoreResult<StoredMessage> {
         Ok(StoredMessage {
             mid: row.try_get(at)?,
             sender: row.try_get(at + 1)?,
@@ -579,12 +572,15 @@ where
         before: Option<i64>,
         limit: i64,
     ) -> StoreResult<Vec<StoredMessage>> {
-        let rows = sqlx::query::<DB>(DB::HISTORY)
-            .bind(conv.key())
-            .bind(before.unwrap_or(i64::MAX))
-            .bind(limit.max(0))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query::<DB>(
+            "SELECT mid, sender, sender_name, kind, target, body, created_at FROM messages \
+             WHERE conv = ? AND mid < ? ORDER BY mid DESC LIMIT ?",
+        )
+        .bind(conv.key())
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(|r| Self::message(r, 0)).collect()
     }
 }

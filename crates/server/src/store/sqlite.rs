@@ -674,13 +674,13 @@ fn delete_user(tx: &Transaction<'_>, log: &InboxLog, user: UserId) -> StoreResul
     doomed.extend(ids(tx, Sqlite::DIRECT_TO, &[user; 7])?);
     tx.prepare_cached(KEEP_MID_FLOOR)?.execute([])?;
     for mid in doomed {
-        tx.prepare_cached(history::UNINDEX)?.execute([mid])?;
         if pending.contains(&mid) {
             out.pending += tx.prepare_cached(sql::HIDE_MESSAGE)?.execute([mid])? as u64;
         } else {
             out.messages += tx.prepare_cached(sql::DELETE_MESSAGE)?.execute([mid])? as u64;
         }
     }
+    history::forget_user(tx, user)?;
     for statement in [
         sql::DELETE_INBOX,
         sql::DELETE_USER_SEQ,
@@ -1043,7 +1043,7 @@ impl MessageStore for SqliteStore {
         before: Option<i64>,
         limit: i64,
     ) -> StoreResult<Vec<StoredMessage>> {
-        self.read.history(conv, before, limit).await
+        history::history(self.read.pool(), conv, before, limit).await
     }
 
     async fn prune_tokens(&self, now: i64, limit: i64) -> StoreResult<u64> {
@@ -1111,10 +1111,7 @@ impl MessageStore for SqliteStore {
                 let Some(upto) = super::retention_cut(&oldest, before, pending) else {
                     return Ok(0);
                 };
-                let mut unindex = tx.prepare_cached(history::UNINDEX)?;
-                for &(mid, _) in oldest.iter().take_while(|(mid, _)| *mid <= upto) {
-                    unindex.execute([mid])?;
-                }
+                history::prune(tx, upto)?;
                 Ok(tx
                     .prepare_cached("DELETE FROM messages WHERE mid <= ?")?
                     .execute([upto])? as u64)

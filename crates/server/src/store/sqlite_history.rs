@@ -1,32 +1,43 @@
-//! The SQLite store's HISTORY index, built behind the commits.
+//! The SQLite store's HISTORY index, built behind the commits, in blocks.
 //!
 //! HISTORY pages a conversation by mid, so it needs (conv, mid) in key
 //! order. As an index of `messages` that put an entry on the newest page of
 //! every conversation a commit wrote to, and each of those pages went to
 //! the WAL and was flushed before the ACK: with 200 busy conversations that
-//! was most of a commit's pages, and dropping the index alone raised window
-//! 32 by about a third (BENCHMARKS.md, issue 9, fourth pass).
+//! was most of a commit's pages. An index table filled behind the commits
+//! in sorted steps fixed the pages but not the CPU: a B-tree entry per
+//! message cost about a microsecond, a third of window 32's throughput
+//! (BENCHMARKS.md, issue 9, fourth pass).
 //!
-//! So the index is a table of its own, `history (conv, mid)`, that an
-//! indexer task fills behind the commits: at most [`INDEX_STEP`] messages
-//! per short transaction on the writer, sorted by key, so each
-//! conversation's page is written once for many of its messages. The
-//! `counters` row `history` holds the highest mid indexed and moves in the
-//! same transaction, so every snapshot sees each message exactly once:
-//! indexed (mid at or below it) or in the tail (above it), which HISTORY
-//! scans by mid, a rowid range of at most a few thousand rows
-//! ([`HISTORY`]). Whatever deletes or hides a message takes its entry out
-//! first ([`UNINDEX`]); account deletion indexes the whole tail before it
-//! looks messages up by conversation.
+//! So an indexer task takes the messages above the `counters` row `history`
+//! in steps of at most [`INDEX_STEP`] mids, one short transaction each on
+//! the writer, and writes one `history` row per conversation per step: a
+//! block, with the conversation's lowest and highest mid in the step and the
+//! mids themselves as a JSON array. A step of 4,096 messages in 200
+//! conversations is 200 small rows. It moves the counter in the same
+//! transaction, so every snapshot sees each message exactly once: in a
+//! block (mid at or below the counter) or in the tail above it, which
+//! HISTORY scans by mid, a rowid range of a few thousand rows at most. A
+//! conversation's blocks never overlap in mids, so newest-first by `first`
+//! is newest-first by mid.
+//!
+//! A block may name a message deleted or hidden since: every read joins
+//! `messages` and checks the conversation. Retention drops the blocks
+//! wholly below its cut; account deletion indexes the whole tail before it
+//! looks one-to-one messages up by conversation, then drops the blocks of
+//! the account's one-to-one conversations (their keys name it).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use rusqlite::Transaction;
+use rusqlite::{OptionalExtension, Transaction};
+use sqlx::SqlitePool;
 
+use super::sql::SqlReads;
 use super::sqlite_writer::Writer;
-use super::{StoreError, StoreResult};
+use super::{Conversation, StoreError, StoreResult, StoredMessage, UserId};
 
 /// Messages committed since the last pass that start the next one at once;
 /// with [`INDEX_EVERY`] this bounds the tail HISTORY scans.
@@ -36,29 +47,110 @@ pub(super) const INDEX_AT: usize = 4096;
 const INDEX_EVERY: Duration = Duration::from_secs(1);
 
 /// Mids one indexing transaction covers at most, so that none holds the
-/// writer for more than a few milliseconds.
+/// writer for more than a millisecond or two.
 const INDEX_STEP: i64 = 4096;
 
-/// The SQLite dialect of HISTORY: the newest messages of the unindexed tail
-/// (a backwards scan of the mids above the `history` counter) and of the
-/// index, each arm limited, merged by mid. Binds conv, before, limit.
-pub(crate) const HISTORY: &str = "SELECT * FROM ( \
-       SELECT * FROM (SELECT mid, sender, sender_name, kind, target, body, created_at \
-         FROM messages \
-         WHERE mid > (SELECT COALESCE(MAX(value), 0) FROM counters WHERE name = 'history') \
-           AND mid < ?2 AND conv = ?1 \
-         ORDER BY mid DESC LIMIT ?3) \
-       UNION ALL \
-       SELECT * FROM (SELECT m.mid, m.sender, m.sender_name, m.kind, m.target, m.body, m.created_at \
-         FROM history h JOIN messages m ON m.mid = h.mid \
-         WHERE h.conv = ?1 AND h.mid < ?2 \
-         ORDER BY h.mid DESC LIMIT ?3)) \
-     ORDER BY mid DESC LIMIT ?3";
+/// Mids per block at most, so that a block stays a small row.
+const BLOCK_MAX: usize = 256;
 
-/// Takes a message out of the index (a no-op while it is in the tail), before
-/// it is deleted or hidden. Binds the mid.
-pub(super) const UNINDEX: &str = "DELETE FROM history \
-     WHERE conv = (SELECT conv FROM messages WHERE mid = ?1) AND mid = ?1";
+/// The columns HISTORY returns, as [`SqlReads::message`] reads them.
+macro_rules! message_columns {
+    ($m:literal) => {
+        concat!(
+            $m,
+            "mid, ",
+            $m,
+            "sender, ",
+            $m,
+            "sender_name, ",
+            $m,
+            "kind, ",
+            $m,
+            "target, ",
+            $m,
+            "body, ",
+            $m,
+            "created_at"
+        )
+    };
+}
+
+/// The newest messages of a conversation in the unindexed tail. Binds
+/// conv, before, limit.
+const TAIL: &str = concat!(
+    "SELECT ",
+    message_columns!(""),
+    " FROM messages \
+     WHERE mid > (SELECT COALESCE(MAX(value), 0) FROM counters WHERE name = 'history') \
+       AND mid < ?2 AND conv = ?1 ORDER BY mid DESC LIMIT ?3"
+);
+
+/// The newest blocks of a conversation that start below `before`. Binds
+/// conv, before, how many.
+const BLOCKS: &str = "SELECT first, mids FROM history \
+     WHERE conv = ?1 AND first < ?2 ORDER BY first DESC LIMIT ?3";
+
+/// The messages of a JSON array of mids still in the conversation, newest
+/// first. Binds the array, conv.
+const LISTED: &str = concat!(
+    "SELECT ",
+    message_columns!("m."),
+    " FROM json_each(?1) j JOIN messages m ON m.mid = j.value \
+     WHERE m.conv = ?2 ORDER BY m.mid DESC"
+);
+
+/// [`super::MessageStore::history`] on SQLite: the tail, then blocks
+/// newest first until the page is full, all in one read transaction (one
+/// snapshot, so the indexer cannot move a message between the two).
+pub(super) async fn history(
+    pool: &SqlitePool,
+    conv: Conversation,
+    before: Option<i64>,
+    limit: i64,
+) -> StoreResult<Vec<StoredMessage>> {
+    let key = conv.key();
+    let limit = limit.max(0);
+    let mut before = before.unwrap_or(i64::MAX);
+    let mut tx = pool.begin().await?;
+    let message = |r: &sqlx::sqlite::SqliteRow| SqlReads::<sqlx::Sqlite>::message(r, 0);
+    let mut out = sqlx::query(TAIL)
+        .bind(&key)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(message)
+        .collect::<StoreResult<Vec<_>>>()?;
+    while (out.len() as i64) < limit {
+        let blocks: Vec<(i64, String)> = sqlx::query_as(BLOCKS)
+            .bind(&key)
+            .bind(before)
+            .bind(limit - out.len() as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+        let Some(&(oldest, _)) = blocks.last() else {
+            break;
+        };
+        let mut mids = Vec::new();
+        for (_, list) in &blocks {
+            let list: Vec<i64> = serde_json::from_str(list)
+                .map_err(|e| StoreError::unavailable(format!("a history block is damaged: {e}")))?;
+            mids.extend(list.into_iter().filter(|&m| m < before));
+        }
+        let listed = sqlx::query(LISTED)
+            .bind(serde_json::to_string(&mids).unwrap_or_default())
+            .bind(&key)
+            .fetch_all(&mut *tx)
+            .await?;
+        for r in listed.iter().take(limit as usize - out.len()) {
+            out.push(message(r)?);
+        }
+        before = oldest;
+    }
+    tx.commit().await?;
+    Ok(out)
+}
 
 /// What the commits tell the indexer.
 #[derive(Default)]
@@ -79,8 +171,8 @@ impl HistoryIndex {
 }
 
 /// Indexes the messages after the `history` counter, at most
-/// [`INDEX_STEP`] mids of them, and moves the counter. Returns whether
-/// more are left.
+/// [`INDEX_STEP`] mids of them, as blocks, and moves the counter. Returns
+/// whether more are left.
 pub(super) fn index_step(tx: &Transaction<'_>) -> StoreResult<bool> {
     let done: i64 = tx
         .prepare_cached("SELECT COALESCE(MAX(value), 0) FROM counters WHERE name = 'history'")?
@@ -92,11 +184,31 @@ pub(super) fn index_step(tx: &Transaction<'_>) -> StoreResult<bool> {
         return Ok(false);
     };
     let upto = top.min(done.saturating_add(INDEX_STEP));
-    tx.prepare_cached(
-        "INSERT INTO history (conv, mid) SELECT conv, mid FROM messages \
-         WHERE mid > ? AND mid <= ? AND conv <> 'deleted' ORDER BY conv, mid",
-    )?
-    .execute([done, upto])?;
+    let mut blocks: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    {
+        let mut st = tx.prepare_cached(
+            "SELECT conv, mid FROM messages WHERE mid > ? AND mid <= ? AND conv <> 'deleted'",
+        )?;
+        let mut rows = st.query([done, upto])?;
+        while let Some(r) = rows.next()? {
+            let conv: String = r.get(0)?;
+            blocks.entry(conv).or_default().push(r.get(1)?);
+        }
+    }
+    let mut insert =
+        tx.prepare_cached("INSERT INTO history (conv, first, last, mids) VALUES (?, ?, ?, ?)")?;
+    for (conv, mids) in &blocks {
+        // Rows come in mid order, so each list is ascending.
+        for block in mids.chunks(BLOCK_MAX) {
+            let list = serde_json::to_string(block).unwrap_or_default();
+            insert.execute(rusqlite::params![
+                conv,
+                block[0],
+                block[block.len() - 1],
+                list
+            ])?;
+        }
+    }
     tx.prepare_cached(
         "INSERT INTO counters (name, value) VALUES ('history', ?) \
          ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -109,6 +221,34 @@ pub(super) fn index_step(tx: &Transaction<'_>) -> StoreResult<bool> {
 /// up by conversation.
 pub(super) fn index_all(tx: &Transaction<'_>) -> StoreResult<()> {
     while index_step(tx)? {}
+    Ok(())
+}
+
+/// Drops the blocks of a deleted account's one-to-one conversations (every
+/// message in them was the account's, to or from it, and is gone or hidden).
+pub(super) fn forget_user(tx: &Transaction<'_>, user: UserId) -> StoreResult<()> {
+    tx.prepare_cached(
+        "DELETE FROM history WHERE conv >= 'd:' || ?1 || ':' AND conv < 'd:' || ?1 || ';'",
+    )?
+    .execute([user])?;
+    tx.prepare_cached(
+        "DELETE FROM history WHERE conv IN \
+         (SELECT 'd:' || id || ':' || ?1 FROM users WHERE id < ?1)",
+    )?
+    .execute([user])?;
+    Ok(())
+}
+
+/// Drops the blocks retention emptied: those before the first (in the
+/// order they were written) that names a mid above `upto`. Blocks of the
+/// same step may be left; they only name deleted messages, and go next time.
+pub(super) fn prune(tx: &Transaction<'_>, upto: i64) -> StoreResult<()> {
+    let keep: Option<i64> = tx
+        .prepare_cached("SELECT id FROM history WHERE last > ? ORDER BY id LIMIT 1")?
+        .query_row([upto], |r| r.get(0))
+        .optional()?;
+    tx.prepare_cached("DELETE FROM history WHERE id < ?")?
+        .execute([keep.unwrap_or(i64::MAX)])?;
     Ok(())
 }
 
@@ -182,12 +322,12 @@ mod tests {
         }
     }
 
-    /// Rows in `history`, and the `history` counter, read with a
+    /// Mids in `history`'s blocks, and the `history` counter, read with a
     /// connection of the test's own.
     fn indexed(path: &std::path::Path) -> (i64, i64) {
         let c = rusqlite::Connection::open(path).unwrap();
         c.query_row(
-            "SELECT (SELECT COUNT(*) FROM history), \
+            "SELECT (SELECT COALESCE(SUM(json_array_length(mids)), 0) FROM history), \
              (SELECT COALESCE(MAX(value), 0) FROM counters WHERE name = 'history')",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -331,11 +471,13 @@ mod tests {
         store.close().await;
     }
 
-    /// Retention deletes the index entries of the messages it deletes.
+    /// Retention drops the blocks wholly below its cut.
     #[tokio::test]
     async fn pruned_messages_leave_the_index() {
         let (_dir, path, store, [a, b]) = users::<2>().await;
-        store.commit(vec![to(a, b, "x"); 6]).await.unwrap();
+        store.commit(vec![to(a, b, "x"); 4]).await.unwrap();
+        store.writer.transact(index_all).await.unwrap();
+        store.commit(vec![to(a, b, "x"); 2]).await.unwrap();
         store.writer.transact(index_all).await.unwrap();
         store
             .commit(vec![WriteOp::Ack { user: b, seq: 6 }])
@@ -344,12 +486,55 @@ mod tests {
         // Confirmed rows go first: retention keeps what someone is owed.
         store.prune_delivered(0, 100, 100).await.unwrap();
         // Messages are stamped time 0: all of them are old enough.
-        assert_eq!(store.prune_messages(1, 4).await.unwrap(), 4);
+        assert_eq!(store.prune_messages(1, 5).await.unwrap(), 5);
+        // Block 1-4 is gone; block 5-6 stays for 6, naming the deleted 5.
         assert_eq!(indexed(&path), (2, 6));
-        assert_eq!(
-            history(&store, Conversation::Direct(a, b), None, 10).await,
-            [6, 5]
-        );
+        let ab = Conversation::Direct(a, b);
+        assert_eq!(history(&store, ab, None, 10).await, [6]);
+        store.close().await;
+    }
+
+    /// A conversation's messages of one step go in blocks of at most
+    /// [`BLOCK_MAX`]; pages cross blocks and the tail, and a block naming
+    /// messages that are gone (deleted by another process here) still
+    /// gives full pages.
+    #[tokio::test]
+    async fn pages_cross_blocks_and_skip_what_is_gone() {
+        let (_dir, path, store, [a, b]) = users::<2>().await;
+        let n = 2 * BLOCK_MAX + 10;
+        store.commit(vec![to(a, b, "x"); n]).await.unwrap();
+        store.writer.transact(index_all).await.unwrap();
+        store.commit(vec![to(b, a, "y"); 5]).await.unwrap();
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let blocks: i64 = c
+            .query_row("SELECT COUNT(*) FROM history", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(blocks, 3);
+        // Every other message of the second block goes.
+        let second = BLOCK_MAX as i64 + 1..=2 * BLOCK_MAX as i64;
+        c.execute(
+            "DELETE FROM messages WHERE mid BETWEEN ?1 AND ?2 AND mid % 2 = 0",
+            [*second.start(), *second.end()],
+        )
+        .unwrap();
+        drop(c);
+        let left: Vec<i64> = (1..=(n as i64 + 5))
+            .rev()
+            .filter(|m| !(second.contains(m) && m % 2 == 0))
+            .collect();
+        let ab = Conversation::Direct(a, b);
+        assert_eq!(history(&store, ab, None, 10_000).await, left);
+        // Pages of 100 from the top: the same list, in order, each full.
+        let mut paged = Vec::new();
+        let mut before = None;
+        loop {
+            let page = history(&store, ab, before, 100).await;
+            assert!(page.len() == 100 || paged.len() + page.len() == left.len());
+            let Some(&last) = page.last() else { break };
+            paged.extend(page);
+            before = Some(last);
+        }
+        assert_eq!(paged, left);
         store.close().await;
     }
 }
