@@ -85,9 +85,9 @@ const TAIL: &str = concat!(
        AND mid < ?2 AND conv = ?1 ORDER BY mid DESC LIMIT ?3"
 );
 
-/// The newest blocks of a conversation that start below `before`. Binds
-/// conv, before, how many.
-const BLOCKS: &str = "SELECT first, mids FROM history \
+/// The mids of the newest blocks of a conversation that start below
+/// `before`. Binds conv, before, how many.
+const BLOCKS: &str = "SELECT mids FROM history \
      WHERE conv = ?1 AND first < ?2 ORDER BY first DESC LIMIT ?3";
 
 /// The messages of a JSON array of mids still in the conversation, newest
@@ -123,27 +123,33 @@ pub(super) async fn history(
         .map(message)
         .collect::<StoreResult<Vec<_>>>()?;
     while (out.len() as i64) < limit {
-        let blocks: Vec<(i64, String)> = sqlx::query_as(BLOCKS)
+        let blocks: Vec<String> = sqlx::query_scalar(BLOCKS)
             .bind(&key)
             .bind(before)
             .bind(limit - out.len() as i64)
             .fetch_all(&mut *tx)
             .await?;
-        let Some(&(oldest, _)) = blocks.last() else {
-            break;
-        };
         let mut mids = Vec::new();
-        for (_, list) in &blocks {
+        for list in &blocks {
             let list: Vec<i64> = serde_json::from_str(list)
                 .map_err(|e| StoreError::unavailable(format!("a history block is damaged: {e}")))?;
             mids.extend(list.into_iter().filter(|&m| m < before));
         }
+        // Each block names at least one mid below `before`, and the blocks
+        // not read are older than all of these: the newest `want` mids
+        // here are the newest `want` of the conversation. Some may be gone.
+        let want = limit as usize - out.len();
+        mids.sort_unstable_by(|a, b| b.cmp(a));
+        mids.truncate(want);
+        let Some(&oldest) = mids.last() else {
+            break;
+        };
         let listed = sqlx::query(LISTED)
             .bind(serde_json::to_string(&mids).unwrap_or_default())
             .bind(&key)
             .fetch_all(&mut *tx)
             .await?;
-        for r in listed.iter().take(limit as usize - out.len()) {
+        for r in &listed {
             out.push(message(r)?);
         }
         before = oldest;
