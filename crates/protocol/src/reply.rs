@@ -64,6 +64,28 @@ pub fn ack(re: i64, reqid: Option<&Value>, extra: &[(&str, Value)]) -> Bytes {
     Bytes::from(out)
 }
 
+/// The ACK of a stored chat message: the bytes of [`ack`] with the one
+/// field `mid`, written straight into one buffer (every message gets one,
+/// so it skips building values and sorting keys).
+pub fn ack_mid(re: i64, reqid: Option<&Value>, mid: i64) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    let int = |out: &mut Vec<u8>, v: i64| {
+        serde_json::to_writer(out, &v).expect("an integer always serialises")
+    };
+    out.extend_from_slice(b"{\"errno\":0,\"mid\":");
+    int(&mut out, mid);
+    out.extend_from_slice(b",\"msgid\":");
+    int(&mut out, msgid::ACK);
+    out.extend_from_slice(b",\"re\":");
+    int(&mut out, re);
+    if let Some(r) = reqid {
+        out.extend_from_slice(b",\"reqid\":");
+        serde_json::to_writer(&mut out, r).expect("a JSON value always serialises");
+    }
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
+}
+
 /// REG_ACK on success (see [`with_reqid`] for the `reqid`).
 pub fn reg_ack(id: i64) -> Value {
     json!({"msgid": msgid::REG_ACK, "errno": 0, "id": id})
@@ -208,6 +230,25 @@ mod tests {
             std::str::from_utf8(&a).unwrap(),
             "{\"errno\":0,\"mid\":42,\"msgid\":12,\"re\":6,\"reqid\":\"r\\\"1\"}\n"
         );
+    }
+
+    #[test]
+    fn the_mid_ack_is_the_general_ack_with_a_mid() {
+        let reqids = [
+            None,
+            Some(Value::from(7)),
+            Some(Value::String("r\"1\u{e9}".into())),
+            Some(json!({"b": [1, null], "a": "x"})),
+        ];
+        for reqid in &reqids {
+            for (re, mid) in [(6, 1), (10, 9_007_199_254_740_993), (6, -3), (0, 0)] {
+                assert_eq!(
+                    ack_mid(re, reqid.as_ref(), mid),
+                    ack(re, reqid.as_ref(), &[("mid", mid.into())]),
+                    "re {re}, mid {mid}, reqid {reqid:?}"
+                );
+            }
+        }
     }
 
     #[test]

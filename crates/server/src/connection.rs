@@ -304,7 +304,7 @@ impl<S: Source> Conn<S> {
                 biased;
                 _ = self.close.cancelled() => break,
                 Some(reply) = std::future::poll_fn(|cx| poll_reply(&mut self.pending, cx)), if in_flight > 0 => {
-                    if !self.emit(reply).await { break }
+                    if !self.emit_ready(reply).await { break }
                 }
                 f = std::future::poll_fn(|cx| frames.poll_frame(cx)), if can_read => match f {
                     None => break,
@@ -391,6 +391,27 @@ impl<S: Source> Conn<S> {
                 Err(w) => w.await,
             }
         }
+    }
+
+    /// Queues `reply`, then every reply behind it that is ready too: a
+    /// group commit answers many requests of a connection at once, and one
+    /// trip round the read loop's `select!` per reply cost more than the
+    /// reply. False once the connection is closing.
+    async fn emit_ready(&mut self, reply: Option<Bytes>) -> bool {
+        let mut next = Some(reply);
+        while let Some(reply) = next {
+            if !self.emit(reply).await {
+                return false;
+            }
+            next = std::future::poll_fn(|cx| {
+                Poll::Ready(match poll_reply(&mut self.pending, cx) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => None,
+                })
+            })
+            .await;
+        }
+        true
     }
 
     fn pending_mut(&mut self) -> &mut FuturesOrdered<ReplyFuture> {

@@ -138,6 +138,12 @@ impl ReplyTo {
         (self.level >= 2).then(|| frames::ack(self.msgid, self.reqid.as_ref(), fields))
     }
 
+    /// At level 2, the ACK of a stored message (its mid).
+    pub fn ack_mid_at_level2(&self, mid: i64) -> Option<Bytes> {
+        (self.level >= 2)
+            .then(|| chat_protocol::reply::ack_mid(self.msgid, self.reqid.as_ref(), mid))
+    }
+
     /// A frame of its own kind (REG_ACK, PONG), with the reqid added.
     pub fn frame(&self, v: Value) -> Option<Bytes> {
         Some(frames::with_reqid(v, self.reqid.as_ref()))

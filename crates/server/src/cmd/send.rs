@@ -106,6 +106,6 @@ impl Send {
             };
             Ok(mid)
         };
-        to.queue(work, |to, mid| to.ack_at_level2(vec![("mid", mid.into())]))
+        to.queue(work, |to, mid| to.ack_mid_at_level2(mid))
     }
 }
