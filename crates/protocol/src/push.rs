@@ -95,19 +95,51 @@ pub struct ChatPush {
 }
 
 impl ChatPush {
-    /// Encodes a message: serialised once, since the level-2 frame is the
-    /// level-1 frame with `mid` appended (and later the seq).
+    /// Encodes a message, once for every recipient and both levels: the
+    /// level-2 frame is the level-1 frame with `mid` appended (and later the
+    /// seq). Written straight into one buffer that both levels share (every
+    /// stored message gets one): the same bytes as serialising the frame
+    /// with serde_json (tested), without a value per field.
     pub fn encode(message: &ChatMessage<'_>) -> Self {
-        let mut l1 = serde_json::to_vec(&message.frame(false)).expect("chat frames serialise");
-        let mut l2 = Vec::with_capacity(l1.len() + 24);
-        l2.extend_from_slice(&l1[..l1.len() - 1]); // up to the closing brace
-        l2.extend_from_slice(b",\"mid\":");
-        l2.extend_from_slice(itoa(message.mid).as_bytes());
-        l1.push(b'\n');
-        ChatPush {
-            l1: Bytes::from(l1),
-            l2_prefix: Bytes::from(l2),
+        let fields = 96 + message.sender_name.len() + message.body.len();
+        let mut out = Vec::with_capacity(2 * fields + 32);
+        out.extend_from_slice(b"{\"msgid\":");
+        out.extend_from_slice(itoa(message.target.msgid()).as_bytes());
+        out.extend_from_slice(b",\"id\":");
+        out.extend_from_slice(itoa(message.sender).as_bytes());
+        if let ChatTarget::Group(_) = message.target {
+            out.extend_from_slice(b",\"userid\":");
+            out.extend_from_slice(itoa(message.sender).as_bytes());
         }
+        out.extend_from_slice(b",\"name\":");
+        write_json_str(&mut out, message.sender_name);
+        let to = match message.target {
+            ChatTarget::User(u) => {
+                out.extend_from_slice(b",\"toid\":");
+                u
+            }
+            ChatTarget::Group(g) => {
+                out.extend_from_slice(b",\"groupid\":");
+                g
+            }
+        };
+        out.extend_from_slice(itoa(to).as_bytes());
+        out.extend_from_slice(b",\"msg\":");
+        write_json_str(&mut out, message.body);
+        out.extend_from_slice(b",\"time\":\"");
+        let mut time = String::with_capacity(19);
+        crate::time::write_utc(&mut time, message.time);
+        out.extend_from_slice(time.as_bytes());
+        out.push(b'"');
+        // Level 1 ends here; level 2 repeats the fields and goes on.
+        let fields_end = out.len();
+        out.extend_from_slice(b"}\n");
+        out.extend_from_within(..fields_end);
+        out.extend_from_slice(b",\"mid\":");
+        out.extend_from_slice(itoa(message.mid).as_bytes());
+        let mut all = Bytes::from(out);
+        let l1 = all.split_to(fields_end + 2);
+        ChatPush { l1, l2_prefix: all }
     }
 
     /// Bytes this encoding holds (both levels' shared parts).
@@ -168,6 +200,57 @@ fn itoa(v: i64) -> String {
     }
     s.extend(digits[i..].iter().map(|&d| char::from(d)));
     s
+}
+
+/// Appends `s` as a JSON string, escaped exactly as serde_json escapes it
+/// (`"`, `\\` and control characters; everything else as UTF-8).
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    // Most text needs no escape: skip it eight bytes at a time.
+    let mut clean = 0;
+    while let Some(word) = bytes.get(clean..clean + 8) {
+        if needs_escape(u64::from_le_bytes(word.try_into().expect("eight bytes"))) {
+            break;
+        }
+        clean += 8;
+    }
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate().skip(clean) {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if short.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 0xf) as usize]);
+        } else {
+            out.extend_from_slice(short);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Whether any of the eight bytes of `w` is below 0x20, `"` or `\\`
+/// (exact: the usual has-zero-byte and has-less-than tests).
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    (control | zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')))) != 0
 }
 
 /// `"online"` or `"offline"`, as PRESENCE and the login ack say it.
@@ -274,6 +357,99 @@ mod tests {
         assert_eq!(neg["seq"], -7);
         let (body, tail) = p.level2_parts(42);
         assert_eq!([&body[..], &tail[..]].concat(), p.level2(42).to_vec());
+    }
+
+    /// The frames as serde_json writes them from the frame struct: what
+    /// the hand-written encoder must match byte for byte.
+    fn reference(m: &ChatMessage<'_>, seq: i64) -> (Vec<u8>, Vec<u8>) {
+        let mut l1 = serde_json::to_vec(&m.frame(false)).unwrap();
+        l1.push(b'\n');
+        let mut l2 = serde_json::to_vec(&m.frame(true)).unwrap();
+        l2.pop();
+        l2.extend_from_slice(format!(",\"seq\":{seq}}}\n").as_bytes());
+        (l1, l2)
+    }
+
+    #[test]
+    fn escapes_match_serde_json() {
+        for text in [
+            "",
+            "plain",
+            "q\"uote\\back",
+            "\u{0}\u{1}\u{8}\u{9}\u{a}\u{b}\u{c}\u{d}\u{1f}\u{7f} end",
+            "你好 🙂 \u{2028}",
+            "\"",
+        ] {
+            let m = ChatMessage {
+                mid: 1,
+                sender: 2,
+                sender_name: text,
+                target: ChatTarget::User(3),
+                body: text,
+                time: 1_700_000_000,
+            };
+            let p = ChatPush::encode(&m);
+            let (l1, l2) = reference(&m, 5);
+            assert_eq!(&p.level1()[..], &l1[..], "{text:?}");
+            assert_eq!(&p.level2(5)[..], &l2[..], "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_word_test_finds_every_byte_that_needs_an_escape() {
+        for b in 0..=255u8 {
+            for at in 0..8 {
+                let mut word = [b'a'; 8];
+                word[at] = b;
+                let want = b < 0x20 || b == b'"' || b == b'\\';
+                assert_eq!(
+                    needs_escape(u64::from_le_bytes(word)),
+                    want,
+                    "{b:#x} at {at}"
+                );
+                // Neighbours that need no escape never mask it.
+                let mut high = [0xffu8; 8];
+                high[at] = b;
+                let want_high = want || b < 0x20;
+                assert_eq!(needs_escape(u64::from_le_bytes(high)), want_high);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn escaping_text_matches_serde_json(text in "[a-z\"\\\\\\x00-\\x1f\\x7f\u{e9}\u{4f60}]{0,40}") {
+            let mut ours = Vec::new();
+            write_json_str(&mut ours, &text);
+            proptest::prop_assert_eq!(ours, serde_json::to_vec(&text).unwrap());
+        }
+
+        #[test]
+        fn encode_matches_serde_json(
+            mid in proptest::prelude::any::<i64>(),
+            sender in proptest::prelude::any::<i64>(),
+            name in ".{0,40}",
+            body in proptest::prelude::any::<String>(),
+            group in proptest::prelude::any::<bool>(),
+            to in proptest::prelude::any::<i64>(),
+            time in -100_000_000_000i64..100_000_000_000,
+            seq in proptest::prelude::any::<i64>(),
+        ) {
+            let m = ChatMessage {
+                mid,
+                sender,
+                sender_name: &name,
+                target: if group { ChatTarget::Group(to) } else { ChatTarget::User(to) },
+                body: &body,
+                time,
+            };
+            let p = ChatPush::encode(&m);
+            let (l1, l2) = reference(&m, seq);
+            proptest::prop_assert_eq!(&p.level1()[..], &l1[..]);
+            proptest::prop_assert_eq!(&p.level2(seq)[..], &l2[..]);
+            let (a, b) = p.level2_parts(seq);
+            proptest::prop_assert_eq!([&a[..], &b[..]].concat(), l2);
+        }
     }
 
     #[test]
