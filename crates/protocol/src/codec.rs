@@ -2,12 +2,16 @@
 //! empty frames are skipped, and a frame over the limit is an error that the
 //! server answers with errno 8 before closing. Server frames end in LF.
 //!
-//! Built on tokio-util's `AnyDelimiterCodec`, which bounds how much it buffers
-//! while looking for a terminator, so a peer that never sends one cannot grow
-//! memory past the limit.
+//! The decoder looks for a terminator only within the limit (plus room for
+//! a CR), so a peer that never sends one cannot grow memory past it, and it
+//! resumes each search where the last one stopped, so a frame that arrives
+//! in many reads is scanned once. It keeps the behaviour of tokio-util's
+//! `AnyDelimiterCodec`, which it replaced because that one tests every byte
+//! against a list of terminators (a tenth of the frame path's
+//! instructions); a property test checks the two against each other.
 
-use bytes::{BufMut, Bytes, BytesMut};
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Encoder};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
 
 /// Why a frame could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -26,27 +30,27 @@ pub enum FrameError {
 /// because each gets its own errno and must not close the connection.
 #[derive(Debug, Clone)]
 pub struct FrameCodec {
-    inner: AnyDelimiterCodec,
     max: usize,
+    /// Where the search for the next terminator resumes: the bytes before it
+    /// hold none.
+    next: usize,
+    /// After a frame over the limit: dropping bytes up to the next
+    /// terminator.
+    discarding: bool,
 }
 
 impl FrameCodec {
     /// A codec that accepts frames of up to `max` bytes, terminator and any
     /// trailing CR excluded.
     pub fn new(max: usize) -> Self {
-        // One extra byte so that a maximal frame followed by CR LF still fits;
-        // the exact limit is checked after the CR is removed.
         FrameCodec {
-            inner: AnyDelimiterCodec::new_with_max_length(
-                b"\0\n".to_vec(),
-                b"\n".to_vec(),
-                max + 1,
-            ),
             max,
+            next: 0,
+            discarding: false,
         }
     }
 
-    /// The configured maximum frame length.
+    /// The longest frame accepted, in bytes.
     pub fn max_length(&self) -> usize {
         self.max
     }
@@ -61,12 +65,50 @@ impl FrameCodec {
         Ok(Some(frame))
     }
 
-    fn map_err(&self, e: AnyDelimiterCodecError) -> FrameError {
-        match e {
-            AnyDelimiterCodecError::MaxChunkLengthExceeded => FrameError::TooLarge(self.max),
-            AnyDelimiterCodecError::Io(e) => FrameError::Io(e),
+    /// The next chunk up to a terminator, empty ones included.
+    fn chunk(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        // A frame of `max` bytes, a CR and the terminator: the longest that
+        // may still be good (the exact limit is checked after the CR goes).
+        let window = self.max.saturating_add(2);
+        loop {
+            let read_to = window.min(buf.len());
+            let found = memchr::memchr2(0, b'\n', &buf[self.next.min(read_to)..read_to])
+                .map(|at| at + self.next);
+            match (self.discarding, found) {
+                (false, Some(end)) => {
+                    self.next = 0;
+                    let mut chunk = buf.split_to(end + 1).freeze();
+                    chunk.truncate(end);
+                    return Ok(Some(chunk));
+                }
+                (false, None) if buf.len() >= window => {
+                    self.discarding = true;
+                    return Err(FrameError::TooLarge(self.max));
+                }
+                (false, None) => {
+                    self.next = read_to;
+                    return Ok(None);
+                }
+                (true, Some(end)) => {
+                    buf.advance(end + 1);
+                    self.discarding = false;
+                    self.next = 0;
+                }
+                (true, None) => {
+                    buf.advance(read_to);
+                    self.next = 0;
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                }
+            }
         }
     }
+}
+
+/// Empty frames (and a lone CR) are keep-alives some clients send.
+fn skipped(chunk: &[u8]) -> bool {
+    chunk.is_empty() || chunk == b"\r"
 }
 
 impl Decoder for FrameCodec {
@@ -75,26 +117,32 @@ impl Decoder for FrameCodec {
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         loop {
-            match self.inner.decode(buf).map_err(|e| self.map_err(e))? {
+            match self.chunk(buf)? {
                 None => return Ok(None),
-                Some(f) if f.is_empty() || f[..] == b"\r"[..] => continue,
+                Some(f) if skipped(&f) => continue,
                 Some(f) => return self.finish(f),
             }
         }
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        // What is left without a terminator is the last frame.
         loop {
-            match self.inner.decode_eof(buf).map_err(|e| self.map_err(e))? {
-                None => return Ok(None),
-                Some(f) if f.is_empty() || f[..] == b"\r"[..] => continue,
-                Some(f) => return self.finish(f),
+            let f = match self.chunk(buf)? {
+                Some(f) => f,
+                None if buf.is_empty() => return Ok(None),
+                None => {
+                    self.next = 0;
+                    buf.split_to(buf.len()).freeze()
+                }
+            };
+            if !skipped(&f) {
+                return self.finish(f);
             }
         }
     }
 }
 
-/// Server-side encoding: the frame's bytes followed by LF.
 impl Encoder<&[u8]> for FrameCodec {
     type Error = FrameError;
 
@@ -162,6 +210,87 @@ mod tests {
         assert_eq!(&dst[..], b"{}\n");
     }
 
+    /// `data` cut into reads of the sizes in `cuts`, round and round.
+    fn cut<'a>(data: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+        let mut chunks = Vec::new();
+        let mut rest = data;
+        for n in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (now, later) = rest.split_at((*n).min(rest.len()));
+            chunks.push(now);
+            rest = later;
+        }
+        chunks
+    }
+
+    /// The decoder this one replaced (tokio-util's `AnyDelimiterCodec`
+    /// with the same CR and empty-frame rules): the two must agree on
+    /// every input, however it is cut into reads.
+    struct Reference {
+        inner: tokio_util::codec::AnyDelimiterCodec,
+        max: usize,
+    }
+
+    impl Reference {
+        fn new(max: usize) -> Self {
+            Reference {
+                inner: tokio_util::codec::AnyDelimiterCodec::new_with_max_length(
+                    b"\0\n".to_vec(),
+                    b"\n".to_vec(),
+                    max + 1,
+                ),
+                max,
+            }
+        }
+
+        fn next(&mut self, buf: &mut BytesMut, eof: bool) -> Result<Option<Vec<u8>>, ()> {
+            loop {
+                let r = if eof {
+                    self.inner.decode_eof(buf)
+                } else {
+                    self.inner.decode(buf)
+                };
+                match r.map_err(|_| ())? {
+                    None => return Ok(None),
+                    Some(f) if f.is_empty() || f[..] == b"\r"[..] => continue,
+                    Some(mut f) => {
+                        if f.last() == Some(&b'\r') {
+                            f.truncate(f.len() - 1);
+                        }
+                        if f.len() > self.max {
+                            return Err(());
+                        }
+                        return Ok(Some(f.to_vec()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every frame or error `next` yields for `chunks`, then at EOF; an
+    /// error is recorded and decoding goes on, as the old codec allowed.
+    fn outcomes(
+        chunks: &[&[u8]],
+        mut next: impl FnMut(&mut BytesMut, bool) -> Result<Option<Vec<u8>>, ()>,
+    ) -> Vec<Result<Vec<u8>, ()>> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            buf.extend_from_slice(c);
+            let eof = i + 1 == chunks.len();
+            for _ in 0..1000 {
+                match next(&mut buf, eof) {
+                    Ok(Some(f)) => out.push(Ok(f)),
+                    Ok(None) => break,
+                    Err(()) => out.push(Err(())),
+                }
+            }
+        }
+        out
+    }
+
     proptest! {
         /// However the byte stream is cut into reads, the same frames come out.
         #[test]
@@ -180,17 +309,31 @@ mod tests {
                 }
             }
             let expected: Vec<Vec<u8>> = frames.iter().filter(|f| !f.is_empty()).map(|f| f.as_bytes().to_vec()).collect();
-            let mut chunks = Vec::new();
-            let mut rest = &stream[..];
-            let mut i = 0;
-            while !rest.is_empty() {
-                let n = cuts[i % cuts.len()].min(rest.len());
-                chunks.push(&rest[..n]);
-                rest = &rest[n..];
-                i += 1;
-            }
+            let chunks = cut(&stream, &cuts);
             let mut c = FrameCodec::new(64);
             prop_assert_eq!(decode_all(&mut c, &chunks).unwrap(), expected);
+        }
+
+        /// The same frames and errors as the codec it replaced, on any
+        /// bytes cut into any reads, terminators and CRs made common.
+        #[test]
+        fn agrees_with_the_old_codec(
+            data in proptest::collection::vec(prop_oneof![any::<u8>(), Just(0u8), Just(b'\n'), Just(b'\r'), Just(b'a')], 0..300),
+            cuts in proptest::collection::vec(1usize..40, 1..30),
+            max in 1usize..40,
+        ) {
+            let mut chunks = cut(&data, &cuts);
+            if chunks.is_empty() {
+                chunks.push(&[][..]);
+            }
+            let mut ours = FrameCodec::new(max);
+            let mut old = Reference::new(max);
+            let got = outcomes(&chunks, |buf, eof| {
+                let r = if eof { ours.decode_eof(buf) } else { ours.decode(buf) };
+                r.map(|f| f.map(|f| f.to_vec())).map_err(|_| ())
+            });
+            let want = outcomes(&chunks, |buf, eof| old.next(buf, eof));
+            prop_assert_eq!(got, want);
         }
 
         /// Arbitrary bytes never panic the decoder, and no frame it yields is
