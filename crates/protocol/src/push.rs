@@ -104,12 +104,12 @@ impl ChatPush {
         let fields = 96 + message.sender_name.len() + message.body.len();
         let mut out = Vec::with_capacity(2 * fields + 32);
         out.extend_from_slice(b"{\"msgid\":");
-        out.extend_from_slice(itoa(message.target.msgid()).as_bytes());
+        put_int(&mut out, message.target.msgid());
         out.extend_from_slice(b",\"id\":");
-        out.extend_from_slice(itoa(message.sender).as_bytes());
+        put_int(&mut out, message.sender);
         if let ChatTarget::Group(_) = message.target {
             out.extend_from_slice(b",\"userid\":");
-            out.extend_from_slice(itoa(message.sender).as_bytes());
+            put_int(&mut out, message.sender);
         }
         out.extend_from_slice(b",\"name\":");
         write_json_str(&mut out, message.sender_name);
@@ -123,20 +123,18 @@ impl ChatPush {
                 g
             }
         };
-        out.extend_from_slice(itoa(to).as_bytes());
+        put_int(&mut out, to);
         out.extend_from_slice(b",\"msg\":");
         write_json_str(&mut out, message.body);
         out.extend_from_slice(b",\"time\":\"");
-        let mut time = String::with_capacity(19);
-        crate::time::write_utc(&mut time, message.time);
-        out.extend_from_slice(time.as_bytes());
+        put_time(&mut out, message.time);
         out.push(b'"');
         // Level 1 ends here; level 2 repeats the fields and goes on.
         let fields_end = out.len();
         out.extend_from_slice(b"}\n");
         out.extend_from_within(..fields_end);
         out.extend_from_slice(b",\"mid\":");
-        out.extend_from_slice(itoa(message.mid).as_bytes());
+        put_int(&mut out, message.mid);
         let mut all = Bytes::from(out);
         let l1 = all.split_to(fields_end + 2);
         ChatPush { l1, l2_prefix: all }
@@ -176,30 +174,34 @@ impl ChatPush {
 fn seq_tail(seq: i64) -> Bytes {
     let mut b = BytesMut::with_capacity(28);
     b.put_slice(b",\"seq\":");
-    b.put_slice(itoa(seq).as_bytes());
+    b.put_slice(itoa::Buffer::new().format(seq).as_bytes());
     b.put_slice(b"}\n");
     b.freeze()
 }
 
-/// An integer as decimal text, without the formatting machinery.
-fn itoa(v: i64) -> String {
-    let mut digits = [0u8; 20];
-    let mut n = v.unsigned_abs();
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// Appends `secs` as the push's `YYYY-MM-DD HH:MM:SS`. Pushes come many a
+/// second, so each thread keeps the last one it wrote.
+fn put_time(out: &mut Vec<u8>, secs: i64) {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<(i64, [u8; 19])>> = const { std::cell::Cell::new(None) };
+    }
+    if let Some((at, text)) = LAST.get() {
+        if at == secs {
+            out.extend_from_slice(&text);
+            return;
         }
     }
-    let mut s = String::with_capacity(21);
-    if v < 0 {
-        s.push('-');
+    let mut text = String::with_capacity(19);
+    crate::time::write_utc(&mut text, secs);
+    if let Ok(fixed) = <[u8; 19]>::try_from(text.as_bytes()) {
+        LAST.set(Some((secs, fixed)));
     }
-    s.extend(digits[i..].iter().map(|&d| char::from(d)));
-    s
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Appends an integer as decimal text (every push carries five).
+fn put_int(out: &mut Vec<u8>, v: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// Appends `s` as a JSON string, escaped exactly as serde_json escapes it
@@ -396,6 +398,36 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_time_is_written_like_a_new_one() {
+        for time in [
+            0,
+            0,
+            59,
+            59,
+            60,
+            -1,
+            -1,
+            253_402_300_800,
+            253_402_300_800,
+            5,
+        ] {
+            let m = ChatMessage {
+                mid: 1,
+                sender: 2,
+                sender_name: "n",
+                target: ChatTarget::User(3),
+                body: "b",
+                time,
+            };
+            assert_eq!(
+                &ChatPush::encode(&m).level1()[..],
+                &reference(&m, 0).0[..],
+                "{time}"
+            );
+        }
+    }
+
+    #[test]
     fn the_word_test_finds_every_byte_that_needs_an_escape() {
         for b in 0..=255u8 {
             for at in 0..8 {
@@ -455,7 +487,9 @@ mod tests {
     #[test]
     fn integers_encode_as_json() {
         for v in [0, 7, -1, 10, 1_234_567, i64::MAX, i64::MIN] {
-            assert_eq!(itoa(v), v.to_string());
+            let mut out = Vec::new();
+            put_int(&mut out, v);
+            assert_eq!(out, v.to_string().into_bytes());
         }
     }
 
