@@ -152,7 +152,7 @@ impl ChatPush {
 
     /// The classic frame without its LF, as the level-1 login ack embeds it.
     pub fn level1_text(&self) -> &str {
-        std::str::from_utf8(&self.l1[..self.l1.len() - 1]).expect("serde_json writes UTF-8")
+        std::str::from_utf8(&self.l1[..self.l1.len() - 1]).expect("the encoder writes UTF-8")
     }
 
     /// The level-2 frame: classic fields plus `mid` and this recipient's `seq`.
