@@ -143,6 +143,7 @@ impl Decoder for FrameCodec {
     }
 }
 
+/// Server-side encoding: the frame's bytes followed by LF.
 impl Encoder<&[u8]> for FrameCodec {
     type Error = FrameError;
 

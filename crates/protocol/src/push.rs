@@ -199,8 +199,9 @@ fn put_time(out: &mut Vec<u8>, secs: i64) {
     out.extend_from_slice(text.as_bytes());
 }
 
-/// Appends an integer as decimal text (every push carries five).
-fn put_int(out: &mut Vec<u8>, v: i64) {
+/// Appends an integer as decimal text (every push carries five, every
+/// stored message's ACK two).
+pub(crate) fn put_int(out: &mut Vec<u8>, v: i64) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 

@@ -8,7 +8,8 @@
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use crate::{msgid, push::state, Errno};
+use crate::push::{put_int, state};
+use crate::{msgid, Errno};
 
 /// A finished JSON value as a frame: its text and an LF.
 pub fn finish(v: &Value) -> Bytes {
@@ -69,15 +70,12 @@ pub fn ack(re: i64, reqid: Option<&Value>, extra: &[(&str, Value)]) -> Bytes {
 /// so it skips building values and sorting keys).
 pub fn ack_mid(re: i64, reqid: Option<&Value>, mid: i64) -> Bytes {
     let mut out = Vec::with_capacity(64);
-    let int = |out: &mut Vec<u8>, v: i64| {
-        serde_json::to_writer(out, &v).expect("an integer always serialises")
-    };
     out.extend_from_slice(b"{\"errno\":0,\"mid\":");
-    int(&mut out, mid);
+    put_int(&mut out, mid);
     out.extend_from_slice(b",\"msgid\":");
-    int(&mut out, msgid::ACK);
+    put_int(&mut out, msgid::ACK);
     out.extend_from_slice(b",\"re\":");
-    int(&mut out, re);
+    put_int(&mut out, re);
     if let Some(r) = reqid {
         out.extend_from_slice(b",\"reqid\":");
         serde_json::to_writer(&mut out, r).expect("a JSON value always serialises");
