@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::types::ToSqlOutput;
-use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, OptionalExtension, Transaction};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool};
@@ -44,7 +44,7 @@ use sqlx::{Row, Sqlite, SqlitePool};
 use super::batch::{self, Earlier, Lookups, Step, TokenRow};
 use super::sql::{self, role_from, Dialect, SqlReads, ROLE_IN};
 use super::sqlite_history::{self as history, HistoryIndex};
-use super::sqlite_writer::{Writer, WriterOptions};
+use super::sqlite_writer::{self as writer, Held, Writer, WriterOptions};
 use super::{
     backfill_name_keys, key_digest, AccountChange, AccountEvent, AdminStore, Conversation,
     DeletedUser, Durable, FriendStore, GroupId, GroupInfo, GroupStore, MessageStore, Person, Role,
@@ -461,14 +461,18 @@ const ROWS_PER_INSERT: [usize; 6] = [64, 16, 8, 4, 2, 1];
 struct Inserts {
     head: &'static str,
     columns: usize,
+    /// The writer's held-statement slot of the first size; the others
+    /// follow it.
+    slot: usize,
     texts: std::sync::OnceLock<Vec<String>>,
 }
 
 impl Inserts {
-    const fn new(head: &'static str, columns: usize) -> Self {
+    const fn new(head: &'static str, columns: usize, slot: usize) -> Self {
         Inserts {
             head,
             columns,
+            slot,
             texts: std::sync::OnceLock::new(),
         }
     }
@@ -495,13 +499,17 @@ impl Inserts {
     }
 }
 
-static MESSAGE_INSERTS: Inserts = Inserts::new(sql::INSERT_MESSAGE_INTO, 9);
-static INBOX_INSERTS: Inserts = Inserts::new("INSERT INTO inbox_log (userid, seq, mid) ", 3);
+static MESSAGE_INSERTS: Inserts = Inserts::new(sql::INSERT_MESSAGE_INTO, 9, 0);
+static INBOX_INSERTS: Inserts = Inserts::new(
+    "INSERT INTO inbox_log (userid, seq, mid) ",
+    3,
+    ROWS_PER_INSERT.len(),
+);
 
-/// Inserts `rows` with multi-row statements; `bind` appends one row's
-/// values, in column order.
+/// Inserts `rows` with multi-row statements, held by the writer (they run in
+/// its open transaction); `bind` appends one row's values, in column order.
 fn insert_rows<R>(
-    tx: &Transaction<'_>,
+    held: &mut Held<'_>,
     table: &Inserts,
     rows: &[R],
     bind: impl for<'a> Fn(&'a R, &mut Vec<ToSqlOutput<'a>>),
@@ -518,7 +526,7 @@ fn insert_rows<R>(
         for row in chunk {
             bind(row, &mut args);
         }
-        tx.prepare_cached(table.text(i))?
+        held.get(table.slot + i, table.text(i))?
             .execute(rusqlite::params_from_iter(args.iter()))?;
         rest = tail;
     }
@@ -531,6 +539,7 @@ fn insert_rows<R>(
 /// inbox log and how many messages were stored.
 fn commit_batch(
     tx: &Transaction<'_>,
+    held: &mut Held<'_>,
     ops: &[WriteOp],
     known: &mut Counters,
 ) -> StoreResult<(Vec<WriteOutcome>, usize, usize)> {
@@ -547,7 +556,7 @@ fn commit_batch(
     };
     let plan = batch::plan(ops, &lk, max_mid, &last);
 
-    insert_rows(tx, &MESSAGE_INSERTS, &plan.messages, |row, args| {
+    insert_rows(held, &MESSAGE_INSERTS, &plan.messages, |row, args| {
         let m = &row.message;
         args.extend([
             ToSqlOutput::from(m.mid),
@@ -568,7 +577,7 @@ fn commit_batch(
         known.max_mid = Some(last.message.mid);
     }
     // Appended to the inbox log in plan order; the merger sorts them.
-    insert_rows(tx, &INBOX_INSERTS, &plan.inbox, |&(u, s, m), args| {
+    insert_rows(held, &INBOX_INSERTS, &plan.inbox, |&(u, s, m), args| {
         args.extend([
             ToSqlOutput::from(u),
             ToSqlOutput::from(s),
@@ -993,7 +1002,7 @@ impl MessageStore for SqliteStore {
         let index = self.index.clone();
         let out = self
             .writer
-            .run_staged(move |conn| {
+            .run_staged(move |held| {
                 let mut known = counters.lock().unwrap_or_else(|poisoned| {
                     // A batch panicked halfway: start over from the tables.
                     counters.clear_poison();
@@ -1002,9 +1011,9 @@ impl MessageStore for SqliteStore {
                     known
                 });
                 let mut batch = || {
-                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let tx = writer::immediate(held.conn())?;
                     known.check(&tx)?;
-                    let (out, logged, stored) = commit_batch(&tx, &ops, &mut known)?;
+                    let (out, logged, stored) = commit_batch(&tx, held, &ops, &mut known)?;
                     tx.commit()?;
                     log.staged.fetch_add(logged, Ordering::Relaxed);
                     index.committed(stored);

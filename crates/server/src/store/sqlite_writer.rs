@@ -40,7 +40,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, Statement, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::{Durable, StoreError, StoreResult};
@@ -50,7 +50,54 @@ use super::{Durable, StoreError, StoreResult};
 const STATEMENT_CACHE: usize = 128;
 
 /// Work for the writer thread. It answers through a channel of its own.
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+type Job = Box<dyn FnOnce(&mut Held<'_>) + Send>;
+
+/// The writer's connection with the statements it keeps prepared for its
+/// whole life, outside rusqlite's statement cache.
+///
+/// Why: taking a statement from that cache and giving it back trims, hashes
+/// (twice) and copies its SQL text and clears every binding. For the group
+/// commit's multi-row INSERTs, with hundreds of parameters and a text of
+/// 1-2 KB, that was ~1.8k instructions a message. A held statement is found
+/// by its slot number and is only reset after each run (rusqlite's
+/// `execute` does that), its bindings overwritten by the next.
+pub(crate) struct Held<'c> {
+    conn: &'c Connection,
+    stmts: Vec<Option<Statement<'c>>>,
+}
+
+impl<'c> Held<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        Held {
+            conn,
+            stmts: Vec::new(),
+        }
+    }
+
+    /// The writer's connection.
+    pub(crate) fn conn(&self) -> &'c Connection {
+        self.conn
+    }
+
+    /// The statement in `slot`, prepared from `sql` on first use. The
+    /// caller keeps one SQL text per slot for the life of the writer.
+    pub(crate) fn get(&mut self, slot: usize, sql: &str) -> rusqlite::Result<&mut Statement<'c>> {
+        if self.stmts.len() <= slot {
+            self.stmts.resize_with(slot + 1, || None);
+        }
+        let held = &mut self.stmts[slot];
+        if held.is_none() {
+            *held = Some(self.conn.prepare(sql)?);
+        }
+        Ok(held.as_mut().expect("prepared just above"))
+    }
+
+    /// Drops every held statement, after a job went wrong in a way that
+    /// may have left one mid-run.
+    fn clear(&mut self) {
+        self.stmts.clear();
+    }
+}
 
 /// How the flusher makes the WAL durable: [`sync_wal`], or in tests one that
 /// can be told to fail.
@@ -118,10 +165,7 @@ impl Writer {
         F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
     {
         self.run(move |conn| {
-            // IMMEDIATE takes the write lock up front: a transaction that
-            // reads first cannot then fail to upgrade (SQLITE_BUSY_SNAPSHOT)
-            // when another process wrote in between.
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = immediate(conn)?;
             let out = f(&tx)?;
             tx.commit()?;
             Ok(out)
@@ -134,9 +178,9 @@ impl Writer {
     pub(crate) async fn run<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let (out, durable) = self.run_staged(f).await?;
+        let (out, durable) = self.run_staged(move |held| f(held.conn())).await?;
         durable.wait().await?;
         Ok(out)
     }
@@ -147,11 +191,12 @@ impl Writer {
     pub(crate) async fn run_staged<T, F>(&self, f: F) -> StoreResult<(T, Durable)>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&mut Held<'_>) -> StoreResult<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let flusher = self.flusher.clone();
-        let job: Job = Box::new(move |conn| {
+        let job: Job = Box::new(move |held| {
+            let conn = held.conn();
             // After a failed flush nothing more is written or read here.
             if let Some(e) = flusher.as_ref().and_then(|fl| fl.failure()) {
                 let _ = reply.send(Err(e));
@@ -160,8 +205,11 @@ impl Writer {
             let before = conn.total_changes();
             // A panic answers its caller and leaves the thread serving; the
             // transaction guard rolls back as it unwinds.
-            let out = catch_unwind(AssertUnwindSafe(|| f(conn)))
-                .unwrap_or_else(|_| Err(StoreError::unavailable("SQLite write panicked")));
+            let out = catch_unwind(AssertUnwindSafe(|| f(held))).unwrap_or_else(|_| {
+                // A held statement may have been left bound mid-run.
+                held.clear();
+                Err(StoreError::unavailable("SQLite write panicked"))
+            });
             // A job that committed changes needs a flush; one that changed
             // nothing may still have read rows whose flush is under way.
             let durable = match flusher {
@@ -413,20 +461,33 @@ fn connect(opts: &WriterOptions) -> StoreResult<Connection> {
     Ok(conn)
 }
 
+/// Begins a `BEGIN IMMEDIATE` transaction on the writer's connection.
+///
+/// IMMEDIATE takes the write lock up front: a transaction that reads first
+/// cannot then fail to upgrade (SQLITE_BUSY_SNAPSHOT) when another process
+/// wrote in between. Unchecked only because the connection is shared with
+/// the held statements; jobs run one at a time, never nested.
+pub(crate) fn immediate(conn: &Connection) -> rusqlite::Result<Transaction<'_>> {
+    Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
+}
+
 /// The thread's loop: one job at a time until every sender is gone.
-fn serve(mut conn: Connection, queue: mpsc::Receiver<Job>) {
+fn serve(conn: Connection, queue: mpsc::Receiver<Job>) {
+    let mut held = Held::new(&conn);
     while let Ok(job) = queue.recv() {
-        job(&mut conn);
+        job(&mut held);
         // A job that panicked mid-transaction was rolled back as its guard
         // dropped; should one ever leave a transaction open, end it here so
         // the next job can begin its own.
         if !conn.is_autocommit() {
             tracing::error!("SQLite write left a transaction open; rolling back");
+            held.clear();
             if let Err(e) = conn.execute_batch("ROLLBACK") {
                 tracing::error!(error = %e, "SQLite rollback failed");
             }
         }
     }
+    drop(held);
     if let Err((_, e)) = conn.close() {
         tracing::warn!(error = %e, "closing the SQLite writer connection failed");
     }
@@ -503,7 +564,7 @@ mod tests {
                 .await
                 .expect("create table");
             let (_, durable) = w
-                .run_staged(|c| Ok(c.execute("INSERT INTO t VALUES (1)", [])?))
+                .run_staged(|h| Ok(h.conn().execute("INSERT INTO t VALUES (1)", [])?))
                 .await
                 .expect("insert");
             assert_eq!(
@@ -513,8 +574,9 @@ mod tests {
             );
             durable.wait().await.expect("the flush succeeds");
             let (n, durable) = w
-                .run_staged(|c| {
-                    Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0))?)
+                .run_staged(|h| {
+                    Ok(h.conn()
+                        .query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0))?)
                 })
                 .await
                 .expect("count");
@@ -522,7 +584,7 @@ mod tests {
             assert!(durable.0.is_none(), "a read has nothing to flush");
             // A failed job has nothing to flush either.
             let failed = w
-                .run_staged(|c| Ok(c.execute("INSERT INTO nowhere VALUES (1)", [])?))
+                .run_staged(|h| Ok(h.conn().execute("INSERT INTO nowhere VALUES (1)", [])?))
                 .await;
             assert!(failed.is_err());
             w.stop().await;
@@ -539,7 +601,7 @@ mod tests {
         let mut pending = Vec::new();
         for i in 0..50 {
             let (_, d) = w
-                .run_staged(move |c| Ok(c.execute("INSERT INTO t VALUES (?)", [i])?))
+                .run_staged(move |h| Ok(h.conn().execute("INSERT INTO t VALUES (?)", [i])?))
                 .await
                 .expect("insert");
             pending.push(d);
@@ -576,7 +638,7 @@ mod tests {
 
         fail_next.store(true, Ordering::SeqCst);
         let (_, durable) = w
-            .run_staged(|c| Ok(c.execute("INSERT INTO t VALUES (2)", [])?))
+            .run_staged(|h| Ok(h.conn().execute("INSERT INTO t VALUES (2)", [])?))
             .await
             .expect("the insert commits");
         let err = durable.wait().await.expect_err("its flush failed");
@@ -622,11 +684,12 @@ mod tests {
         let w = writer_syncing_with(&dir, sync).await;
         tokens.send(()).expect("token");
         create_t(&w).await;
-        let count = |c: &mut Connection| -> StoreResult<i64> {
-            Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?)
+        let count = |h: &mut Held<'_>| -> StoreResult<i64> {
+            Ok(h.conn()
+                .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?)
         };
         let (_, write) = w
-            .run_staged(|c| Ok(c.execute("INSERT INTO t VALUES (1)", [])?))
+            .run_staged(|h| Ok(h.conn().execute("INSERT INTO t VALUES (1)", [])?))
             .await
             .expect("insert");
         let (n, read) = w.run_staged(count).await.expect("count");
@@ -639,6 +702,50 @@ mod tests {
         let (_, idle) = w.run_staged(count).await.expect("count");
         assert!(idle.0.is_none(), "nothing outstanding, nothing to wait for");
         drop(tokens);
+        w.stop().await;
+    }
+
+    /// A held statement runs inside each job's transaction, survives
+    /// between jobs, is dropped after a panic, and follows a schema change.
+    #[tokio::test]
+    async fn held_statements_live_across_jobs() {
+        const INSERT: &str = "INSERT INTO t (x) VALUES (?)";
+        let dir = tempfile::tempdir().expect("temp dir");
+        let w = writer(&dir, true).await;
+        create_t(&w).await;
+        let insert = |x: i64, fail: bool| {
+            w.run_staged(move |h| {
+                let tx = immediate(h.conn())?;
+                h.get(0, INSERT)?.execute([x])?;
+                if fail {
+                    panic!("after the insert");
+                }
+                tx.commit()?;
+                Ok(())
+            })
+        };
+        insert(1, false).await.expect("first insert");
+        // Rolled back with its transaction; the writer drops what it held.
+        assert!(matches!(
+            insert(2, true).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        insert(3, false).await.expect("insert after the panic");
+        w.transact(|tx| Ok(tx.execute_batch("ALTER TABLE t ADD COLUMN y INTEGER DEFAULT 7")?))
+            .await
+            .expect("alter");
+        insert(4, false)
+            .await
+            .expect("insert after the schema changed");
+        let rows: Vec<(i64, i64)> = w
+            .run(|c| {
+                let mut st = c.prepare("SELECT x, y FROM t ORDER BY x")?;
+                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+            .expect("read back");
+        assert_eq!(rows, [(1, 7), (3, 7), (4, 7)]);
         w.stop().await;
     }
 
