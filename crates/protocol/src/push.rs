@@ -211,14 +211,7 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = s.as_bytes();
-    // Most text needs no escape: skip it eight bytes at a time.
-    let mut clean = 0;
-    while let Some(word) = bytes.get(clean..clean + 8) {
-        if needs_escape(u64::from_le_bytes(word.try_into().expect("eight bytes"))) {
-            break;
-        }
-        clean += 8;
-    }
+    let clean = plain_len(bytes);
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate().skip(clean) {
         let short: &[u8] = match b {
@@ -244,6 +237,26 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// How many bytes at the start of `bytes` a JSON string holds as they are:
+/// the length up to the first `"`, `\\` or control character (all of
+/// `bytes` if there is none). Most text has none, so it is skipped eight
+/// bytes at a time. Shared by the push encoder and the server's request
+/// scanner, which must agree with serde_json on what needs an escape.
+pub fn plain_len(bytes: &[u8]) -> usize {
+    let mut clean = 0;
+    while let Some(word) = bytes.get(clean..clean + 8) {
+        if needs_escape(u64::from_le_bytes(word.try_into().expect("eight bytes"))) {
+            break;
+        }
+        clean += 8;
+    }
+    clean
+        + bytes[clean..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            .unwrap_or(bytes.len() - clean)
 }
 
 /// Whether any of the eight bytes of `w` is below 0x20, `"` or `\\`
@@ -450,6 +463,17 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn plain_len_stops_at_the_first_byte_to_escape(
+            bytes in proptest::collection::vec(proptest::prop_oneof![
+                0x20u8..=0xff,
+                proptest::sample::select(vec![b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x5b, 0x5d, 0x7f, 0x80]),
+            ], 0..40)
+        ) {
+            let want = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).unwrap_or(bytes.len());
+            proptest::prop_assert_eq!(plain_len(&bytes), want);
+        }
+
         #[test]
         fn escaping_text_matches_serde_json(text in "[a-z\"\\\\\\x00-\\x1f\\x7f\u{e9}\u{4f60}]{0,40}") {
             let mut ours = Vec::new();
