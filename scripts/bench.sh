@@ -25,7 +25,8 @@
 #                       default all of those. `cluster` runs only when named:
 #                       two nodes on MariaDB + Redis (scripts/cluster.sh, in
 #                       a temporary directory, on ports 16100+) against one
-#                       SQLite node, cross-node pairs at window 32, alternating
+#                       SQLite node and against one node of that cluster,
+#                       cross-node pairs at window 32, alternating
 #   BENCH_OUT=DIR       where results go (default bench-results)
 #   BENCH_PROFILE=...   cargo profile (default release; --smoke uses dev,
 #                       which `cargo test` has already built)
@@ -264,13 +265,17 @@ stop_server
 fi
 
 if [[ " ${BENCH_ONLY:-} " == *" cluster "* ]]; then
-say "cluster: 2 nodes (MariaDB + Redis) against 1 SQLite node, cross-node pairs, window 32 ($runs runs each, alternating)"
+say "cluster: 2 nodes (MariaDB + Redis) against 1 SQLite node and 1 node of the cluster, cross-node pairs, window 32 ($runs runs each, alternating)"
 cluster_up=1
 cluster_env scripts/cluster.sh up 2 >"$tmp/cluster-up.log" 2>&1 || { cat "$tmp/cluster-up.log" >&2; exit 1; }
 start_server "${cheap_hash[@]}"
 for _ in $(seq "$runs"); do
   bench_tcp cluster-single direct --register --pairs 200 --window 32 --size 64 --duration "$duration" --warmup 1
   run_bench cluster-2nodes --server 127.0.0.1:16100,127.0.0.1:16102 direct --register --pairs 200 --window 32 \
+    --size 64 --duration "$duration" --warmup 1
+  # The same storage and bus on one node: what the second node and the
+  # cross-node hop cost, apart from MariaDB against SQLite.
+  run_bench cluster-1node --server 127.0.0.1:16100 direct --register --pairs 200 --window 32 \
     --size 64 --duration "$duration" --warmup 1
 done
 stop_server
@@ -312,10 +317,12 @@ fi
 cluster_row() {
   median() { grep "\"case\":\"$1\"" "$jsonl" | grep -o '"msgs_per_s":[0-9.]*' | cut -d: -f2 | sort -n |
     awk '{v[NR] = $1} END {if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
-  local one two
-  one=$(median cluster-single) two=$(median cluster-2nodes)
+  local one two mdb
+  one=$(median cluster-single) two=$(median cluster-2nodes) mdb=$(median cluster-1node)
   [[ -n $one && -n $two ]] || return 0
   awk -v a="$two" -v b="$one" 'BEGIN {printf "- cluster row: 2 nodes %.0f msg/s, 1 node %.0f msg/s (medians): %.2f of single\n", a, b, a / b}'
+  [[ -n $mdb ]] || return 0
+  awk -v a="$two" -v b="$mdb" 'BEGIN {printf "- cluster against one of its nodes: 2 nodes %.0f msg/s, 1 node on MariaDB + Redis %.0f msg/s (medians): %.2f\n", a, b, a / b}'
 }
 
 md="$out/$stamp.md"
