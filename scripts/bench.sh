@@ -315,8 +315,10 @@ fi
 
 # cluster_row: with the cluster case, its medians and their ratio.
 cluster_row() {
+  # Empty, not a failure, for a case that did not run (set -e and pipefail
+  # would otherwise end the script before the report).
   median() { grep "\"case\":\"$1\"" "$jsonl" | grep -o '"msgs_per_s":[0-9.]*' | cut -d: -f2 | sort -n |
-    awk '{v[NR] = $1} END {if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
+    awk '{v[NR] = $1} END {if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}' || true; }
   local one two mdb
   one=$(median cluster-single) two=$(median cluster-2nodes) mdb=$(median cluster-1node)
   [[ -n $one && -n $two ]] || return 0
