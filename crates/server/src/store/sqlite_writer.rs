@@ -8,8 +8,9 @@
 //! INSERTs whose text, and so prepared statement, changed with each batch
 //! size). Here the whole transaction runs on the thread that holds the
 //! connection: one hop in (the job), one hop out (the result), and in between
-//! single-row statements from the connection's statement cache, prepared once
-//! for the life of the store. SQLite allows one writer at a time anyway;
+//! statements prepared once for the life of the store: the group commit's
+//! multi-row INSERTs held by slot ([`Held`]), the rest in the connection's
+//! statement cache. SQLite allows one writer at a time anyway;
 //! owning it on one thread also queues writes in process instead of on
 //! SQLite's lock.
 //!
