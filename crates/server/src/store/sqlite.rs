@@ -60,7 +60,8 @@ pub struct SqliteStore {
     pub(super) writer: Arc<Writer>,
     counters: Arc<Mutex<Counters>>,
     log: Arc<InboxLog>,
-    index: Arc<HistoryIndex>,
+    /// The history indexer's state; its tests drive it.
+    pub(super) index: Arc<HistoryIndex>,
 }
 
 /// Rows appended to the inbox log since the last generation was taken that
@@ -536,13 +537,14 @@ fn insert_rows<R>(
 /// The group commit: plan with [`batch`], then write the rows it planned.
 /// `known` is advanced as rows are written; the caller forgets it if the
 /// transaction does not commit. Also returns how many rows went into the
-/// inbox log and how many messages were stored.
+/// inbox log and the (mid, conv) of each message stored, for the history
+/// indexer.
 fn commit_batch(
     tx: &Transaction<'_>,
     held: &mut Held<'_>,
     ops: &[WriteOp],
     known: &mut Counters,
-) -> StoreResult<(Vec<WriteOutcome>, usize, usize)> {
+) -> StoreResult<(Vec<WriteOutcome>, usize, history::StoredKeys)> {
     let need = batch::needs(ops);
     let lk = lookups(tx, &need)?;
     let rcpt = batch::recipients(ops, &lk);
@@ -621,7 +623,12 @@ fn commit_batch(
             }
         });
     }
-    Ok((outcomes, plan.inbox.len(), plan.messages.len()))
+    let stored = plan
+        .messages
+        .into_iter()
+        .map(|row| (row.message.mid, row.conv))
+        .collect();
+    Ok((outcomes, plan.inbox.len(), stored))
 }
 
 /// The highest mid handed out: the newest message, or the floor that
@@ -940,8 +947,13 @@ impl AdminStore for SqliteStore {
 
     async fn delete_user(&self, user: UserId) -> StoreResult<DeletedUser> {
         let log = self.log.clone();
+        let index = self.index.clone();
         self.writer
-            .transact(move |tx| delete_user(tx, &log, user))
+            .transact(move |tx| {
+                // Messages go or are hidden: the indexer reads them back.
+                index.forget();
+                delete_user(tx, &log, user)
+            })
             .await
     }
 
@@ -1105,6 +1117,7 @@ impl MessageStore for SqliteStore {
     }
 
     async fn prune_messages(&self, before: i64, limit: i64) -> StoreResult<u64> {
+        let index = self.index.clone();
         self.writer
             .transact(move |tx| {
                 let pending: Option<i64> = tx
@@ -1120,6 +1133,8 @@ impl MessageStore for SqliteStore {
                 let Some(upto) = super::retention_cut(&oldest, before, pending) else {
                     return Ok(0);
                 };
+                // The oldest messages go: the indexer reads the tail back.
+                index.forget();
                 history::prune(tx, upto)?;
                 Ok(tx
                     .prepare_cached("DELETE FROM messages WHERE mid <= ?")?
