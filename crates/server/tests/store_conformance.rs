@@ -337,6 +337,7 @@ conformance!(all: [
     admin_delete_user_after_their_sender,
     admin_events_in_order,
     confirmed_rows_and_old_messages_are_pruned,
+    retention_that_empties_messages_keeps_mids_growing,
 ], sql: [
     legacy_names_keyed_on_open,
 ]);
@@ -2199,4 +2200,45 @@ async fn admin_events_in_order(fx: Arc<Fixture>) {
             (b, Some(AccountChange::Deleted))
         ]
     );
+}
+
+/// Retention may delete every message; a mid is still never handed out
+/// twice, also by a store opened afterwards, and the new messages are in
+/// HISTORY.
+async fn retention_that_empties_messages_keeps_mids_growing(fx: Arc<Fixture>) {
+    let s = &*fx.store;
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let out = commit(
+        s,
+        vec![
+            append(a, Target::User(b), "1"),
+            append(a, Target::User(b), "2"),
+        ],
+    )
+    .await;
+    let newest = appended(&out[1]).0.mid;
+    commit(s, vec![WriteOp::Ack { user: b, seq: 2 }]).await;
+    s.prune_delivered(0, 100, 100).await.unwrap();
+    let later = chat_protocol::time::unix_now() + 10;
+    assert_eq!(s.prune_messages(later, 100).await.unwrap(), 2);
+    let ab = Conversation::Direct(a, b);
+    assert!(history(s, ab, None, ALL).await.is_empty());
+    let next = appended(&send(s, append(b, Target::User(a), "3")).await)
+        .0
+        .mid;
+    assert!(next > newest, "{next} after {newest}");
+    assert_eq!(history(s, ab, None, ALL).await, vec![next]);
+    if !matches!(fx.backend, Backend::Memory) {
+        // Empty again, then a store opened afterwards (a restart).
+        commit(s, vec![WriteOp::Ack { user: a, seq: 1 }]).await;
+        s.prune_delivered(0, 100, 100).await.unwrap();
+        assert_eq!(s.prune_messages(later, 100).await.unwrap(), 1);
+        let other = fx.reopen().await;
+        let mid = appended(&send(&*other, append(a, Target::User(b), "4")).await)
+            .0
+            .mid;
+        assert!(mid > next, "{mid} after {next}");
+        assert_eq!(history(&*other, ab, None, ALL).await, vec![mid]);
+    }
 }

@@ -692,6 +692,10 @@ impl MessageStore for MemoryStore {
         let Some(upto) = super::retention_cut(&oldest, before, pending) else {
             return Ok(0);
         };
+        // They may be all of them: new mids still grow from the highest.
+        st.mid_floor = st
+            .mid_floor
+            .max(st.messages.keys().next_back().copied().unwrap_or(0));
         let gone: Vec<i64> = st.messages.range(..=upto).map(|(m, _)| *m).collect();
         for m in &gone {
             st.messages.remove(m);

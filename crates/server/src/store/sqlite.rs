@@ -242,19 +242,21 @@ impl Counters {
         *self = Counters::default();
     }
 
-    /// Forgets everything if another connection has written since last time.
-    fn check(&mut self, tx: &Transaction<'_>) -> StoreResult<()> {
+    /// Forgets everything if another connection has written since last
+    /// time, and then says so.
+    fn check(&mut self, tx: &Transaction<'_>) -> StoreResult<bool> {
         let v: i64 = tx
             .prepare_cached("PRAGMA data_version")?
             .query_row([], |r| r.get(0))?;
-        if self.data_version != Some(v) {
+        let foreign = self.data_version != Some(v);
+        if foreign {
             self.forget();
             self.data_version = Some(v);
         }
         if self.last_seq.len() > MAX_CACHED_COUNTERS {
             self.last_seq.clear();
         }
-        Ok(())
+        Ok(foreign)
     }
 }
 
@@ -1024,7 +1026,11 @@ impl MessageStore for SqliteStore {
                 });
                 let mut batch = || {
                     let tx = writer::immediate(held.conn())?;
-                    known.check(&tx)?;
+                    if known.check(&tx)? {
+                        // Another process may have stored messages the
+                        // history indexer's list does not name.
+                        index.forget();
+                    }
                     let (out, logged, stored) = commit_batch(&tx, held, &ops, &mut known)?;
                     tx.commit()?;
                     log.staged.fetch_add(logged, Ordering::Relaxed);
@@ -1135,6 +1141,9 @@ impl MessageStore for SqliteStore {
                 };
                 // The oldest messages go: the indexer reads the tail back.
                 index.forget();
+                // They may be all of them: keep the highest mid handed out,
+                // so that new ones still grow from it after a restart.
+                tx.prepare_cached(KEEP_MID_FLOOR)?.execute([])?;
                 history::prune(tx, upto)?;
                 Ok(tx
                     .prepare_cached("DELETE FROM messages WHERE mid <= ?")?

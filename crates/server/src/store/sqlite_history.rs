@@ -754,4 +754,30 @@ mod tests {
         fast.close().await;
         slow.close().await;
     }
+
+    /// A message another process stored is not in the list: the next pass
+    /// reads back and indexes it.
+    #[tokio::test]
+    async fn a_foreign_writer_drops_the_list() {
+        let (_dir, path, store, [a, b]) = users::<2>().await;
+        store.commit(vec![to(a, b, "x"); 3]).await.unwrap();
+        assert!(!indexer_step(&store.writer, &store.index).await.unwrap());
+        assert_eq!(fresh_rows(&store), Some(0));
+        let conv = Conversation::Direct(a, b).key();
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute(
+                "INSERT INTO messages (mid, sender, sender_name, kind, target, conv, body, created_at) \
+                 VALUES (4, ?1, 'a', 6, ?2, ?3, 'elsewhere', 0)",
+                rusqlite::params![a, b, conv],
+            )
+            .unwrap();
+        store.commit(vec![to(a, b, "y"); 2]).await.unwrap();
+        assert_eq!(fresh_rows(&store), None, "the commit saw the other writer");
+        assert!(!indexer_step(&store.writer, &store.index).await.unwrap());
+        assert_eq!(indexed(&path), (6, 6));
+        let ab = Conversation::Direct(a, b);
+        assert_eq!(history(&store, ab, None, 10).await, [6, 5, 4, 3, 2, 1]);
+        store.close().await;
+    }
 }
