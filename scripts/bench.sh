@@ -20,8 +20,9 @@
 #   BENCH_FULL=1        idle at 19,500 connections and setup at 20,000 users
 #   BENCH_IDLE=N        idle connections (default 5000; 19500 with BENCH_FULL)
 #   BENCH_SETUP=N       users registered at full argon2 cost (default 400)
-#   BENCH_ONLY="..."    run only these cases (direct-w32 direct-w32-ws direct-w1
-#                       direct-rate group group-rate idle idle-ws setup);
+#   BENCH_ONLY="..."    run only these cases (direct-w32 direct-w32-cmid
+#                       direct-w32-ws direct-w1 direct-rate group group-rate
+#                       idle idle-ws setup);
 #                       default all of those. `cluster` runs only when named:
 #                       two nodes on MariaDB + Redis (scripts/cluster.sh, in
 #                       a temporary directory, on ports 16100+) against one
@@ -210,6 +211,15 @@ say "direct --max, window 32, 200 pairs, 64-byte messages ($runs runs)"
 start_server "${cheap_hash[@]}"
 for _ in $(seq "$runs"); do
   bench direct-w32 direct --register --pairs 200 --window 32 --size 64 --duration "$duration" --warmup 1
+done
+stop_server
+fi
+
+if want direct-w32-cmid; then
+say "direct --max, window 32, 200 pairs, every message with a cmid as real clients send it ($runs runs)"
+start_server "${cheap_hash[@]}"
+for _ in $(seq "$runs"); do
+  bench direct-w32-cmid direct --register --pairs 200 --window 32 --size 64 --cmid --duration "$duration" --warmup 1
 done
 stop_server
 fi

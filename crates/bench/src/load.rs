@@ -62,6 +62,8 @@ pub struct Plan {
     pub mode: Mode,
     /// Message text size in bytes.
     pub size: usize,
+    /// Whether messages carry a unique `cmid`.
+    pub cmid: bool,
     /// Time before measuring starts.
     pub warmup: Duration,
     /// Measured sending time.
@@ -223,7 +225,7 @@ pub async fn run(ctx: &Ctx, plan: Plan, label: &str) -> Outcome {
             spec.target,
             writers[spec.conn].clone(),
             pace,
-            plan.size,
+            (plan.size, plan.cmid),
             t0,
             end_at,
         )));
@@ -315,7 +317,7 @@ async fn send_loop(
     target: ChatTarget,
     wr: Arc<AsyncMutex<Writer>>,
     pace: Option<(Duration, Duration)>,
-    size: usize,
+    (size, cmid): (usize, bool),
     t0: Instant,
     end_at: Instant,
 ) {
@@ -370,6 +372,9 @@ async fn send_loop(
                 t_ns,
             };
             stamp::write_chat(&mut buf, target, stamp, size);
+            if cmid {
+                stamp::add_cmid(&mut buf, sh.run, s, k);
+            }
             k += 1;
         }
         st.sent.fetch_add(n as u64, Ordering::Release);
@@ -546,6 +551,10 @@ pub struct LoadArgs {
     /// Message text size in bytes (the send stamp is padded to it).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// Give every message a unique `cmid`, as the terminal and web clients
+    /// do; the server then also keeps and checks it for retries.
+    #[arg(long)]
+    pub cmid: bool,
     /// Seconds of measured sending.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -581,6 +590,9 @@ impl LoadArgs {
             }
         }
         r.set("size", self.size);
+        if self.cmid {
+            r.set("cmid", true);
+        }
         r.set("duration_s", self.duration);
         r.set("warmup_s", self.warmup);
     }
@@ -603,6 +615,7 @@ impl LoadArgs {
             confirm,
             mode,
             size: self.size,
+            cmid: self.cmid,
             warmup: d(self.warmup),
             duration: d(self.duration.max(0.01)),
             drain: d(self.drain),

@@ -73,6 +73,16 @@ pub fn write_chat(out: &mut String, target: ChatTarget, stamp: Stamp, size: usiz
     write_plain_chat(out, target, |text| write_stamp(text, stamp, size));
 }
 
+/// Gives the chat frame [`write_chat`] just appended a `cmid` unique to
+/// this run, sender and message, as real clients do.
+pub fn add_cmid(out: &mut String, run: u64, sender: usize, k: u64) {
+    use std::fmt::Write as _;
+    // The frame ends with `}` and a newline: the field goes before them.
+    debug_assert!(out.ends_with("}\n"));
+    out.truncate(out.len() - 2);
+    let _ = writeln!(out, ",\"cmid\":\"{run:x}.{sender}.{k}\"}}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +103,30 @@ mod tests {
         write_stamp(&mut short, s, 1);
         assert_eq!(parse_stamp(short.as_bytes()), Some(s));
         assert_eq!(parse_stamp(b"hello"), None);
+    }
+
+    #[test]
+    fn cmids_are_added_to_the_last_frame() {
+        let s = Stamp {
+            run: 0xabc,
+            sender: 7,
+            k: 12,
+            t_ns: 5,
+        };
+        let mut f = String::new();
+        write_chat(&mut f, ChatTarget::User(3), s, 40);
+        write_chat(&mut f, ChatTarget::User(3), s, 40);
+        add_cmid(&mut f, 0xabc, 7, 12);
+        let frames: Vec<serde_json::Value> = f
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(frames.len(), 2);
+        assert!(frames[0].get("cmid").is_none());
+        assert_eq!(frames[1]["cmid"], "abc.7.12");
+        assert_eq!(frames[1]["toid"], 3);
+        assert!(f.ends_with("}\n"));
+        assert!("abc.7.12".len() <= chat_protocol::limits::MAX_CMID_BYTES);
     }
 
     #[test]
