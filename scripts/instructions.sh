@@ -21,6 +21,8 @@
 #   INSTR_LONG=7        seconds of the long run
 #   INSTR_BIN=DIR       take chat-server and chat-bench from DIR instead of
 #                       building them (target/release)
+#   INSTR_ARGS=--cmid   more `chat-bench direct` arguments; --cmid gives every
+#                       message a cmid, as the terminal and web clients do
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -72,7 +74,7 @@ run() {
   done
   [[ -n $addr ]] || { echo "chat-server did not start under valgrind:" >&2; cat "$dir/server.log" >&2; exit 1; }
   "$bin/chat-bench" --server "$addr" --json direct --register --pairs "$pairs" --window "$window" \
-    --size 64 --duration "$secs" --warmup 0.5 --drain 30 >"$dir/bench.json" 2>"$dir/bench.err" ||
+    --size 64 --duration "$secs" --warmup 0.5 --drain 30 ${INSTR_ARGS:-} >"$dir/bench.json" 2>"$dir/bench.err" ||
     { echo "chat-bench failed:" >&2; cat "$dir/bench.err" >&2; exit 1; }
   # SIGINT: a graceful stop, so callgrind writes its totals.
   kill -INT "$server_pid"
@@ -93,11 +95,11 @@ print(bench["sent"], total)
 PY
 }
 
-echo "==> ${short} s and ${long} s of direct chat under callgrind ($pairs pairs, window $window)" >&2
+echo "==> ${short} s and ${long} s of direct chat under callgrind ($pairs pairs, window $window${INSTR_ARGS:+, $INSTR_ARGS})" >&2
 read -r n1 i1 < <(run "$short")
 echo "    short run: $n1 messages, $i1 instructions" >&2
 read -r n2 i2 < <(run "$long")
 echo "    long run:  $n2 messages, $i2 instructions" >&2
 ((n2 > n1)) || { echo "the long run sent no more messages than the short one" >&2; exit 1; }
-awk -v a="$i1" -v b="$i2" -v m="$n1" -v n="$n2" -v p="$pairs" -v w="$window" -v c="$(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
-  'BEGIN {printf "instructions per message: %.0f (commit %s, %d pairs, window %d, %d more messages)\n", (b - a) / (n - m), c, p, w, n - m}'
+awk -v a="$i1" -v b="$i2" -v m="$n1" -v n="$n2" -v p="$pairs" -v w="$window" -v x="${INSTR_ARGS:+, $INSTR_ARGS}" -v c="$(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
+  'BEGIN {printf "instructions per message: %.0f (commit %s, %d pairs, window %d%s, %d more messages)\n", (b - a) / (n - m), c, p, w, x, n - m}'

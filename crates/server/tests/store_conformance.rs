@@ -318,6 +318,7 @@ conformance!(all: [
     concurrent_commits_from_two_nodes,
     cmid_dedupe_across_batches,
     cmid_dedupe_within_batch,
+    cmid_dedupe_across_reopen_and_retention,
     ack_cumulative_clamped_monotonic,
     undelivered_pages_in_seq_order,
     history_newest_first,
@@ -1332,6 +1333,72 @@ async fn cmid_dedupe_across_batches(fx: Arc<Fixture>) {
         "within one batch too"
     );
     assert_eq!(seqs(s, b).await, vec![1, 2, 3, 4]);
+}
+
+/// A cmid is found however long ago it was stored: after many later
+/// messages, by a store opened afterwards (a restarted server, which SQLite
+/// serves from its table of indexed cmids rather than memory), and in a
+/// batch that both retries and reuses. Retention frees the cmids of the
+/// messages it deletes, and only those.
+async fn cmid_dedupe_across_reopen_and_retention(fx: Arc<Fixture>) {
+    let s = &*fx.store;
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let first = appended(&send(s, append_c(a, Target::User(b), "first", "k-0")).await)
+        .0
+        .mid;
+    for round in 1..=3 {
+        let ops = (0..50)
+            .map(|i| append_c(a, Target::User(b), "later", &format!("k-{round}-{i}")))
+            .collect();
+        commit(s, ops).await;
+    }
+    let again = send(s, append_c(a, Target::User(b), "first", "k-0")).await;
+    assert_eq!(duplicate(&again), first);
+    let check = move |s: Arc<dyn Store>| async move {
+        let out = commit(
+            &*s,
+            vec![
+                append_c(a, Target::User(b), "first", "k-0"),
+                append_c(a, Target::User(b), "later", "k-2-7"),
+                append_c(a, Target::User(b), "other", "k-3-9"),
+            ],
+        )
+        .await;
+        assert_eq!(duplicate(&out[0]), first);
+        assert!(duplicate(&out[1]) > first);
+        assert_eq!(failed(&out[2]), StoreError::CmidReused);
+    };
+    check(fx.store.clone()).await;
+    if !matches!(fx.backend, Backend::Memory) {
+        let other = fx.reopen().await;
+        check(other.clone()).await;
+        let (m, _) = appended(&send(&*other, append_c(a, Target::User(b), "new", "k-4")).await);
+        // The first store sees what the other stored.
+        assert_eq!(
+            duplicate(&send(s, append_c(a, Target::User(b), "new", "k-4")).await),
+            m.mid
+        );
+    }
+    // Bob confirms everything; retention deletes the oldest 51 messages.
+    let top = seqs(s, b).await.last().copied().unwrap();
+    commit(s, vec![WriteOp::Ack { user: b, seq: top }]).await;
+    s.prune_delivered(0, 100, ALL).await.unwrap();
+    let later = chat_protocol::time::unix_now() + 10;
+    assert_eq!(s.prune_messages(later, 51).await.unwrap(), 51);
+    // Their cmids are free: the same key with another text is a new message.
+    let (fresh, _) = appended(&send(s, append_c(a, Target::User(b), "reborn", "k-0")).await);
+    assert!(fresh.mid > first);
+    let (_, _) = appended(&send(s, append_c(a, Target::User(b), "reborn", "k-1-49")).await);
+    assert_eq!(
+        duplicate(&send(s, append_c(a, Target::User(b), "reborn", "k-0")).await),
+        fresh.mid
+    );
+    // A kept message's cmid still holds.
+    assert_eq!(
+        failed(&send(s, append_c(a, Target::User(b), "other", "k-2-0")).await),
+        StoreError::CmidReused
+    );
 }
 
 async fn cmid_dedupe_within_batch(fx: Arc<Fixture>) {

@@ -41,14 +41,15 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool};
 
-use super::batch::{self, Earlier, Lookups, Step, TokenRow};
+use super::batch::{self, Lookups, Step, TokenRow};
 use super::sql::{self, role_from, Dialect, SqlReads, ROLE_IN};
+use super::sqlite_cmids::{self as cmids, CmidIndex};
 use super::sqlite_history::{self as history, HistoryIndex};
 use super::sqlite_writer::{self as writer, Held, Writer, WriterOptions};
 use super::{
     backfill_name_keys, key_digest, AccountChange, AccountEvent, AdminStore, Conversation,
     DeletedUser, Durable, FriendStore, GroupId, GroupInfo, GroupStore, MessageStore, Person, Role,
-    StoreError, StoreOptions, StoreResult, StoredMessage, Target, TokenRequest, UserId, UserRecord,
+    StoreError, StoreOptions, StoreResult, StoredMessage, TokenRequest, UserId, UserRecord,
     UserStore, UserSummary, WriteOp, WriteOutcome,
 };
 
@@ -62,6 +63,8 @@ pub struct SqliteStore {
     log: Arc<InboxLog>,
     /// The history indexer's state; its tests drive it.
     pub(super) index: Arc<HistoryIndex>,
+    /// The cmids above the `cmids` counter, for the exactly-once lookups.
+    pub(super) cmids: Arc<CmidIndex>,
 }
 
 /// Rows appended to the inbox log since the last generation was taken that
@@ -260,33 +263,40 @@ impl Counters {
     }
 }
 
+/// The schema, in order; tests migrate part of the way.
+pub(super) const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        "token rotation",
+        include_str!("../../migrations/sqlite/0002_token_rotation.sql"),
+    ),
+    (
+        "name keys",
+        include_str!("../../migrations/sqlite/0003_name_keys.sql"),
+    ),
+    (
+        "admin",
+        include_str!("../../migrations/sqlite/0004_admin.sql"),
+    ),
+    (
+        "inbox log",
+        include_str!("../../migrations/sqlite/0005_inbox_log.sql"),
+    ),
+    (
+        "history index",
+        include_str!("../../migrations/sqlite/0006_history_index.sql"),
+    ),
+    (
+        "cmid index",
+        include_str!("../../migrations/sqlite/0007_cmid_index.sql"),
+    ),
+];
+
 fn migrator() -> Migrator {
-    super::migrator(&[
-        (
-            "init",
-            include_str!("../../migrations/sqlite/0001_init.sql"),
-        ),
-        (
-            "token rotation",
-            include_str!("../../migrations/sqlite/0002_token_rotation.sql"),
-        ),
-        (
-            "name keys",
-            include_str!("../../migrations/sqlite/0003_name_keys.sql"),
-        ),
-        (
-            "admin",
-            include_str!("../../migrations/sqlite/0004_admin.sql"),
-        ),
-        (
-            "inbox log",
-            include_str!("../../migrations/sqlite/0005_inbox_log.sql"),
-        ),
-        (
-            "history index",
-            include_str!("../../migrations/sqlite/0006_history_index.sql"),
-        ),
-    ])
+    super::migrator(MIGRATIONS)
 }
 
 fn now() -> i64 {
@@ -378,10 +388,12 @@ impl SqliteStore {
         let writer = Arc::new(writer);
         let log = Arc::new(InboxLog::default());
         let index = Arc::new(HistoryIndex::default());
+        let cmids = Arc::new(CmidIndex::default());
         if opts.background {
             tokio::spawn(checkpointer(read.clone()));
             tokio::spawn(merger(Arc::downgrade(&writer), log.clone()));
             tokio::spawn(history::indexer(Arc::downgrade(&writer), index.clone()));
+            tokio::spawn(cmids::indexer(Arc::downgrade(&writer), cmids.clone()));
         }
         Ok(SqliteStore {
             read: Arc::new(SqlReads::new(read)),
@@ -389,6 +401,7 @@ impl SqliteStore {
             counters: Arc::default(),
             log,
             index,
+            cmids,
         })
     }
 }
@@ -397,7 +410,14 @@ impl SqliteStore {
 // statements from its cache.
 
 /// What a batch must read, one cached lookup per user, group and cmid.
-fn lookups(tx: &Transaction<'_>, need: &batch::Needs) -> StoreResult<Lookups> {
+/// Also returns the `cmids` counter if the cmid lookups had to index the
+/// tail first ([`cmids::lookup`]).
+fn lookups(
+    tx: &Transaction<'_>,
+    held: &mut Held<'_>,
+    need: &batch::Needs,
+    index: &CmidIndex,
+) -> StoreResult<(Lookups, Option<i64>)> {
     let mut lk = Lookups::default();
     let mut user = tx.prepare_cached("SELECT 1 FROM users WHERE id = ?")?;
     for &u in &need.users {
@@ -415,24 +435,9 @@ fn lookups(tx: &Transaction<'_>, need: &batch::Needs) -> StoreResult<Lookups> {
             lk.members.insert(g, ms);
         }
     }
-    let mut cmid = tx.prepare_cached(
-        "SELECT mid, kind, target, body FROM messages WHERE sender = ? AND cmid = ?",
-    )?;
-    for (sender, c) in &need.cmids {
-        let hit = cmid
-            .query_row(params![sender, c], |r| {
-                Ok(Earlier {
-                    mid: r.get(0)?,
-                    target: Target::from_parts(r.get(1)?, r.get(2)?),
-                    body: r.get(3)?,
-                })
-            })
-            .optional()?;
-        if let Some(e) = hit {
-            lk.cmid_hits.insert((*sender, c.clone()), e);
-        }
-    }
-    Ok(lk)
+    let (hits, caught_up) = cmids::lookup(tx, held, index, &need.cmids)?;
+    lk.cmid_hits = hits;
+    Ok((lk, caught_up))
 }
 
 /// Current `last_seq` of each user that has a counter row, from memory
@@ -458,10 +463,10 @@ fn last_seqs(
 /// statements of these sizes, so each table has six statement texts, each
 /// prepared once and cached, and a big batch pays one statement per 64 rows
 /// instead of one per row.
-const ROWS_PER_INSERT: [usize; 6] = [64, 16, 8, 4, 2, 1];
+pub(super) const ROWS_PER_INSERT: [usize; 6] = [64, 16, 8, 4, 2, 1];
 
 /// The INSERT texts of one table, one per size in [`ROWS_PER_INSERT`].
-struct Inserts {
+pub(super) struct Inserts {
     head: &'static str,
     columns: usize,
     /// The writer's held-statement slot of the first size; the others
@@ -471,7 +476,7 @@ struct Inserts {
 }
 
 impl Inserts {
-    const fn new(head: &'static str, columns: usize, slot: usize) -> Self {
+    pub(super) const fn new(head: &'static str, columns: usize, slot: usize) -> Self {
         Inserts {
             head,
             columns,
@@ -511,7 +516,7 @@ static INBOX_INSERTS: Inserts = Inserts::new(
 
 /// Inserts `rows` with multi-row statements, held by the writer (they run in
 /// its open transaction); `bind` appends one row's values, in column order.
-fn insert_rows<R>(
+pub(super) fn insert_rows<R>(
     held: &mut Held<'_>,
     table: &Inserts,
     rows: &[R],
@@ -536,19 +541,30 @@ fn insert_rows<R>(
     Ok(())
 }
 
+/// What a committed batch tells the store's background work.
+struct Committed {
+    /// Rows that went into the inbox log.
+    logged: usize,
+    /// (mid, conv) of each message stored, for the history indexer.
+    keys: history::StoredKeys,
+    /// (sender, cmid) and mid of each message stored with a cmid.
+    cmids: Vec<(cmids::CmidKey, i64)>,
+    /// The `cmids` counter, if the batch indexed the tail first.
+    caught_up: Option<i64>,
+}
+
 /// The group commit: plan with [`batch`], then write the rows it planned.
 /// `known` is advanced as rows are written; the caller forgets it if the
-/// transaction does not commit. Also returns how many rows went into the
-/// inbox log and the (mid, conv) of each message stored, for the history
-/// indexer.
+/// transaction does not commit.
 fn commit_batch(
     tx: &Transaction<'_>,
     held: &mut Held<'_>,
     ops: &[WriteOp],
     known: &mut Counters,
-) -> StoreResult<(Vec<WriteOutcome>, usize, history::StoredKeys)> {
+    index: &CmidIndex,
+) -> StoreResult<(Vec<WriteOutcome>, Committed)> {
     let need = batch::needs(ops);
-    let lk = lookups(tx, &need)?;
+    let (lk, caught_up) = lookups(tx, held, &need, index)?;
     let rcpt = batch::recipients(ops, &lk);
     let last = last_seqs(tx, &rcpt, known)?;
     let max_mid: i64 = match known.max_mid {
@@ -625,12 +641,19 @@ fn commit_batch(
             }
         });
     }
-    let stored = plan
-        .messages
-        .into_iter()
-        .map(|row| (row.message.mid, row.conv))
-        .collect();
-    Ok((outcomes, plan.inbox.len(), stored))
+    let mut done = Committed {
+        logged: plan.inbox.len(),
+        keys: Vec::with_capacity(plan.messages.len()),
+        cmids: Vec::new(),
+        caught_up,
+    };
+    for row in plan.messages {
+        if let Some(c) = row.cmid {
+            done.cmids.push(((row.message.sender, c), row.message.mid));
+        }
+        done.keys.push((row.message.mid, row.conv));
+    }
+    Ok((outcomes, done))
 }
 
 /// The highest mid handed out: the newest message, or the floor that
@@ -691,10 +714,12 @@ fn delete_user(tx: &Transaction<'_>, log: &InboxLog, user: UserId) -> StoreResul
     let mut doomed = ids(tx, Sqlite::SENT_BY, &[user])?;
     doomed.extend(ids(tx, Sqlite::DIRECT_TO, &[user; 7])?);
     tx.prepare_cached(KEEP_MID_FLOOR)?.execute([])?;
+    cmids::drop_sender(tx, user)?;
     for mid in doomed {
         if pending.contains(&mid) {
             out.pending += tx.prepare_cached(sql::HIDE_MESSAGE)?.execute([mid])? as u64;
         } else {
+            cmids::drop_message(tx, mid)?;
             out.messages += tx.prepare_cached(sql::DELETE_MESSAGE)?.execute([mid])? as u64;
         }
     }
@@ -950,10 +975,12 @@ impl AdminStore for SqliteStore {
     async fn delete_user(&self, user: UserId) -> StoreResult<DeletedUser> {
         let log = self.log.clone();
         let index = self.index.clone();
+        let cmid_index = self.cmids.clone();
         self.writer
             .transact(move |tx| {
-                // Messages go or are hidden: the indexer reads them back.
+                // Messages go or are hidden: the indexers read them back.
                 index.forget();
+                cmid_index.forget();
                 delete_user(tx, &log, user)
             })
             .await
@@ -1014,6 +1041,7 @@ impl MessageStore for SqliteStore {
         let counters = self.counters.clone();
         let log = self.log.clone();
         let index = self.index.clone();
+        let cmid_index = self.cmids.clone();
         let out = self
             .writer
             .run_staged(move |held| {
@@ -1028,13 +1056,18 @@ impl MessageStore for SqliteStore {
                     let tx = writer::immediate(held.conn())?;
                     if known.check(&tx)? {
                         // Another process may have stored messages the
-                        // history indexer's list does not name.
+                        // indexers' lists do not name.
                         index.forget();
+                        cmid_index.forget();
                     }
-                    let (out, logged, stored) = commit_batch(&tx, held, &ops, &mut known)?;
+                    let (out, done) = commit_batch(&tx, held, &ops, &mut known, &cmid_index)?;
                     tx.commit()?;
-                    log.staged.fetch_add(logged, Ordering::Relaxed);
-                    index.committed(stored);
+                    log.staged.fetch_add(done.logged, Ordering::Relaxed);
+                    index.committed(done.keys);
+                    if let Some(upto) = done.caught_up {
+                        cmid_index.caught_up(upto);
+                    }
+                    cmid_index.committed(done.cmids);
                     Ok(out)
                 };
                 let out = batch();
@@ -1124,6 +1157,7 @@ impl MessageStore for SqliteStore {
 
     async fn prune_messages(&self, before: i64, limit: i64) -> StoreResult<u64> {
         let index = self.index.clone();
+        let cmid_index = self.cmids.clone();
         self.writer
             .transact(move |tx| {
                 let pending: Option<i64> = tx
@@ -1139,12 +1173,14 @@ impl MessageStore for SqliteStore {
                 let Some(upto) = super::retention_cut(&oldest, before, pending) else {
                     return Ok(0);
                 };
-                // The oldest messages go: the indexer reads the tail back.
+                // The oldest messages go: the indexers read the tail back.
                 index.forget();
+                cmid_index.forget();
                 // They may be all of them: keep the highest mid handed out,
                 // so that new ones still grow from it after a restart.
                 tx.prepare_cached(KEEP_MID_FLOOR)?.execute([])?;
                 history::prune(tx, upto)?;
+                cmids::prune(tx, upto)?;
                 Ok(tx
                     .prepare_cached("DELETE FROM messages WHERE mid <= ?")?
                     .execute([upto])? as u64)
@@ -1179,7 +1215,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::store::NewMessage;
+    use crate::store::{NewMessage, Target};
 
     fn to(sender: UserId, user: UserId) -> WriteOp {
         WriteOp::Append(NewMessage {

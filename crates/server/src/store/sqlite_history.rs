@@ -431,7 +431,7 @@ pub(super) async fn indexer(writer: Weak<Writer>, index: Arc<HistoryIndex>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::sqlite::SqliteStore;
     use crate::store::{
@@ -481,7 +481,7 @@ mod tests {
 
     /// A store without background tasks in a new directory (kept while the
     /// guard lives), its file, and `N` users.
-    async fn users<const N: usize>() -> (
+    pub(in crate::store) async fn users<const N: usize>() -> (
         tempfile::TempDir,
         std::path::PathBuf,
         SqliteStore,

@@ -1,0 +1,678 @@
+//! The SQLite store's exactly-once index, (sender, cmid) to mid, built
+//! behind the commits.
+//!
+//! A retried send must find the message its cmid stored before. As a
+//! unique index of `messages`, (sender, cmid) put an entry at each sender's
+//! place in the index, so a commit of 200 senders' messages wrote and
+//! flushed a page per sender: with a cmid on every message (as our clients
+//! send them) that was 2.6 times the bytes written and 40 % of the
+//! throughput (BENCHMARKS.md, issue 9, seventh pass).
+//!
+//! So `cmids` is a table the writer fills in bulk. The commits hand over
+//! each stored message's key ([`CmidIndex::committed`]), the writer keeps
+//! them in memory, and every [`INDEX_AT`] keys (or [`INDEX_EVERY`]) one
+//! transaction writes them, each page once for many keys, and moves the
+//! `counters` row `cmids` to the newest mid. Every message at or below that
+//! counter is in the table; every one above it is in the map. A batch looks
+//! its cmids up in both ([`lookup`]).
+//!
+//! The table is keyed by the cmid itself, not a hash of it. A hash made
+//! inserts and probes cheaper, but scattered each sender's new keys over
+//! all of the sender's pages, where cmids that count up (as clients make
+//! them) land side by side: a pass would have written a page per message
+//! once the table was large.
+//!
+//! The map is only trusted while it names everything above the counter: it
+//! is dropped when anything other than a commit changes `messages` (account
+//! deletion, retention, another process), when a pass did not commit, and
+//! past [`MAP_MAX`] keys. Then the next batch with a cmid, or the next pass,
+//! reads the tail back from `messages` into the table first ([`index_tail`]),
+//! and the commits start a new map. Whoever deletes a message deletes its
+//! row; should one be left behind (by hand-written SQL, say), the lookup
+//! that meets it deletes it, so that it cannot hide the key from a newer
+//! message.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use rusqlite::types::ToSqlOutput;
+use rusqlite::{params, OptionalExtension, Transaction};
+
+use super::batch::Earlier;
+use super::sqlite::{insert_rows, Inserts, ROWS_PER_INSERT};
+use super::sqlite_writer::{self as writer, Held, Writer};
+use super::{StoreError, StoreResult, Target, UserId};
+
+/// A (sender, cmid).
+pub(super) type CmidKey = (UserId, String);
+
+/// A `cmids` row: the key and its mid.
+type Row = (CmidKey, i64);
+
+/// Keys in the map that start a pass at once.
+const INDEX_AT: usize = 32_768;
+
+/// How often a pass runs when fewer came in, so that an idle server's map
+/// empties and a restart reads little back.
+const INDEX_EVERY: Duration = Duration::from_secs(10);
+
+/// Keys the map holds at most (some 100 bytes each) before it is dropped,
+/// should the passes fall behind.
+const MAP_MAX: usize = 4 * INDEX_AT;
+
+/// Mids one read-back transaction of a pass covers at most, so that none
+/// holds the writer long.
+const READ_BACK_STEP: i64 = 65_536;
+
+/// The held statements that write `cmids`; slots after the messages' and
+/// the inbox log's. No row is written twice (the counter moves in the same
+/// transaction): IGNORE is a safety net that, unlike ROLLBACK, could not
+/// wedge the indexer, and unlike REPLACE needs no statement journal.
+static CMID_INSERTS: Inserts = Inserts::new(
+    "INSERT OR IGNORE INTO cmids (sender, cmid, mid) ",
+    3,
+    2 * ROWS_PER_INSERT.len(),
+);
+
+/// The keys above the counter, shared by the commits and the passes. Both
+/// run on the writer thread, one after the other, so the lock is never
+/// contended and a pass never sees half a commit.
+#[derive(Default)]
+pub(super) struct CmidIndex {
+    map: Mutex<Map>,
+    /// Wakes the indexer before its timer.
+    wake: tokio::sync::Notify,
+}
+
+/// See [`CmidIndex`].
+#[derive(Default)]
+struct Map {
+    /// Whether `rows` holds every cmid stored above `from`.
+    valid: bool,
+    /// The `cmids` counter the rows continue from.
+    from: i64,
+    /// In mid order: what the next pass writes.
+    rows: Vec<Row>,
+    /// A 64-bit hash of each key in `rows`, to its mid. A map of the keys
+    /// themselves cost three times as much (hashing strings, and again each
+    /// time it grew). A candidate is checked against the message's own
+    /// sender and cmid; two keys with one hash drop the map.
+    by_hash: HashMap<u64, i64>,
+    /// Random per process: no client can choose keys that collide.
+    hasher: RandomState,
+}
+
+impl Map {
+    fn forget(&mut self) {
+        self.valid = false;
+        self.rows = Vec::new();
+        self.by_hash = HashMap::new();
+    }
+
+    fn hash(&self, (sender, cmid): &CmidKey) -> u64 {
+        self.hasher.hash_one((sender, cmid.as_str()))
+    }
+}
+
+impl CmidIndex {
+    fn map(&self) -> std::sync::MutexGuard<'_, Map> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes the cmids of a committed batch, with their mids; call on the
+    /// writer thread, after the commit.
+    pub(super) fn committed(&self, stored: Vec<(CmidKey, i64)>) {
+        if stored.is_empty() {
+            return;
+        }
+        let mut m = self.map();
+        if !m.valid {
+            return;
+        }
+        if m.rows.len() + stored.len() > MAP_MAX {
+            m.forget();
+            return;
+        }
+        for (key, mid) in stored {
+            let h = m.hash(&key);
+            if m.by_hash.insert(h, mid).is_some() {
+                m.forget();
+                return;
+            }
+            m.rows.push((key, mid));
+        }
+        if m.rows.len() >= INDEX_AT {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Drops the map: something other than a commit changed `messages`.
+    pub(super) fn forget(&self) {
+        self.map().forget();
+    }
+
+    /// After a committed transaction that left everything up to `upto` in
+    /// the table: the commits start a new map.
+    pub(super) fn caught_up(&self, upto: i64) {
+        let mut m = self.map();
+        m.valid = true;
+        m.from = upto;
+        m.rows.clear();
+        m.by_hash.clear();
+    }
+
+    /// The map's rows if it holds everything above the counter `done`; the
+    /// map is dropped either way (a pass writes them, then calls
+    /// [`CmidIndex::caught_up`]).
+    fn take(&self, done: i64) -> Option<Vec<Row>> {
+        let mut m = self.map();
+        let whole = m.valid && m.from == done;
+        let rows = std::mem::take(&mut m.rows);
+        m.forget();
+        whole.then_some(rows)
+    }
+
+    /// The mid the map holds under each key's hash, if the map covers
+    /// everything above the counter `done`.
+    fn candidates(&self, done: i64, keys: &[CmidKey]) -> Option<Vec<Option<i64>>> {
+        let m = self.map();
+        (m.valid && m.from == done).then(|| {
+            keys.iter()
+                .map(|k| m.by_hash.get(&m.hash(k)).copied())
+                .collect()
+        })
+    }
+}
+
+/// The `cmids` counter.
+fn counter(tx: &Transaction<'_>) -> StoreResult<i64> {
+    Ok(tx
+        .prepare_cached("SELECT COALESCE(MAX(value), 0) FROM counters WHERE name = 'cmids'")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// The highest mid stored, if any.
+fn top(tx: &Transaction<'_>) -> StoreResult<Option<i64>> {
+    Ok(tx
+        .prepare_cached("SELECT MAX(mid) FROM messages")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// Writes `rows` and moves the counter to `upto`. They go in mid order:
+/// sorting them by key cost more than it saved, since a transaction writes
+/// each page it changed once, at commit, whatever the order.
+fn write(tx: &Transaction<'_>, held: &mut Held<'_>, rows: &[Row], upto: i64) -> StoreResult<()> {
+    insert_rows(held, &CMID_INSERTS, rows, |((sender, cmid), mid), args| {
+        args.extend([
+            ToSqlOutput::from(*sender),
+            ToSqlOutput::from(cmid.as_str()),
+            ToSqlOutput::from(*mid),
+        ]);
+    })?;
+    tx.prepare_cached(
+        "INSERT INTO counters (name, value) VALUES ('cmids', ?) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([upto])?;
+    Ok(())
+}
+
+/// The rows of the messages with a cmid in mids `after` < mid <= `upto`,
+/// but for those hidden when their sender was deleted: no retry can come
+/// for them.
+fn rows_of(tx: &Transaction<'_>, after: i64, upto: i64) -> StoreResult<Vec<Row>> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT sender, cmid, mid FROM messages \
+             WHERE mid > ? AND mid <= ? AND cmid IS NOT NULL AND conv <> 'deleted'",
+        )?
+        .query_map([after, upto], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Reads the messages above the counter back into the table, at most
+/// `step` mids of them. Returns the counter it left and whether more are
+/// left.
+fn read_back(tx: &Transaction<'_>, held: &mut Held<'_>, step: i64) -> StoreResult<(i64, bool)> {
+    let done = counter(tx)?;
+    let Some(top) = top(tx)?.filter(|&t| t > done) else {
+        return Ok((done, false));
+    };
+    let upto = top.min(done.saturating_add(step));
+    let rows = rows_of(tx, done, upto)?;
+    write(tx, held, &rows, upto)?;
+    Ok((upto, upto < top))
+}
+
+/// Reads the whole tail back into the table, so that it alone answers
+/// lookups; returns the counter it left.
+fn index_tail(tx: &Transaction<'_>, held: &mut Held<'_>) -> StoreResult<i64> {
+    loop {
+        let (upto, more) = read_back(tx, held, i64::MAX)?;
+        if !more {
+            return Ok(upto);
+        }
+    }
+}
+
+/// A stored message as a retry is checked against it.
+fn earlier(r: &rusqlite::Row<'_>) -> rusqlite::Result<Earlier> {
+    Ok(Earlier {
+        mid: r.get(0)?,
+        target: Target::from_parts(r.get(1)?, r.get(2)?),
+        body: r.get(3)?,
+    })
+}
+
+/// The messages stored before under `keys`, in the batch's transaction.
+/// If the map does not cover the tail, this reads the tail into the table
+/// first and also returns the counter it left: the caller hands it to
+/// [`CmidIndex::caught_up`] once the transaction has committed.
+pub(super) fn lookup(
+    tx: &Transaction<'_>,
+    held: &mut Held<'_>,
+    index: &CmidIndex,
+    keys: &[CmidKey],
+) -> StoreResult<(HashMap<CmidKey, Earlier>, Option<i64>)> {
+    let mut hits = HashMap::new();
+    if keys.is_empty() {
+        return Ok((hits, None));
+    }
+    let (in_map, caught_up) = match index.candidates(counter(tx)?, keys) {
+        Some(in_map) => (in_map, None),
+        None => (vec![None; keys.len()], Some(index_tail(tx, held)?)),
+    };
+    let mut message = tx.prepare_cached(
+        "SELECT mid, kind, target, body FROM messages WHERE mid = ? AND sender = ? AND cmid = ?",
+    )?;
+    let mut indexed = tx.prepare_cached("SELECT mid FROM cmids WHERE sender = ? AND cmid = ?")?;
+    for (key, in_map) in keys.iter().zip(in_map) {
+        // A candidate from the map that is another key (one hash, two
+        // keys) means this key is not in the tail, whose hashes are unique.
+        let mut hit = match in_map {
+            Some(mid) => message
+                .query_row(params![mid, key.0, key.1], earlier)
+                .optional()?,
+            None => None,
+        };
+        if hit.is_none() {
+            let row: Option<i64> = indexed
+                .query_row(params![key.0, key.1], |r| r.get(0))
+                .optional()?;
+            if let Some(mid) = row {
+                hit = message
+                    .query_row(params![mid, key.0, key.1], earlier)
+                    .optional()?;
+                if hit.is_none() {
+                    // Its message went without it: free the key.
+                    tx.prepare_cached("DELETE FROM cmids WHERE sender = ? AND cmid = ?")?
+                        .execute(params![key.0, key.1])?;
+                    tracing::warn!(sender = key.0, mid, "dropped a cmid whose message is gone");
+                }
+            }
+        }
+        if let Some(e) = hit {
+            hits.insert(key.clone(), e);
+        }
+    }
+    Ok((hits, caught_up))
+}
+
+/// Drops the rows of the messages with mids `after` < mid <= `upto`,
+/// before they are deleted.
+fn drop_rows(tx: &Transaction<'_>, after: i64, upto: i64) -> StoreResult<()> {
+    let rows = rows_of(tx, after, upto)?;
+    let mut delete =
+        tx.prepare_cached("DELETE FROM cmids WHERE sender = ? AND cmid = ? AND mid = ?")?;
+    for ((sender, cmid), mid) in rows {
+        delete.execute(params![sender, cmid, mid])?;
+    }
+    Ok(())
+}
+
+/// Drops the rows of messages at or below `upto`, before retention deletes
+/// them.
+pub(super) fn prune(tx: &Transaction<'_>, upto: i64) -> StoreResult<()> {
+    drop_rows(tx, 0, upto)
+}
+
+/// Drops the row of message `mid`, before it is deleted.
+pub(super) fn drop_message(tx: &Transaction<'_>, mid: i64) -> StoreResult<()> {
+    drop_rows(tx, mid - 1, mid)
+}
+
+/// Drops every row of a sender, whose messages are being deleted.
+pub(super) fn drop_sender(tx: &Transaction<'_>, sender: UserId) -> StoreResult<()> {
+    tx.prepare_cached("DELETE FROM cmids WHERE sender = ?")?
+        .execute([sender])?;
+    Ok(())
+}
+
+/// One transaction of a pass: the map if it covers the tail, else up to
+/// [`READ_BACK_STEP`] mids read back. Returns whether more is left.
+async fn pass(w: &Writer, index: &Arc<CmidIndex>) -> StoreResult<bool> {
+    let index = index.clone();
+    let (more, durable) = w
+        .run_staged(move |held| {
+            let tx = writer::immediate(held.conn())?;
+            let done = counter(&tx)?;
+            let (upto, more) = match (top(&tx)?, index.take(done)) {
+                (Some(top), Some(rows)) if top > done => {
+                    write(&tx, held, &rows, top)?;
+                    (top, false)
+                }
+                (_, Some(_)) => (done, false),
+                (_, None) => read_back(&tx, held, READ_BACK_STEP)?,
+            };
+            tx.commit()?;
+            if !more {
+                index.caught_up(upto);
+            }
+            Ok(more)
+        })
+        .await?;
+    durable.wait().await?;
+    Ok(more)
+}
+
+/// The indexer task: a pass at start (for what a previous run left), then
+/// whenever [`INDEX_AT`] keys came in or every [`INDEX_EVERY`]. Ends when
+/// the store is closed or dropped.
+pub(super) async fn indexer(writer: Weak<Writer>, index: Arc<CmidIndex>) {
+    let mut first = true;
+    loop {
+        if !first {
+            let _ = tokio::time::timeout(INDEX_EVERY, index.wake.notified()).await;
+        }
+        first = false;
+        let started = std::time::Instant::now();
+        loop {
+            let Some(w) = writer.upgrade() else { return };
+            let res = pass(&w, &index).await;
+            drop(w);
+            match res {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(StoreError::Closed) => return,
+                Err(e) => {
+                    // Lookups read the tail back themselves meanwhile.
+                    tracing::warn!(error = %e, "indexing cmids failed; retrying");
+                    break;
+                }
+            }
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        if ms > 500 {
+            tracing::info!(ms, "slow pass of the cmid indexer");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::{SqliteStore, MIGRATIONS};
+    use crate::store::sqlite_history::tests::users;
+    use crate::store::{
+        AdminStore, Appended, MessageStore, NewMessage, StoreOptions, WriteOp, WriteOutcome,
+    };
+
+    fn to(sender: UserId, user: UserId, body: &str, cmid: &str) -> WriteOp {
+        WriteOp::Append(NewMessage {
+            sender,
+            sender_name: "a".into(),
+            target: Target::User(user),
+            body: body.into(),
+            cmid: Some(cmid.into()),
+            time: 0,
+        })
+    }
+
+    /// The mid stored, or the first one's for a retry; panics on a failure.
+    async fn send(s: &SqliteStore, op: WriteOp) -> Appended {
+        match s.commit(vec![op]).await.unwrap().pop() {
+            Some(WriteOutcome::Append(Ok(a))) => a,
+            other => panic!("not stored: {other:?}"),
+        }
+    }
+
+    fn new_mid(a: &Appended) -> i64 {
+        match a {
+            Appended::New(f) => f.message.mid,
+            Appended::Duplicate { mid } => panic!("a retry of {mid}"),
+        }
+    }
+
+    fn retry_of(a: &Appended) -> i64 {
+        match a {
+            Appended::Duplicate { mid } => *mid,
+            Appended::New(f) => panic!("stored again as {}", f.message.mid),
+        }
+    }
+
+    /// `cmids`' rows, in key order, and its counter, read with a connection
+    /// of the test's own.
+    fn table(path: &std::path::Path) -> (Vec<(UserId, String, i64)>, i64) {
+        let c = rusqlite::Connection::open(path).unwrap();
+        let rows = c
+            .prepare("SELECT sender, cmid, mid FROM cmids ORDER BY sender, cmid")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let counter = c
+            .query_row(
+                "SELECT COALESCE(MAX(value), 0) FROM counters WHERE name = 'cmids'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (rows, counter)
+    }
+
+    /// Keys in the map, if it is trusted.
+    fn in_map(s: &SqliteStore) -> Option<usize> {
+        let m = s.cmids.map();
+        m.valid.then_some(m.rows.len())
+    }
+
+    /// A retry is found wherever its key is: in the map above the counter,
+    /// in the table once a pass wrote it, and from the table alone when
+    /// the map was dropped.
+    #[tokio::test]
+    async fn retries_are_found_in_the_map_and_in_the_table() {
+        let (_dir, path, store, [a, b]) = users::<2>().await;
+        // A new store has no map: the first lookup reads the (empty) tail
+        // back, and then the commits fill one.
+        assert_eq!(in_map(&store), None);
+        let m1 = new_mid(&send(&store, to(a, b, "one", "k1")).await);
+        assert_eq!(in_map(&store), Some(1));
+        let m2 = new_mid(&send(&store, to(a, b, "two", "k2")).await);
+        assert_eq!(retry_of(&send(&store, to(a, b, "one", "k1")).await), m1);
+        assert_eq!(table(&path), (vec![], 0), "nothing written yet");
+        assert!(!pass(&store.writer, &store.cmids).await.unwrap());
+        assert_eq!(in_map(&store), Some(0));
+        assert_eq!(
+            table(&path),
+            (vec![(a, "k1".into(), m1), (a, "k2".into(), m2)], m2)
+        );
+        assert_eq!(retry_of(&send(&store, to(a, b, "two", "k2")).await), m2);
+        let reused = store.commit(vec![to(a, b, "other", "k2")]).await.unwrap();
+        assert!(
+            matches!(
+                &reused[0],
+                WriteOutcome::Append(Err(StoreError::CmidReused))
+            ),
+            "{reused:?}"
+        );
+        // One in the map, two in the table; then the map is dropped, and the
+        // lookup reads the tail (k3) back into the table first.
+        let m3 = new_mid(&send(&store, to(a, b, "three", "k3")).await);
+        store.cmids.forget();
+        for (k, m) in [("k1", m1), ("k3", m3)] {
+            let body = ["one", "two", "three"][(m - m1) as usize];
+            assert_eq!(retry_of(&send(&store, to(a, b, body, k)).await), m);
+        }
+        assert_eq!(table(&path).1, m3);
+        assert_eq!(in_map(&store), Some(0));
+        store.close().await;
+    }
+
+    /// A pass from the map and a pass reading the tail back write the same
+    /// rows; the counter ends at the newest message, cmid or not.
+    #[tokio::test]
+    async fn map_and_read_back_write_the_same_rows() {
+        let (_d1, map_path, by_map, [a, b]) = users::<2>().await;
+        let (_d2, back_path, read_back, _) = users::<2>().await;
+        for s in [&by_map, &read_back] {
+            // The first commit reads the empty tail back and starts a map.
+            new_mid(&send(s, to(a, b, "x", "first")).await);
+            let mut ops: Vec<WriteOp> =
+                (0..300).map(|i| to(b, a, "y", &format!("b-{i}"))).collect();
+            ops.push(WriteOp::Append(NewMessage {
+                cmid: None,
+                ..NewMessage {
+                    sender: a,
+                    sender_name: "a".into(),
+                    target: Target::User(b),
+                    body: "no cmid".into(),
+                    cmid: None,
+                    time: 0,
+                }
+            }));
+            s.commit(ops).await.unwrap();
+        }
+        assert_eq!(in_map(&by_map), Some(301));
+        read_back.cmids.forget();
+        assert!(!pass(&by_map.writer, &by_map.cmids).await.unwrap());
+        assert!(!pass(&read_back.writer, &read_back.cmids).await.unwrap());
+        let (rows, counter) = table(&map_path);
+        assert_eq!(rows.len(), 301);
+        assert_eq!(counter, 302);
+        assert_eq!(table(&back_path), (rows, counter));
+        assert_eq!(
+            in_map(&read_back),
+            Some(0),
+            "a pass that caught up starts a map"
+        );
+        by_map.close().await;
+        read_back.close().await;
+    }
+
+    /// Two keys under one hash drop the map rather than hide one of them;
+    /// the same key twice stands in for two keys that collide.
+    #[tokio::test]
+    async fn keys_with_one_hash_drop_the_map() {
+        let (_dir, _path, store, [a, b]) = users::<2>().await;
+        let m1 = new_mid(&send(&store, to(a, b, "one", "k1")).await);
+        assert_eq!(in_map(&store), Some(1));
+        store.cmids.committed(vec![((a, "k1".into()), m1 + 100)]);
+        assert_eq!(in_map(&store), None);
+        assert_eq!(retry_of(&send(&store, to(a, b, "one", "k1")).await), m1);
+        store.close().await;
+    }
+
+    /// A row left behind by a message deleted without it (another process,
+    /// say) is dropped by the lookup that meets it: the key stores a new
+    /// message, and a retry finds that one.
+    #[tokio::test]
+    async fn a_row_whose_message_is_gone_frees_its_key() {
+        let (_dir, path, store, [a, b]) = users::<2>().await;
+        let m1 = new_mid(&send(&store, to(a, b, "one", "k1")).await);
+        let later = new_mid(&send(&store, to(a, b, "two", "k2")).await);
+        assert!(!pass(&store.writer, &store.cmids).await.unwrap());
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute("DELETE FROM messages WHERE mid = ?", [m1])
+            .unwrap();
+        let m2 = new_mid(&send(&store, to(a, b, "again", "k1")).await);
+        assert!(m2 > later);
+        assert!(!pass(&store.writer, &store.cmids).await.unwrap());
+        assert_eq!(
+            table(&path).0,
+            vec![(a, "k1".into(), m2), (a, "k2".into(), later)]
+        );
+        assert_eq!(retry_of(&send(&store, to(a, b, "again", "k1")).await), m2);
+        store.close().await;
+    }
+
+    /// Deleting an account deletes the rows of what it sent (gone, or
+    /// hidden while others still wait for it) and of the one-to-one
+    /// messages it received, which go with it; other rows stay.
+    #[tokio::test]
+    async fn account_deletion_takes_its_rows() {
+        let (_dir, path, store, [a, b, c]) = users::<3>().await;
+        new_mid(&send(&store, to(a, b, "a to b", "ka")).await);
+        let from_b = new_mid(&send(&store, to(b, c, "b to c", "kb")).await);
+        new_mid(&send(&store, to(c, a, "c to a", "kc")).await);
+        assert!(!pass(&store.writer, &store.cmids).await.unwrap());
+        assert_eq!(table(&path).0.len(), 3);
+        // b has not confirmed "a to b": it is hidden, not deleted. "c to a"
+        // is deleted.
+        store.delete_user(a).await.unwrap();
+        assert_eq!(table(&path).0, vec![(b, "kb".into(), from_b)]);
+        assert_eq!(
+            retry_of(&send(&store, to(b, c, "b to c", "kb")).await),
+            from_b
+        );
+        store.close().await;
+    }
+
+    /// A database from before `cmids` keeps exactly-once for the messages
+    /// it holds: the migration indexes them and moves the counter.
+    #[tokio::test]
+    async fn the_migration_indexes_stored_cmids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let url = format!("sqlite://{}", path.display());
+        {
+            let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true);
+            let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+            let before: Vec<_> = MIGRATIONS
+                .iter()
+                .take_while(|(name, _)| *name != "cmid index")
+                .copied()
+                .collect();
+            crate::store::migrator(&before).run(&pool).await.unwrap();
+            for (id, name) in [(1, "a"), (2, "b")] {
+                sqlx::query(
+                    "INSERT INTO users (id, name, password, created_at) VALUES (?, ?, 'x', 0)",
+                )
+                .bind(id)
+                .bind(name)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            for (mid, cmid) in [(1, Some("old-1")), (2, None), (3, Some("old-3"))] {
+                sqlx::query(
+                    "INSERT INTO messages (mid, sender, sender_name, kind, target, conv, body, cmid, created_at) \
+                     VALUES (?, 1, 'a', 6, 2, 'd:1:2', 'old', ?, 0)",
+                )
+                .bind(mid)
+                .bind(cmid)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            pool.close().await;
+        }
+        let store = SqliteStore::open(&url, &StoreOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            table(&path),
+            (vec![(1, "old-1".into(), 1), (1, "old-3".into(), 3)], 3)
+        );
+        assert_eq!(retry_of(&send(&store, to(1, 2, "old", "old-3")).await), 3);
+        let m = new_mid(&send(&store, to(1, 2, "new", "new-1")).await);
+        assert_eq!(m, 4);
+        store.close().await;
+    }
+}
