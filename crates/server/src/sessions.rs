@@ -26,7 +26,8 @@
 //! same way from where it stands.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -209,8 +210,21 @@ pub struct SessionHandle {
     backlog: Arc<Backlog>,
     gate: Mutex<Gate>,
     /// cmids of messages this login stored, and so routed: a retry of one of
-    /// them pushes nothing. Cleared when it grows large.
-    stored_cmids: Mutex<HashSet<String>>,
+    /// them pushes nothing. Kept as 64-bit hashes ([`cmid_hash`]), a word
+    /// each rather than a copy of up to 64 bytes, and cleared past
+    /// [`STORED_CMIDS`].
+    stored_cmids: Mutex<HashSet<u64>>,
+}
+
+/// cmids a login remembers at most (some 8 KiB); a retry from the same
+/// login comes within a window of messages, not thousands later.
+const STORED_CMIDS: usize = 512;
+
+/// A cmid's hash, keyed at random once per process so that no client can
+/// choose cmids that collide.
+fn cmid_hash(cmid: &str) -> u64 {
+    static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    KEYS.get_or_init(Default::default).hash_one(cmid)
 }
 
 impl std::fmt::Debug for SessionHandle {
@@ -268,19 +282,23 @@ impl SessionHandle {
 
     /// Notes that this login stored (and routed) the message with `cmid`.
     pub fn note_stored(&self, cmid: &str) {
+        let h = cmid_hash(cmid);
         let mut s = self.stored_cmids.lock().unwrap_or_else(|e| e.into_inner());
-        if s.len() >= 4096 {
+        if s.len() >= STORED_CMIDS {
             s.clear();
         }
-        s.insert(cmid.to_owned());
+        s.insert(h);
     }
 
-    /// Whether this login stored the message with `cmid`.
+    /// Whether this login stored the message with `cmid`. Two cmids with
+    /// one hash (one chance in 2^64 a pair) would only skip a redelivery,
+    /// which the recipient's next login or message makes up for.
     pub fn stored_here(&self, cmid: &str) -> bool {
+        let h = cmid_hash(cmid);
         self.stored_cmids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(cmid)
+            .contains(&h)
     }
 
     fn try_out(&self, out: Outgoing) {
