@@ -21,7 +21,8 @@
 #   BENCH_IDLE=N        idle connections (default 5000; 19500 with BENCH_FULL)
 #   BENCH_SETUP=N       users registered at full argon2 cost (default 400)
 #   BENCH_ONLY="..."    run only these cases (direct-w32 direct-w32-cmid
-#                       direct-w32-ws direct-w1 direct-rate group group-rate
+#                       direct-w32-ws direct-w1 direct-w1-cmid direct-rate
+#                       group group-rate
 #                       idle idle-ws setup);
 #                       default all of those. `cluster` runs only when named:
 #                       two nodes on MariaDB + Redis (scripts/cluster.sh, in
@@ -243,6 +244,15 @@ say "direct --max, window 1, 200 pairs ($runs runs)"
 start_server "${cheap_hash[@]}"
 for _ in $(seq "$runs"); do
   bench direct-w1 direct --register --pairs 200 --window 1 --size 64 --duration "$duration" --warmup 1
+done
+stop_server
+fi
+
+if want direct-w1-cmid; then
+say "direct --max, window 1, 200 pairs, every message with a cmid ($runs runs)"
+start_server "${cheap_hash[@]}"
+for _ in $(seq "$runs"); do
+  bench direct-w1-cmid direct --register --pairs 200 --window 1 --size 64 --cmid --duration "$duration" --warmup 1
 done
 stop_server
 fi
