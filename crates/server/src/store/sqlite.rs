@@ -417,7 +417,7 @@ fn lookups(
     held: &mut Held<'_>,
     need: &batch::Needs,
     index: &CmidIndex,
-) -> StoreResult<(Lookups, Option<i64>)> {
+) -> StoreResult<(Lookups, Option<cmids::At>)> {
     let mut lk = Lookups::default();
     let mut user = tx.prepare_cached("SELECT 1 FROM users WHERE id = ?")?;
     for &u in &need.users {
@@ -516,14 +516,16 @@ static INBOX_INSERTS: Inserts = Inserts::new(
 
 /// Inserts `rows` with multi-row statements, held by the writer (they run in
 /// its open transaction); `bind` appends one row's values, in column order.
+/// Returns how many rows went in (fewer only with `INSERT OR IGNORE`).
 pub(super) fn insert_rows<R>(
     held: &mut Held<'_>,
     table: &Inserts,
     rows: &[R],
     bind: impl for<'a> Fn(&'a R, &mut Vec<ToSqlOutput<'a>>),
-) -> StoreResult<()> {
+) -> StoreResult<usize> {
     let mut args: Vec<ToSqlOutput<'_>> = Vec::with_capacity(ROWS_PER_INSERT[0] * table.columns);
     let mut rest = rows;
+    let mut written = 0;
     while !rest.is_empty() {
         let i = ROWS_PER_INSERT
             .iter()
@@ -534,11 +536,12 @@ pub(super) fn insert_rows<R>(
         for row in chunk {
             bind(row, &mut args);
         }
-        held.get(table.slot + i, table.text(i))?
+        written += held
+            .get(table.slot + i, table.text(i))?
             .execute(rusqlite::params_from_iter(args.iter()))?;
         rest = tail;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// What a committed batch tells the store's background work.
@@ -549,8 +552,8 @@ struct Committed {
     keys: history::StoredKeys,
     /// (sender, cmid) and mid of each message stored with a cmid.
     cmids: Vec<(cmids::CmidKey, i64)>,
-    /// The `cmids` counter, if the batch indexed the tail first.
-    caught_up: Option<i64>,
+    /// Where the database stood, if the batch indexed the tail first.
+    caught_up: Option<cmids::At>,
 }
 
 /// The group commit: plan with [`batch`], then write the rows it planned.
@@ -977,11 +980,16 @@ impl AdminStore for SqliteStore {
         let index = self.index.clone();
         let cmid_index = self.cmids.clone();
         self.writer
-            .transact(move |tx| {
-                // Messages go or are hidden: the indexers read them back.
+            .run(move |conn| {
+                // Messages go or are hidden: the indexer reads them back.
                 index.forget();
-                cmid_index.forget();
-                delete_user(tx, &log, user)
+                let tx = writer::immediate(conn)?;
+                let out = delete_user(&tx, &log, user)?;
+                tx.commit()?;
+                // Every message the account sent is gone or hidden; what
+                // others sent it and is gone stays in the map until used.
+                cmid_index.deleted(|(sender, _), _| *sender == user);
+                Ok(out)
             })
             .await
     }
@@ -1061,13 +1069,14 @@ impl MessageStore for SqliteStore {
                         cmid_index.forget();
                     }
                     let (out, done) = commit_batch(&tx, held, &ops, &mut known, &cmid_index)?;
+                    cmid_index.committing();
                     tx.commit()?;
-                    log.staged.fetch_add(done.logged, Ordering::Relaxed);
-                    index.committed(done.keys);
-                    if let Some(upto) = done.caught_up {
-                        cmid_index.caught_up(upto);
+                    if let Some(now) = done.caught_up {
+                        cmid_index.caught_up(now);
                     }
                     cmid_index.committed(done.cmids);
+                    log.staged.fetch_add(done.logged, Ordering::Relaxed);
+                    index.committed(done.keys);
                     Ok(out)
                 };
                 let out = batch();
@@ -1159,7 +1168,8 @@ impl MessageStore for SqliteStore {
         let index = self.index.clone();
         let cmid_index = self.cmids.clone();
         self.writer
-            .transact(move |tx| {
+            .run(move |conn| {
+                let tx = writer::immediate(conn)?;
                 let pending: Option<i64> = tx
                     .prepare_cached(
                         "SELECT MIN(m) FROM (SELECT MIN(mid) AS m FROM inbox \
@@ -1173,17 +1183,19 @@ impl MessageStore for SqliteStore {
                 let Some(upto) = super::retention_cut(&oldest, before, pending) else {
                     return Ok(0);
                 };
-                // The oldest messages go: the indexers read the tail back.
+                // The oldest messages go: the indexer reads the tail back.
                 index.forget();
-                cmid_index.forget();
                 // They may be all of them: keep the highest mid handed out,
                 // so that new ones still grow from it after a restart.
                 tx.prepare_cached(KEEP_MID_FLOOR)?.execute([])?;
-                history::prune(tx, upto)?;
-                cmids::prune(tx, upto)?;
-                Ok(tx
+                history::prune(&tx, upto)?;
+                cmids::prune(&tx, upto)?;
+                let n = tx
                     .prepare_cached("DELETE FROM messages WHERE mid <= ?")?
-                    .execute([upto])? as u64)
+                    .execute([upto])? as u64;
+                tx.commit()?;
+                cmid_index.deleted(|_, mid| mid <= upto);
+                Ok(n)
             })
             .await
     }

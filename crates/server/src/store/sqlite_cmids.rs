@@ -22,15 +22,17 @@
 //! them) land side by side: a pass would have written a page per message
 //! once the table was large.
 //!
-//! The map is only trusted while it names everything above the counter: it
-//! is dropped when anything other than a commit changes `messages` (account
-//! deletion, retention, another process), when a pass did not commit, and
-//! past [`MAP_MAX`] keys. Then the next batch with a cmid, or the next pass,
-//! reads the tail back from `messages` into the table first ([`index_tail`]),
-//! and the commits start a new map. Whoever deletes a message deletes its
-//! row; should one be left behind (by hand-written SQL, say), the lookup
-//! that meets it deletes it, so that it cannot hide the key from a newer
-//! message.
+//! The map is only trusted while it names everything above the counter:
+//! it records the counter and `PRAGMA data_version` it started from, and
+//! is dropped when either moved under it (another process wrote), when a
+//! batch did not report its keys after committing, when a pass did not
+//! commit, when two keys share a hash, and past [`MAP_MAX`] keys. Then the
+//! next batch with a cmid, or the next pass, reads the tail back from
+//! `messages` into the table first ([`index_tail`]), and the commits start a
+//! new map. Retention and account deletion take the rows of the messages
+//! they delete out of the table and, once committed, out of the map. Should
+//! a row be left behind anyway (by hand-written SQL, say), the lookup that
+//! meets it deletes it, so that it cannot hide the key from a newer message.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -44,7 +46,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use super::batch::Earlier;
 use super::sqlite::{insert_rows, Inserts, ROWS_PER_INSERT};
 use super::sqlite_writer::{self as writer, Held, Writer};
-use super::{StoreError, StoreResult, Target, UserId};
+use super::{StoreResult, Target, UserId};
 
 /// A (sender, cmid).
 pub(super) type CmidKey = (UserId, String);
@@ -87,13 +89,37 @@ pub(super) struct CmidIndex {
     wake: tokio::sync::Notify,
 }
 
+/// Where the database stood: the `cmids` counter, and `PRAGMA
+/// data_version`, which moves when another connection (another process)
+/// commits, and not for the writer's own commits.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct At {
+    counter: i64,
+    version: i64,
+}
+
+/// Reads [`At`] in the writer's transaction.
+fn at(tx: &Transaction<'_>) -> StoreResult<At> {
+    Ok(At {
+        counter: counter(tx)?,
+        version: tx
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?,
+    })
+}
+
 /// See [`CmidIndex`].
 #[derive(Default)]
 struct Map {
-    /// Whether `rows` holds every cmid stored above `from`.
+    /// Whether `rows` holds every cmid stored above the counter in `from`,
+    /// as long as no other connection has written since.
     valid: bool,
-    /// The `cmids` counter the rows continue from.
-    from: i64,
+    /// Set just before a batch commits and cleared once its keys are in:
+    /// a batch that failed (or panicked) in between leaves the map
+    /// untrusted rather than short of its keys.
+    in_flight: bool,
+    /// Where the database stood when the map started.
+    from: At,
     /// In mid order: what the next pass writes.
     rows: Vec<Row>,
     /// A 64-bit hash of each key in `rows`, to its mid. A map of the keys
@@ -112,6 +138,11 @@ impl Map {
         self.by_hash = HashMap::new();
     }
 
+    /// Whether the map holds every cmid above the counter at `now`.
+    fn covers(&self, now: At) -> bool {
+        self.valid && !self.in_flight && self.from == now
+    }
+
     fn hash(&self, (sender, cmid): &CmidKey) -> u64 {
         self.hasher.hash_one((sender, cmid.as_str()))
     }
@@ -122,14 +153,18 @@ impl CmidIndex {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Call on the writer thread just before a batch commits; then
+    /// [`CmidIndex::committed`] once it has.
+    pub(super) fn committing(&self) {
+        self.map().in_flight = true;
+    }
+
     /// Notes the cmids of a committed batch, with their mids; call on the
     /// writer thread, after the commit.
     pub(super) fn committed(&self, stored: Vec<(CmidKey, i64)>) {
-        if stored.is_empty() {
-            return;
-        }
         let mut m = self.map();
-        if !m.valid {
+        m.in_flight = false;
+        if !m.valid || stored.is_empty() {
             return;
         }
         if m.rows.len() + stored.len() > MAP_MAX {
@@ -149,37 +184,59 @@ impl CmidIndex {
         }
     }
 
-    /// Drops the map: something other than a commit changed `messages`.
+    /// Drops the map, so that the next lookup reads the tail back.
     pub(super) fn forget(&self) {
         self.map().forget();
     }
 
-    /// After a committed transaction that left everything up to `upto` in
-    /// the table: the commits start a new map.
-    pub(super) fn caught_up(&self, upto: i64) {
+    /// Drops the map's rows of messages that were just deleted (`gone`
+    /// says which); call on the writer thread, after that commit. A row
+    /// left behind would do no harm (a candidate is checked against its
+    /// message) until its key was used again, which would drop the map.
+    pub(super) fn deleted(&self, gone: impl Fn(&CmidKey, i64) -> bool) {
+        let mut m = self.map();
+        let Map {
+            rows,
+            by_hash,
+            hasher,
+            ..
+        } = &mut *m;
+        rows.retain(|(key, mid)| {
+            let keep = !gone(key, *mid);
+            if !keep {
+                by_hash.remove(&hasher.hash_one((key.0, key.1.as_str())));
+            }
+            keep
+        });
+    }
+
+    /// After a committed transaction that left everything up to the counter
+    /// of `now` in the table: the commits start a new map.
+    pub(super) fn caught_up(&self, now: At) {
         let mut m = self.map();
         m.valid = true;
-        m.from = upto;
+        m.in_flight = false;
+        m.from = now;
         m.rows.clear();
         m.by_hash.clear();
     }
 
-    /// The map's rows if it holds everything above the counter `done`; the
-    /// map is dropped either way (a pass writes them, then calls
+    /// The map's rows if it holds everything above the counter at `now`;
+    /// the map is dropped either way (a pass writes them, then calls
     /// [`CmidIndex::caught_up`]).
-    fn take(&self, done: i64) -> Option<Vec<Row>> {
+    fn take(&self, now: At) -> Option<Vec<Row>> {
         let mut m = self.map();
-        let whole = m.valid && m.from == done;
+        let whole = m.covers(now);
         let rows = std::mem::take(&mut m.rows);
         m.forget();
         whole.then_some(rows)
     }
 
     /// The mid the map holds under each key's hash, if the map covers
-    /// everything above the counter `done`.
-    fn candidates(&self, done: i64, keys: &[CmidKey]) -> Option<Vec<Option<i64>>> {
+    /// everything above the counter at `now`.
+    fn candidates(&self, now: At, keys: &[CmidKey]) -> Option<Vec<Option<i64>>> {
         let m = self.map();
-        (m.valid && m.from == done).then(|| {
+        m.covers(now).then(|| {
             keys.iter()
                 .map(|k| m.by_hash.get(&m.hash(k)).copied())
                 .collect()
@@ -205,13 +262,22 @@ fn top(tx: &Transaction<'_>) -> StoreResult<Option<i64>> {
 /// sorting them by key cost more than it saved, since a transaction writes
 /// each page it changed once, at commit, whatever the order.
 fn write(tx: &Transaction<'_>, held: &mut Held<'_>, rows: &[Row], upto: i64) -> StoreResult<()> {
-    insert_rows(held, &CMID_INSERTS, rows, |((sender, cmid), mid), args| {
+    let written = insert_rows(held, &CMID_INSERTS, rows, |((sender, cmid), mid), args| {
         args.extend([
             ToSqlOutput::from(*sender),
             ToSqlOutput::from(cmid.as_str()),
             ToSqlOutput::from(*mid),
         ]);
     })?;
+    if written < rows.len() {
+        // A key already had a row: its message stored twice, or a row left
+        // behind by a message deleted without it (which the new message's
+        // lookup should have met and deleted). Neither should happen.
+        tracing::warn!(
+            ignored = rows.len() - written,
+            "cmid rows already in the table were kept"
+        );
+    }
     tx.prepare_cached(
         "INSERT INTO counters (name, value) VALUES ('cmids', ?) \
          ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -248,14 +314,10 @@ fn read_back(tx: &Transaction<'_>, held: &mut Held<'_>, step: i64) -> StoreResul
 }
 
 /// Reads the whole tail back into the table, so that it alone answers
-/// lookups; returns the counter it left.
-fn index_tail(tx: &Transaction<'_>, held: &mut Held<'_>) -> StoreResult<i64> {
-    loop {
-        let (upto, more) = read_back(tx, held, i64::MAX)?;
-        if !more {
-            return Ok(upto);
-        }
-    }
+/// lookups.
+fn index_tail(tx: &Transaction<'_>, held: &mut Held<'_>) -> StoreResult<()> {
+    while read_back(tx, held, i64::MAX)?.1 {}
+    Ok(())
 }
 
 /// A stored message as a retry is checked against it.
@@ -269,21 +331,24 @@ fn earlier(r: &rusqlite::Row<'_>) -> rusqlite::Result<Earlier> {
 
 /// The messages stored before under `keys`, in the batch's transaction.
 /// If the map does not cover the tail, this reads the tail into the table
-/// first and also returns the counter it left: the caller hands it to
-/// [`CmidIndex::caught_up`] once the transaction has committed.
+/// first and also returns where that left the database: the caller hands
+/// it to [`CmidIndex::caught_up`] once the transaction has committed.
 pub(super) fn lookup(
     tx: &Transaction<'_>,
     held: &mut Held<'_>,
     index: &CmidIndex,
     keys: &[CmidKey],
-) -> StoreResult<(HashMap<CmidKey, Earlier>, Option<i64>)> {
+) -> StoreResult<(HashMap<CmidKey, Earlier>, Option<At>)> {
     let mut hits = HashMap::new();
     if keys.is_empty() {
         return Ok((hits, None));
     }
-    let (in_map, caught_up) = match index.candidates(counter(tx)?, keys) {
+    let (in_map, caught_up) = match index.candidates(at(tx)?, keys) {
         Some(in_map) => (in_map, None),
-        None => (vec![None; keys.len()], Some(index_tail(tx, held)?)),
+        None => {
+            index_tail(tx, held)?;
+            (vec![None; keys.len()], Some(at(tx)?))
+        }
     };
     let mut message = tx.prepare_cached(
         "SELECT mid, kind, target, body FROM messages WHERE mid = ? AND sender = ? AND cmid = ?",
@@ -358,18 +423,19 @@ async fn pass(w: &Writer, index: &Arc<CmidIndex>) -> StoreResult<bool> {
     let (more, durable) = w
         .run_staged(move |held| {
             let tx = writer::immediate(held.conn())?;
-            let done = counter(&tx)?;
-            let (upto, more) = match (top(&tx)?, index.take(done)) {
-                (Some(top), Some(rows)) if top > done => {
+            let now = at(&tx)?;
+            let more = match (top(&tx)?, index.take(now)) {
+                (Some(top), Some(rows)) if top > now.counter => {
                     write(&tx, held, &rows, top)?;
-                    (top, false)
+                    false
                 }
-                (_, Some(_)) => (done, false),
-                (_, None) => read_back(&tx, held, READ_BACK_STEP)?,
+                (_, Some(_)) => false,
+                (_, None) => read_back(&tx, held, READ_BACK_STEP)?.1,
             };
+            let after = at(&tx)?;
             tx.commit()?;
             if !more {
-                index.caught_up(upto);
+                index.caught_up(after);
             }
             Ok(more)
         })
@@ -388,25 +454,12 @@ pub(super) async fn indexer(writer: Weak<Writer>, index: Arc<CmidIndex>) {
             let _ = tokio::time::timeout(INDEX_EVERY, index.wake.notified()).await;
         }
         first = false;
-        let started = std::time::Instant::now();
-        loop {
-            let Some(w) = writer.upgrade() else { return };
-            let res = pass(&w, &index).await;
-            drop(w);
-            match res {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(StoreError::Closed) => return,
-                Err(e) => {
-                    // Lookups read the tail back themselves meanwhile.
-                    tracing::warn!(error = %e, "indexing cmids failed; retrying");
-                    break;
-                }
-            }
-        }
-        let ms = started.elapsed().as_millis() as u64;
-        if ms > 500 {
-            tracing::info!(ms, "slow pass of the cmid indexer");
+        let pass = |w: Arc<Writer>| {
+            let index = index.clone();
+            async move { pass(&w, &index).await }
+        };
+        if !writer::background_pass(&writer, "indexing cmids", pass).await {
+            return;
         }
     }
 }
@@ -415,9 +468,10 @@ pub(super) async fn indexer(writer: Weak<Writer>, index: Arc<CmidIndex>) {
 mod tests {
     use super::*;
     use crate::store::sqlite::{SqliteStore, MIGRATIONS};
-    use crate::store::sqlite_history::tests::users;
+    use crate::store::sqlite_history::tests::{open, users};
     use crate::store::{
-        AdminStore, Appended, MessageStore, NewMessage, StoreOptions, WriteOp, WriteOutcome,
+        AdminStore, Appended, MessageStore, NewMessage, StoreError, StoreOptions, WriteOp,
+        WriteOutcome,
     };
 
     fn to(sender: UserId, user: UserId, body: &str, cmid: &str) -> WriteOp {
@@ -477,7 +531,7 @@ mod tests {
     /// Keys in the map, if it is trusted.
     fn in_map(s: &SqliteStore) -> Option<usize> {
         let m = s.cmids.map();
-        m.valid.then_some(m.rows.len())
+        (m.valid && !m.in_flight).then_some(m.rows.len())
     }
 
     /// A retry is found wherever its key is: in the map above the counter,
@@ -673,6 +727,113 @@ mod tests {
         assert_eq!(retry_of(&send(&store, to(1, 2, "old", "old-3")).await), 3);
         let m = new_mid(&send(&store, to(1, 2, "new", "new-1")).await);
         assert_eq!(m, 4);
+        store.close().await;
+    }
+
+    /// Another process's messages are in no map of this one: a pass that
+    /// finds another connection wrote since its map started reads the tail
+    /// back, so that the other process's keys reach the table, rather than
+    /// move the counter past them.
+    #[tokio::test]
+    async fn a_pass_notices_another_process() {
+        let (_dir, path, one, [a, b]) = users::<2>().await;
+        let m1 = new_mid(&send(&one, to(a, b, "one", "k1")).await);
+        assert!(!pass(&one.writer, &one.cmids).await.unwrap());
+        assert_eq!(in_map(&one), Some(0));
+        // The other store's map starts at the same counter, and its key
+        // goes into its own map only.
+        let other = open(&path, false).await;
+        let m2 = new_mid(&send(&other, to(a, b, "two", "k2")).await);
+        assert_eq!(in_map(&other), Some(1));
+        assert_eq!(table(&path), (vec![(a, "k1".into(), m1)], m1));
+        // This store's (empty) map starts at that counter too, but it
+        // does not know of k2.
+        assert!(!pass(&one.writer, &one.cmids).await.unwrap());
+        assert_eq!(
+            table(&path),
+            (vec![(a, "k1".into(), m1), (a, "k2".into(), m2)], m2)
+        );
+        assert_eq!(retry_of(&send(&other, to(a, b, "two", "k2")).await), m2);
+        assert_eq!(retry_of(&send(&one, to(a, b, "two", "k2")).await), m2);
+        one.close().await;
+        other.close().await;
+    }
+
+    /// Retention deletes the rows of the messages it deletes, from the table
+    /// and from the map; after a restart a key is found in the table or in
+    /// the tail the first lookup reads back.
+    #[tokio::test]
+    async fn retention_and_a_restart() {
+        let (_dir, path, store, [a, b]) = users::<2>().await;
+        let old = new_mid(&send(&store, to(a, b, "old", "old")).await);
+        let kept = new_mid(&send(&store, to(a, b, "kept", "kept")).await);
+        assert!(!pass(&store.writer, &store.cmids).await.unwrap());
+        let tail = new_mid(&send(&store, to(a, b, "tail", "tail")).await);
+        let late = new_mid(&send(&store, to(a, b, "late", "late")).await);
+        assert_eq!(in_map(&store), Some(2));
+        store
+            .commit(vec![WriteOp::Ack { user: b, seq: 4 }])
+            .await
+            .unwrap();
+        store.prune_delivered(0, 10, 10).await.unwrap();
+        // Cut below "tail": retention takes the oldest three.
+        let later = chat_protocol::time::unix_now() + 10;
+        assert_eq!(store.prune_messages(later, 3).await.unwrap(), 3);
+        assert_eq!(
+            table(&path).0,
+            vec![],
+            "old and kept went with their messages"
+        );
+        assert_eq!(in_map(&store), Some(1), "so did tail");
+        store.close().await;
+
+        let store = open(&path, false).await;
+        assert_eq!(
+            retry_of(&send(&store, to(a, b, "late", "late")).await),
+            late
+        );
+        let again = new_mid(&send(&store, to(a, b, "old", "old")).await);
+        assert!(again > late && kept < tail && old < kept);
+        assert_eq!(table(&path).0, vec![(a, "late".into(), late)]);
+        store.close().await;
+    }
+
+    /// A candidate the map offers under another key's hash is not taken
+    /// for this key: the key is looked up in the table too.
+    #[tokio::test]
+    async fn a_candidate_of_another_key_is_checked() {
+        let (_dir, _path, store, [a, b]) = users::<2>().await;
+        let indexed = new_mid(&send(&store, to(a, b, "x", "in-table")).await);
+        assert!(!pass(&store.writer, &store.cmids).await.unwrap());
+        let tail = new_mid(&send(&store, to(a, b, "y", "in-tail")).await);
+        {
+            // As if "in-table" had the hash of "in-tail".
+            let mut m = store.cmids.map();
+            let h = m.hash(&(a, "in-table".into()));
+            m.by_hash.insert(h, tail);
+        }
+        assert_eq!(
+            retry_of(&send(&store, to(a, b, "x", "in-table")).await),
+            indexed
+        );
+        assert_eq!(
+            retry_of(&send(&store, to(a, b, "y", "in-tail")).await),
+            tail
+        );
+        store.close().await;
+    }
+
+    /// A batch that never reported its keys (its commit failed, or it
+    /// panicked after committing) leaves the map untrusted: the next lookup
+    /// reads the tail back.
+    #[tokio::test]
+    async fn a_batch_that_did_not_report_leaves_the_map_untrusted() {
+        let (_dir, _path, store, [a, b]) = users::<2>().await;
+        let m1 = new_mid(&send(&store, to(a, b, "one", "k1")).await);
+        store.cmids.committing();
+        assert_eq!(in_map(&store), None);
+        assert_eq!(retry_of(&send(&store, to(a, b, "one", "k1")).await), m1);
+        assert_eq!(in_map(&store), Some(0), "read back, then a new map");
         store.close().await;
     }
 }

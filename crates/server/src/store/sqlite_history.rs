@@ -402,30 +402,20 @@ pub(super) async fn indexer(writer: Weak<Writer>, index: Arc<HistoryIndex>) {
         if index.pending.swap(0, Ordering::Relaxed) == 0 {
             continue;
         }
-        let started = std::time::Instant::now();
-        let mut steps = 0u32;
-        loop {
-            let Some(w) = writer.upgrade() else { return };
-            let res = indexer_step(&w, &index).await;
-            drop(w);
-            steps += 1;
-            match res {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(StoreError::Closed) => return,
-                Err(e) => {
-                    // HISTORY still finds the messages in the tail.
-                    tracing::warn!(error = %e, "indexing history failed; retrying");
+        let step = |w: Arc<Writer>| {
+            let index = index.clone();
+            async move {
+                let res = indexer_step(&w, &index).await;
+                if res.is_err() {
+                    // HISTORY still finds the messages in the tail; the
+                    // next look retries.
                     index.pending.fetch_add(1, Ordering::Relaxed);
-                    break;
                 }
+                res
             }
-        }
-        let ms = started.elapsed().as_millis() as u64;
-        if ms > 500 {
-            tracing::info!(steps, ms, "slow pass of the history indexer");
-        } else {
-            tracing::trace!(steps, ms, "indexed history");
+        };
+        if !writer::background_pass(&writer, "indexing history", step).await {
+            return;
         }
     }
 }
@@ -470,7 +460,7 @@ pub(super) mod tests {
         .unwrap()
     }
 
-    async fn open(path: &std::path::Path, background: bool) -> SqliteStore {
+    pub(in crate::store) async fn open(path: &std::path::Path, background: bool) -> SqliteStore {
         let url = format!("sqlite://{}", path.display());
         let opts = StoreOptions {
             background,

@@ -34,10 +34,11 @@
 //! server restarts and SQLite recovers from what is on disk.
 
 use std::fs::File;
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -460,6 +461,41 @@ fn connect(opts: &WriterOptions) -> StoreResult<Connection> {
     )?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
+}
+
+/// Runs one pass of a background task's steps (the indexers'), each its
+/// own job on the writer, until `step` says nothing more is left. `false`
+/// if the store is gone and the task should end. A failed step ends the
+/// pass early, with a warning; what it left is there for the next one.
+pub(crate) async fn background_pass<F, Fut>(writer: &Weak<Writer>, what: &str, mut step: F) -> bool
+where
+    F: FnMut(Arc<Writer>) -> Fut,
+    Fut: Future<Output = StoreResult<bool>>,
+{
+    let started = std::time::Instant::now();
+    let mut steps = 0u32;
+    loop {
+        let Some(w) = writer.upgrade() else {
+            return false;
+        };
+        steps += 1;
+        match step(w).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(StoreError::Closed) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, what, "a background step failed; the next pass retries");
+                break;
+            }
+        }
+    }
+    let ms = started.elapsed().as_millis() as u64;
+    if ms > 500 {
+        tracing::info!(steps, ms, what, "slow background pass");
+    } else {
+        tracing::trace!(steps, ms, what, "background pass");
+    }
+    true
 }
 
 /// Begins a `BEGIN IMMEDIATE` transaction on the writer's connection.
