@@ -291,6 +291,11 @@ impl<S: Source> Conn<S> {
         // extended by other frames (junk must not hold a slot), dropped
         // once logged in.
         let mut idle = Some(Box::pin(tokio::time::sleep(self.sh.cfg.login_idle_timeout)));
+        // One wait for the close for the whole loop: made afresh in each
+        // round, it registered with the token and left it again (locks
+        // both ways) for every frame read and every reply written.
+        let closed = self.close.clone().cancelled_owned();
+        tokio::pin!(closed);
         loop {
             let in_flight = self.pending.as_ref().map_or(0, |p| p.len());
             if in_flight == 0 && !self.frames.buffered() {
@@ -302,7 +307,7 @@ impl<S: Source> Conn<S> {
             let frames = &mut self.frames;
             tokio::select! {
                 biased;
-                _ = self.close.cancelled() => break,
+                _ = &mut closed => break,
                 Some(reply) = std::future::poll_fn(|cx| poll_reply(&mut self.pending, cx)), if in_flight > 0 => {
                     if !self.emit_ready(reply).await { break }
                 }
