@@ -26,7 +26,8 @@
 //! before the ACK.
 //!
 //! HISTORY's (conv, mid) index is built behind the commits the same way, by
-//! its own task ([`super::sqlite_history`]).
+//! its own task ([`super::sqlite_history`]), and so is the exactly-once
+//! index of (sender, cmid) ([`super::sqlite_cmids`]).
 
 use std::collections::HashMap;
 use std::str::FromStr;
