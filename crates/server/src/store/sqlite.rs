@@ -264,6 +264,31 @@ impl Counters {
     }
 }
 
+/// A `counters` row, 0 if there is none (the indexers' `history` and
+/// `cmids`).
+pub(super) fn counter(tx: &Transaction<'_>, name: &str) -> StoreResult<i64> {
+    Ok(tx
+        .prepare_cached("SELECT COALESCE(MAX(value), 0) FROM counters WHERE name = ?")?
+        .query_row([name], |r| r.get(0))?)
+}
+
+/// Sets a `counters` row.
+pub(super) fn set_counter(tx: &Transaction<'_>, name: &str, value: i64) -> StoreResult<()> {
+    tx.prepare_cached(
+        "INSERT INTO counters (name, value) VALUES (?, ?) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![name, value])?;
+    Ok(())
+}
+
+/// The highest mid in `messages`, if any.
+pub(super) fn newest_mid(tx: &Transaction<'_>) -> StoreResult<Option<i64>> {
+    Ok(tx
+        .prepare_cached("SELECT MAX(mid) FROM messages")?
+        .query_row([], |r| r.get(0))?)
+}
+
 /// The schema, in order; tests migrate part of the way.
 pub(super) const MIGRATIONS: &[(&str, &str)] = &[
     (
@@ -411,8 +436,8 @@ impl SqliteStore {
 // statements from its cache.
 
 /// What a batch must read, one cached lookup per user, group and cmid.
-/// Also returns the `cmids` counter if the cmid lookups had to index the
-/// tail first ([`cmids::lookup`]).
+/// Also returns where the database stood if the cmid lookups had to index
+/// the tail first ([`cmids::lookup`]).
 fn lookups(
     tx: &Transaction<'_>,
     held: &mut Held<'_>,
@@ -1065,9 +1090,9 @@ impl MessageStore for SqliteStore {
                     let tx = writer::immediate(held.conn())?;
                     if known.check(&tx)? {
                         // Another process may have stored messages the
-                        // indexers' lists do not name.
+                        // history list does not name (the cmid map checks
+                        // `data_version` itself).
                         index.forget();
-                        cmid_index.forget();
                     }
                     let (out, done) = commit_batch(&tx, held, &ops, &mut known, &cmid_index)?;
                     cmid_index.committing();

@@ -44,7 +44,7 @@ use rusqlite::types::ToSqlOutput;
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::batch::Earlier;
-use super::sqlite::{insert_rows, Inserts, ROWS_PER_INSERT};
+use super::sqlite::{counter, insert_rows, newest_mid, set_counter, Inserts, ROWS_PER_INSERT};
 use super::sqlite_writer::{self as writer, Held, Writer};
 use super::{StoreResult, Target, UserId};
 
@@ -101,7 +101,7 @@ pub(super) struct At {
 /// Reads [`At`] in the writer's transaction.
 fn at(tx: &Transaction<'_>) -> StoreResult<At> {
     Ok(At {
-        counter: counter(tx)?,
+        counter: counter(tx, "cmids")?,
         version: tx
             .prepare_cached("PRAGMA data_version")?
             .query_row([], |r| r.get(0))?,
@@ -143,9 +143,14 @@ impl Map {
         self.valid && !self.in_flight && self.from == now
     }
 
-    fn hash(&self, (sender, cmid): &CmidKey) -> u64 {
-        self.hasher.hash_one((sender, cmid.as_str()))
+    fn hash(&self, key: &CmidKey) -> u64 {
+        key_hash(&self.hasher, key)
     }
+}
+
+/// [`Map::hash`], for where the map's fields are borrowed apart.
+fn key_hash(hasher: &RandomState, (sender, cmid): &CmidKey) -> u64 {
+    hasher.hash_one((sender, cmid.as_str()))
 }
 
 impl CmidIndex {
@@ -184,8 +189,10 @@ impl CmidIndex {
         }
     }
 
-    /// Drops the map, so that the next lookup reads the tail back.
-    pub(super) fn forget(&self) {
+    /// Drops the map, so that the next lookup reads the tail back (tests
+    /// stand in for what else drops it).
+    #[cfg(test)]
+    fn forget(&self) {
         self.map().forget();
     }
 
@@ -204,7 +211,7 @@ impl CmidIndex {
         rows.retain(|(key, mid)| {
             let keep = !gone(key, *mid);
             if !keep {
-                by_hash.remove(&hasher.hash_one((key.0, key.1.as_str())));
+                by_hash.remove(&key_hash(hasher, key));
             }
             keep
         });
@@ -244,20 +251,6 @@ impl CmidIndex {
     }
 }
 
-/// The `cmids` counter.
-fn counter(tx: &Transaction<'_>) -> StoreResult<i64> {
-    Ok(tx
-        .prepare_cached("SELECT COALESCE(MAX(value), 0) FROM counters WHERE name = 'cmids'")?
-        .query_row([], |r| r.get(0))?)
-}
-
-/// The highest mid stored, if any.
-fn top(tx: &Transaction<'_>) -> StoreResult<Option<i64>> {
-    Ok(tx
-        .prepare_cached("SELECT MAX(mid) FROM messages")?
-        .query_row([], |r| r.get(0))?)
-}
-
 /// Writes `rows` and moves the counter to `upto`. They go in mid order:
 /// sorting them by key cost more than it saved, since a transaction writes
 /// each page it changed once, at commit, whatever the order.
@@ -278,12 +271,7 @@ fn write(tx: &Transaction<'_>, held: &mut Held<'_>, rows: &[Row], upto: i64) -> 
             "cmid rows already in the table were kept"
         );
     }
-    tx.prepare_cached(
-        "INSERT INTO counters (name, value) VALUES ('cmids', ?) \
-         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-    )?
-    .execute([upto])?;
-    Ok(())
+    set_counter(tx, "cmids", upto)
 }
 
 /// The rows of the messages with a cmid in mids `after` < mid <= `upto`,
@@ -303,8 +291,8 @@ fn rows_of(tx: &Transaction<'_>, after: i64, upto: i64) -> StoreResult<Vec<Row>>
 /// `step` mids of them. Returns the counter it left and whether more are
 /// left.
 fn read_back(tx: &Transaction<'_>, held: &mut Held<'_>, step: i64) -> StoreResult<(i64, bool)> {
-    let done = counter(tx)?;
-    let Some(top) = top(tx)?.filter(|&t| t > done) else {
+    let done = counter(tx, "cmids")?;
+    let Some(top) = newest_mid(tx)?.filter(|&t| t > done) else {
         return Ok((done, false));
     };
     let upto = top.min(done.saturating_add(step));
@@ -424,7 +412,7 @@ async fn pass(w: &Writer, index: &Arc<CmidIndex>) -> StoreResult<bool> {
         .run_staged(move |held| {
             let tx = writer::immediate(held.conn())?;
             let now = at(&tx)?;
-            let more = match (top(&tx)?, index.take(now)) {
+            let more = match (newest_mid(&tx)?, index.take(now)) {
                 (Some(top), Some(rows)) if top > now.counter => {
                     write(&tx, held, &rows, top)?;
                     false

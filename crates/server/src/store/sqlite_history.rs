@@ -42,6 +42,7 @@ use rusqlite::{OptionalExtension, Transaction};
 use sqlx::SqlitePool;
 
 use super::sql::SqlReads;
+use super::sqlite::{counter, newest_mid, set_counter};
 use super::sqlite_writer::{self as writer, Writer};
 use super::{Conversation, StoreError, StoreResult, StoredMessage, UserId};
 
@@ -263,7 +264,7 @@ impl Fresh {
 /// Indexes the messages after the `history` counter, at most
 /// [`INDEX_STEP`] mids of them, as blocks, and moves the counter. Returns
 /// whether more are left.
-pub(super) fn index_step(tx: &Transaction<'_>) -> StoreResult<bool> {
+fn index_step(tx: &Transaction<'_>) -> StoreResult<bool> {
     Ok(step(tx, None)?.0)
 }
 
@@ -271,13 +272,8 @@ pub(super) fn index_step(tx: &Transaction<'_>) -> StoreResult<bool> {
 /// tail (then in one step, however long: the list is bounded). Also returns
 /// the counter it left.
 fn step(tx: &Transaction<'_>, index: Option<&HistoryIndex>) -> StoreResult<(bool, i64)> {
-    let done: i64 = tx
-        .prepare_cached("SELECT COALESCE(MAX(value), 0) FROM counters WHERE name = 'history'")?
-        .query_row([], |r| r.get(0))?;
-    let top: Option<i64> = tx
-        .prepare_cached("SELECT MAX(mid) FROM messages")?
-        .query_row([], |r| r.get(0))?;
-    let Some(top) = top.filter(|&t| t > done) else {
+    let done = counter(tx, "history")?;
+    let Some(top) = newest_mid(tx)?.filter(|&t| t > done) else {
         return Ok((false, done));
     };
     let mut blocks: BTreeMap<String, Vec<i64>> = BTreeMap::new();
@@ -326,12 +322,7 @@ fn write_blocks(
             ])?;
         }
     }
-    tx.prepare_cached(
-        "INSERT INTO counters (name, value) VALUES ('history', ?) \
-         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-    )?
-    .execute([upto])?;
-    Ok(())
+    set_counter(tx, "history", upto)
 }
 
 /// Indexes the whole tail, for the writer's statements that look messages
@@ -369,9 +360,6 @@ pub(super) fn prune(tx: &Transaction<'_>, upto: i64) -> StoreResult<()> {
     Ok(())
 }
 
-/// The indexer task: a pass when [`INDEX_AT`] messages came in or every
-/// [`INDEX_EVERY`], in steps until the tail is indexed. Ends when the store
-/// is closed or dropped.
 /// One step of the indexer, in a transaction of its own: from the fresh list
 /// if it holds the whole tail, else reading the messages back; once the
 /// tail is indexed and committed, later commits start a new list. Returns
@@ -390,6 +378,9 @@ async fn indexer_step(w: &Writer, index: &Arc<HistoryIndex>) -> StoreResult<bool
     .await
 }
 
+/// The indexer task: a pass when [`INDEX_AT`] messages came in or every
+/// [`INDEX_EVERY`], in steps until the tail is indexed. Ends when the store
+/// is closed or dropped.
 pub(super) async fn indexer(writer: Weak<Writer>, index: Arc<HistoryIndex>) {
     // A previous run may have left a tail: the first look indexes it.
     index.pending.store(1, Ordering::Relaxed);
