@@ -426,7 +426,7 @@ mod tests {
                 .await
                 .unwrap()
                 .unwrap();
-            assert_eq!(push.message.body, body);
+            assert_eq!(&*push.message.body, body);
             assert_eq!(push.deliveries.len(), 1);
             // Pushed, and still not answered: the flush has not finished.
             tokio::task::yield_now().await;

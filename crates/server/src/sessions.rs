@@ -761,7 +761,7 @@ mod tests {
             sender: 2,
             sender_name: "bob".into(),
             target: Target::User(1),
-            body: format!("m{seq}"),
+            body: format!("m{seq}").into(),
             time: 0,
         }
     }

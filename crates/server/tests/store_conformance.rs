@@ -384,9 +384,9 @@ fn append_as(
 ) -> WriteOp {
     WriteOp::Append(NewMessage {
         sender,
-        sender_name: name.to_owned(),
+        sender_name: name.into(),
         target,
-        body: body.to_owned(),
+        body: body.into(),
         cmid: cmid.map(str::to_owned),
         time: NOW,
     })
@@ -1022,7 +1022,7 @@ async fn append_to_user(fx: Arc<Fixture>) {
         StoredMessage {
             mid: m1.mid,
             sender: a,
-            sender_name: sender_name(a),
+            sender_name: sender_name(a).into(),
             target: Target::User(b),
             body: "one".into(),
             time: NOW,
@@ -1313,7 +1313,7 @@ async fn cmid_dedupe_across_batches(fx: Arc<Fixture>) {
         .history(Conversation::Direct(a, b), None, 50)
         .await
         .unwrap();
-    let bodies: Vec<&str> = h.iter().map(|m| m.body.as_str()).collect();
+    let bodies: Vec<&str> = h.iter().map(|m| &*m.body).collect();
     assert_eq!(bodies, vec!["next", "hi"]);
     // Still a duplicate in a later batch that mixes in new messages.
     let out = commit(
@@ -1521,7 +1521,7 @@ async fn undelivered_pages_in_seq_order(fx: Arc<Fixture>) {
             .await
             .unwrap()
             .into_iter()
-            .map(|(seq, m)| (seq, m.body))
+            .map(|(seq, m)| (seq, m.body.to_string()))
             .collect::<Vec<_>>()
     };
     let p = |v: &[(i64, &str)]| -> Vec<(i64, String)> {
@@ -1562,10 +1562,15 @@ async fn confirmed_rows_and_old_messages_are_pruned(fx: Arc<Fixture>) {
     commit(s, vec![WriteOp::Ack { user: b, seq: 2 }]).await;
     let hist = |conv| async move {
         let page = s.history(conv, None, 50).await.unwrap();
-        page.into_iter().map(|m| m.body).collect::<Vec<_>>()
+        page.into_iter()
+            .map(|m| m.body.to_string())
+            .collect::<Vec<_>>()
     };
-    let bodies =
-        |v: Vec<(i64, StoredMessage)>| v.into_iter().map(|(q, m)| (q, m.body)).collect::<Vec<_>>();
+    let bodies = |v: Vec<(i64, StoredMessage)>| {
+        v.into_iter()
+            .map(|(q, m)| (q, m.body.to_string()))
+            .collect::<Vec<_>>()
+    };
     // Only confirmed rows go; a step is bounded per user.
     assert_eq!(s.prune_delivered(0, 100, 1).await.unwrap(), (1, None));
     assert_eq!(s.prune_delivered(0, 100, 100).await.unwrap(), (1, None));
@@ -1711,18 +1716,18 @@ async fn unicode_text_round_trips(fx: Arc<Fixture>) {
         .history(Conversation::Direct(a, b), None, 50)
         .await
         .unwrap();
-    let mut bodies: Vec<&str> = h.iter().map(|m| m.body.as_str()).collect();
+    let mut bodies: Vec<&str> = h.iter().map(|m| &*m.body).collect();
     bodies.reverse();
     assert_eq!(bodies, texts.to_vec());
-    assert!(h.iter().all(|m| m.sender_name == "小明 🚀"));
+    assert!(h.iter().all(|m| &*m.sender_name == "小明 🚀"));
     let inbox = s.undelivered(b, 0, ALL).await.unwrap();
     assert_eq!(inbox.len(), texts.len());
     for ((_, m), want) in inbox.iter().zip(&stored) {
         assert_eq!(m, &**want);
     }
     let gh = s.history(Conversation::Group(g), None, 50).await.unwrap();
-    assert_eq!(gh[0].body, "组消息 🎉");
-    assert_eq!(gh[0].sender_name, "Zoë");
+    assert_eq!(&*gh[0].body, "组消息 🎉");
+    assert_eq!(&*gh[0].sender_name, "Zoë");
     // Unicode cmids dedupe exactly.
     let dup = send(
         s,

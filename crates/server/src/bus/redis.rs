@@ -198,9 +198,9 @@ fn decode_message(v: &Value) -> Option<StoredMessage> {
     Some(StoredMessage {
         mid: v["mid"].as_i64()?,
         sender: v["from"].as_i64()?,
-        sender_name: v["name"].as_str()?.to_owned(),
+        sender_name: v["name"].as_str()?.into(),
         target: Target::from_parts(v["kind"].as_i64()?, v["to"].as_i64()?),
-        body: v["body"].as_str()?.to_owned(),
+        body: v["body"].as_str()?.into(),
         time: v["time"].as_i64()?,
     })
 }

@@ -137,7 +137,7 @@ impl Login {
         sh.bus.claim(user, sid).await;
         let s = Session {
             user,
-            name: account.name.clone(),
+            name: account.name.as_str().into(),
             level,
             handle,
         };

@@ -42,7 +42,7 @@ impl Send {
                 sender: s.user,
                 sender_name: s.name.clone(),
                 target,
-                body: body.to_owned(),
+                body: body.into(),
                 cmid: cmid.map(str::to_owned),
                 time: unix_now(),
             },

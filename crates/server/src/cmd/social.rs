@@ -77,7 +77,7 @@ impl Social {
         };
         Ok(Social {
             me: s.user,
-            my_name: s.name.clone(),
+            my_name: s.name.to_string(),
             change,
         })
     }

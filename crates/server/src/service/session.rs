@@ -12,7 +12,7 @@ pub struct Session {
     /// The user.
     pub user: UserId,
     /// Their name.
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// Protocol level, 1 or 2.
     pub level: u8,
     /// Registry entry.

@@ -64,7 +64,7 @@ pub struct Earlier {
     /// Where it went.
     pub target: Target,
     /// Its text.
-    pub body: String,
+    pub body: Arc<str>,
 }
 
 /// Every user who will receive a message from this batch.
@@ -163,7 +163,7 @@ pub fn plan<'a>(
                 let appended = match (earlier, to) {
                     // A retry: the same message again. Anything else under
                     // that cmid is a client bug that must not pass silently.
-                    (Some(e), _) if e.target == m.target && e.body == m.body => {
+                    (Some(e), _) if e.target == m.target && *e.body == *m.body => {
                         Ok(Appended::Duplicate { mid: e.mid })
                     }
                     (Some(_), _) => Err(StoreError::CmidReused),
@@ -327,7 +327,7 @@ mod tests {
     fn msg(sender: UserId, target: Target, cmid: Option<&str>) -> WriteOp {
         WriteOp::Append(NewMessage {
             sender,
-            sender_name: format!("u{sender}"),
+            sender_name: format!("u{sender}").into(),
             target,
             body: "hi".into(),
             cmid: cmid.map(str::to_owned),

@@ -346,12 +346,14 @@ pub struct StoredMessage {
     pub mid: i64,
     /// Sender's id.
     pub sender: UserId,
-    /// Sender's name when sent (names never change).
-    pub sender_name: String,
+    /// Sender's name when sent (names never change). Shared, as `body`:
+    /// the message is copied from request to row to push without copying
+    /// its text.
+    pub sender_name: Arc<str>,
     /// Recipient user or group.
     pub target: Target,
     /// The text.
-    pub body: String,
+    pub body: Arc<str>,
     /// Unix seconds when stored.
     pub time: i64,
 }
@@ -361,12 +363,12 @@ pub struct StoredMessage {
 pub struct NewMessage {
     /// Sender's id (from the session, never from the frame).
     pub sender: UserId,
-    /// Sender's name, denormalised into the row.
-    pub sender_name: String,
+    /// Sender's name, denormalised into the row (the session's, shared).
+    pub sender_name: Arc<str>,
     /// Recipient user or group.
     pub target: Target,
     /// The text.
-    pub body: String,
+    pub body: Arc<str>,
     /// Optional client message id for idempotent retries.
     pub cmid: Option<String>,
     /// Unix seconds.

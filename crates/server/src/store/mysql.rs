@@ -177,7 +177,7 @@ impl MysqlStore {
                 let e = Earlier {
                     mid: row.try_get(2)?,
                     target: Target::from_parts(row.try_get(3)?, row.try_get(4)?),
-                    body: text(&row, 5)?,
+                    body: text(&row, 5)?.into(),
                 };
                 lk.cmid_hits.insert(key, e);
             }
@@ -280,11 +280,11 @@ impl MysqlStore {
                 let m = &row.message;
                 b.push_bind(m.mid)
                     .push_bind(m.sender)
-                    .push_bind(&m.sender_name)
+                    .push_bind(&*m.sender_name)
                     .push_bind(m.target.kind())
                     .push_bind(m.target.id())
                     .push_bind(&row.conv)
-                    .push_bind(&m.body)
+                    .push_bind(&*m.body)
                     .push_bind(&row.cmid)
                     .push_bind(m.time);
             });

@@ -325,9 +325,9 @@ where
         Ok(StoredMessage {
             mid: row.try_get(at)?,
             sender: row.try_get(at + 1)?,
-            sender_name: text(row, at + 2)?,
+            sender_name: text(row, at + 2)?.into(),
             target: Target::from_parts(row.try_get(at + 3)?, row.try_get(at + 4)?),
-            body: text(row, at + 5)?,
+            body: text(row, at + 5)?.into(),
             time: row.try_get(at + 6)?,
         })
     }

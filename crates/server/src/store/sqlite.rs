@@ -610,11 +610,11 @@ fn commit_batch(
         args.extend([
             ToSqlOutput::from(m.mid),
             ToSqlOutput::from(m.sender),
-            ToSqlOutput::from(m.sender_name.as_str()),
+            ToSqlOutput::from(&*m.sender_name),
             ToSqlOutput::from(m.target.kind()),
             ToSqlOutput::from(m.target.id()),
             ToSqlOutput::from(row.conv.as_str()),
-            ToSqlOutput::from(m.body.as_str()),
+            ToSqlOutput::from(&*m.body),
             row.cmid.as_deref().map_or(
                 ToSqlOutput::Owned(rusqlite::types::Value::Null),
                 ToSqlOutput::from,
@@ -1484,10 +1484,7 @@ mod tests {
         let rows = store.undelivered(b, 0, 1000).await.unwrap();
         assert_eq!(rows.len() as i64, sent);
         for (i, (seq, m)) in rows.iter().enumerate() {
-            assert_eq!(
-                (*seq, m.mid, m.body.as_str()),
-                (i as i64 + 1, i as i64 + 1, "hi")
-            );
+            assert_eq!((*seq, m.mid, &*m.body), (i as i64 + 1, i as i64 + 1, "hi"));
         }
         store.close().await;
     }
