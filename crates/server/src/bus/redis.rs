@@ -190,8 +190,8 @@ impl RedisBus {
 }
 
 fn encode_message(m: &StoredMessage) -> Value {
-    json!({"mid": m.mid, "from": m.sender, "name": m.sender_name, "kind": m.target.kind(),
-           "to": m.target.id(), "body": m.body, "time": m.time})
+    json!({"mid": m.mid, "from": m.sender, "name": &*m.sender_name, "kind": m.target.kind(),
+           "to": m.target.id(), "body": &*m.body, "time": m.time})
 }
 
 fn decode_message(v: &Value) -> Option<StoredMessage> {

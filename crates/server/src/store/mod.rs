@@ -346,13 +346,13 @@ pub struct StoredMessage {
     pub mid: i64,
     /// Sender's id.
     pub sender: UserId,
-    /// Sender's name when sent (names never change). Shared, as `body`:
-    /// the message is copied from request to row to push without copying
-    /// its text.
+    /// Sender's name when sent (names never change).
     pub sender_name: Arc<str>,
     /// Recipient user or group.
     pub target: Target,
-    /// The text.
+    /// The text. Shared, as `sender_name`: copied once out of the request
+    /// (or the row it is read from), then shared by the group commit's
+    /// plan, the row it binds and the push encoder.
     pub body: Arc<str>,
     /// Unix seconds when stored.
     pub time: i64,

@@ -21,7 +21,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySq
 use sqlx::{Connection, MySql, MySqlPool, QueryBuilder, Row, Transaction};
 
 use super::batch::{self, Earlier, Lookups, Step, TokenRow};
-use super::sql::{self, text, Dialect, SqlReads};
+use super::sql::{self, shared_text, text, Dialect, SqlReads};
 use super::{
     backfill_name_keys, key_digest, AccountChange, AccountEvent, AdminStore, Conversation,
     DeletedUser, FriendStore, GroupId, GroupInfo, GroupStore, MessageStore, Person, Role,
@@ -177,7 +177,7 @@ impl MysqlStore {
                 let e = Earlier {
                     mid: row.try_get(2)?,
                     target: Target::from_parts(row.try_get(3)?, row.try_get(4)?),
-                    body: text(&row, 5)?.into(),
+                    body: shared_text(&row, 5)?,
                 };
                 lk.cmid_hits.insert(key, e);
             }

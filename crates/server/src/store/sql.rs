@@ -8,6 +8,7 @@
 //! [`super::batch`] and take their statement texts from here.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
@@ -293,6 +294,15 @@ where
     Ok(row.try_get_unchecked::<String, _>(idx)?)
 }
 
+/// [`text`], shared: decoded in place and copied once, into the `Arc`.
+pub(crate) fn shared_text<'r, R: Row>(row: &'r R, idx: usize) -> StoreResult<Arc<str>>
+where
+    usize: ColumnIndex<R>,
+    &'r str: Decode<'r, R::Database>,
+{
+    Ok(Arc::from(row.try_get_unchecked::<&'r str, _>(idx)?))
+}
+
 /// The read queries, over one backend's sqlx pool.
 pub(crate) struct SqlReads<DB: Database> {
     pool: Pool<DB>,
@@ -317,6 +327,7 @@ where
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Decode<'q, DB>,
     usize: ColumnIndex<DB::Row>,
 {
     /// Columns `mid, sender, sender_name, kind, target, body, created_at`,
@@ -325,9 +336,9 @@ where
         Ok(StoredMessage {
             mid: row.try_get(at)?,
             sender: row.try_get(at + 1)?,
-            sender_name: text(row, at + 2)?.into(),
+            sender_name: shared_text(row, at + 2)?,
             target: Target::from_parts(row.try_get(at + 3)?, row.try_get(at + 4)?),
-            body: text(row, at + 5)?.into(),
+            body: shared_text(row, at + 5)?,
             time: row.try_get(at + 6)?,
         })
     }
