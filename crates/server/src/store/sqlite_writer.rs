@@ -214,11 +214,18 @@ impl Writer {
             });
             // A job that committed changes needs a flush; one that changed
             // nothing may still have read rows whose flush is under way.
-            let durable = match flusher {
+            let (durable, flush) = match &flusher {
                 Some(fl) if out.is_ok() => fl.durable_after(conn.total_changes() != before),
-                _ => Durable::ready(),
+                _ => (Durable::ready(), None),
             };
+            // The caller first, the flusher second: the caller pushes the
+            // batch at once (it needs no flush for that), and waking the
+            // flusher first would put its wake-up, and its thread on the
+            // other core, ahead of the push.
             let _ = reply.send(out.map(|o| (o, durable)));
+            if let (Some(fl), Some(flush)) = (flusher, flush) {
+                fl.submit(flush);
+            }
         });
         {
             let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
@@ -313,40 +320,47 @@ impl Flusher {
 
     /// What a job that just ran must wait for: a flush if it changed rows,
     /// or while earlier flushes are unanswered (it may have read their
-    /// rows); otherwise nothing, unless flushing has failed.
-    fn durable_after(&self, changed: bool) -> Durable {
+    /// rows); otherwise nothing, unless flushing has failed. A flush comes
+    /// with its request, for [`Flusher::submit`].
+    fn durable_after(&self, changed: bool) -> (Durable, Option<Waiter>) {
         // `outstanding` before `failed`: the flusher records a failure
         // before it counts the failed requests as answered.
         if changed || self.state.outstanding.load(Ordering::SeqCst) > 0 {
             return self.request();
         }
         match self.failure() {
-            Some(e) => failed(e),
-            None => Durable::ready(),
+            Some(e) => (failed(e), None),
+            None => (Durable::ready(), None),
         }
     }
 
-    /// Asks for a flush that begins after this call; called on the writer
-    /// thread right after a COMMIT.
-    fn request(&self) -> Durable {
+    /// A flush for a job that just ran on the writer thread, counted as
+    /// outstanding from now on: the job's next one sees it. It begins once
+    /// [`Flusher::submit`] hands it over, so after the job's COMMIT.
+    fn request(&self) -> (Durable, Option<Waiter>) {
         if let Some(e) = self.failure() {
-            return failed(e);
+            return (failed(e), None);
         }
         self.state.outstanding.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = oneshot::channel();
-        let sent = self
+        (Durable::pending(rx), Some(tx))
+    }
+
+    /// Hands a flush from [`Flusher::request`] to the flusher thread.
+    fn submit(&self, flush: Waiter) {
+        let refused = match self
             .requests
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .map(|q| q.send(tx));
-        match sent {
-            Some(Ok(())) => Durable::pending(rx),
-            // Stopped: nothing can be promised durable.
-            _ => {
-                self.state.outstanding.fetch_sub(1, Ordering::SeqCst);
-                failed(StoreError::Closed)
-            }
+        {
+            Some(q) => q.send(flush).err().map(|e| e.0),
+            None => Some(flush),
+        };
+        // Stopped: nothing can be promised durable.
+        if let Some(flush) = refused {
+            self.state.outstanding.fetch_sub(1, Ordering::SeqCst);
+            let _ = flush.send(Err(StoreError::Closed));
         }
     }
 
