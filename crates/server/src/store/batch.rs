@@ -141,16 +141,27 @@ pub fn plan<'a>(
     let mut next_mid = max_mid;
     let mut seqs: BTreeMap<UserId, i64> = BTreeMap::new();
     let mut acks: BTreeMap<UserId, i64> = BTreeMap::new();
-    // cmids stored earlier in this same batch.
-    let mut batch_cmids: HashMap<(UserId, String), Earlier> = HashMap::new();
+    // cmids stored earlier in this same batch, by the ops' own text (no
+    // copies), sized up front (no rehashing as it fills).
+    let with_cmid = ops
+        .iter()
+        .filter(|o| matches!(o, WriteOp::Append(m) if m.cmid.is_some()))
+        .count();
+    let mut batch_cmids: HashMap<(UserId, &'a str), Earlier> = HashMap::with_capacity(with_cmid);
 
     for op in ops {
         let step = match op {
             WriteOp::Append(m) => {
-                let key = m.cmid.as_ref().map(|c| (m.sender, c.clone()));
-                let earlier = key
-                    .as_ref()
-                    .and_then(|k| lk.cmid_hits.get(k).or_else(|| batch_cmids.get(k)));
+                let key = m.cmid.as_deref().map(|c| (m.sender, c));
+                // A hit is rare: the owned key is only built to look one up.
+                let earlier = key.and_then(|k| {
+                    let hit = if lk.cmid_hits.is_empty() {
+                        None
+                    } else {
+                        lk.cmid_hits.get(&(k.0, k.1.to_owned()))
+                    };
+                    hit.or_else(|| batch_cmids.get(&k))
+                });
                 let to: Result<Vec<UserId>, StoreError> = match m.target {
                     Target::User(u) if lk.existing_users.contains(&u) => Ok(vec![u]),
                     Target::User(_) => Err(StoreError::NotFound),

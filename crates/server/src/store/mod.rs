@@ -12,6 +12,7 @@ pub mod memory;
 pub mod mysql;
 mod sql;
 pub mod sqlite;
+mod sqlite_cmid_filter;
 mod sqlite_cmids;
 mod sqlite_history;
 mod sqlite_writer;

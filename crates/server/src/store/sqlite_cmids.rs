@@ -33,6 +33,11 @@
 //! they delete out of the table and, once committed, out of the map. Should
 //! a row be left behind anyway (by hand-written SQL, say), the lookup that
 //! meets it deletes it, so that it cannot hide the key from a newer message.
+//!
+//! Nearly every key looked up is new, and probing the table for each was a
+//! fifth of a commit's work per message. So the writer also keeps a filter
+//! of every key in the table ([`TableKeys`]), and only a key it may hold is
+//! probed for.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -45,6 +50,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::batch::Earlier;
 use super::sqlite::{counter, insert_rows, newest_mid, set_counter, Inserts, ROWS_PER_INSERT};
+use super::sqlite_cmid_filter::Filter;
 use super::sqlite_writer::{self as writer, Held, Writer};
 use super::{StoreResult, Target, UserId};
 
@@ -69,6 +75,17 @@ const MAP_MAX: usize = 4 * INDEX_AT;
 /// holds the writer long.
 const READ_BACK_STEP: i64 = 65_536;
 
+/// Keys of the table one step of a filter build reads.
+const FILTER_STEP: usize = 65_536;
+
+/// The filter is sized for at least this many keys (12.5 KiB)...
+const FILTER_MIN_KEYS: usize = 1 << 14;
+
+/// ...and at most this many (20 MiB). A table that may hold more (its
+/// counter, the newest mid it covers, is past this) gets no filter: its
+/// lookups probe the table, as they do while a filter is being built.
+const FILTER_MAX_KEYS: usize = 1 << 24;
+
 /// The held statements that write `cmids`; slots after the messages' and
 /// the inbox log's. No row is written twice (the counter moves in the same
 /// transaction): IGNORE is a safety net that, unlike ROLLBACK, could not
@@ -85,6 +102,8 @@ static CMID_INSERTS: Inserts = Inserts::new(
 #[derive(Default)]
 pub(super) struct CmidIndex {
     map: Mutex<Map>,
+    /// What is known of the keys in the table.
+    table: Mutex<TableKeys>,
     /// Wakes the indexer before its timer.
     wake: tokio::sync::Notify,
 }
@@ -106,6 +125,47 @@ fn at(tx: &Transaction<'_>) -> StoreResult<At> {
             .prepare_cached("PRAGMA data_version")?
             .query_row([], |r| r.get(0))?,
     })
+}
+
+/// A filter of every key in the table, so that a lookup of a new key (the
+/// common case) need not probe the table ([`super::sqlite_cmid_filter`]).
+///
+/// The indexer builds it behind the commits, a step at a time in key
+/// order, and every write to the table adds its keys ([`write`]), so a key
+/// written behind the scan is in it too. It is trusted only once the scan
+/// is complete and while `PRAGMA data_version` stands where it stood when
+/// the scan began: another process's writes are in no filter of this one,
+/// so then the lookups probe again and the next pass builds anew. Rows
+/// deleted from the table stay in it, which costs a probe, never a miss.
+/// Like the map, only the writer thread touches it.
+#[derive(Default)]
+struct TableKeys {
+    filter: Option<Filter>,
+    /// Whether `filter` holds every key of the table, while data_version
+    /// is `version`.
+    complete: bool,
+    version: i64,
+    /// A lookup found data_version moved: the next pass builds anew.
+    stale: bool,
+    /// While building: the last key scanned.
+    cursor: Option<CmidKey>,
+    /// Random per process, as for the map.
+    hasher: RandomState,
+}
+
+impl TableKeys {
+    fn drop_filter(&mut self) {
+        self.filter = None;
+        self.complete = false;
+        self.stale = false;
+        self.cursor = None;
+    }
+
+    /// Whether the indexer has building to do (a writer job); a complete
+    /// filter no lookup found stale needs none.
+    fn wanted(&self) -> bool {
+        self.filter.is_none() || !self.complete || self.stale
+    }
 }
 
 /// See [`CmidIndex`].
@@ -156,6 +216,50 @@ fn key_hash(hasher: &RandomState, (sender, cmid): &CmidKey) -> u64 {
 impl CmidIndex {
     fn map(&self) -> std::sync::MutexGuard<'_, Map> {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, TableKeys> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds keys written to the table to the filter, if there is one. A
+    /// filter half again past its size (a twentieth of new keys would be
+    /// probed) is dropped, for the next pass to build bigger.
+    fn filter_add(&self, rows: &[Row]) {
+        let mut t = self.table();
+        let TableKeys { filter, hasher, .. } = &mut *t;
+        let Some(f) = filter else { return };
+        for (key, _) in rows {
+            f.insert(key_hash(hasher, key));
+        }
+        if f.keys() > f.capacity() + f.capacity() / 2 {
+            t.drop_filter();
+        }
+    }
+
+    /// For each key, whether it may be in the table: `false` only where a
+    /// complete filter, trusted at `version`, says it is not.
+    fn maybe_in_table(&self, version: i64, keys: &[CmidKey]) -> Vec<bool> {
+        let mut t = self.table();
+        match &t.filter {
+            Some(f) if t.complete && t.version == version => keys
+                .iter()
+                .map(|k| f.may_contain(key_hash(&t.hasher, k)))
+                .collect(),
+            filter => {
+                if filter.is_some() && t.complete {
+                    t.stale = true;
+                }
+                vec![true; keys.len()]
+            }
+        }
+    }
+
+    /// Whether the filter is complete and trusted at `version` (tests).
+    #[cfg(test)]
+    fn filtered(&self, version: i64) -> bool {
+        let t = self.table();
+        t.filter.is_some() && t.complete && t.version == version
     }
 
     /// Call on the writer thread just before a batch commits; then
@@ -254,7 +358,16 @@ impl CmidIndex {
 /// Writes `rows` and moves the counter to `upto`. They go in mid order:
 /// sorting them by key cost more than it saved, since a transaction writes
 /// each page it changed once, at commit, whatever the order.
-fn write(tx: &Transaction<'_>, held: &mut Held<'_>, rows: &[Row], upto: i64) -> StoreResult<()> {
+fn write(
+    tx: &Transaction<'_>,
+    held: &mut Held<'_>,
+    index: &CmidIndex,
+    rows: &[Row],
+    upto: i64,
+) -> StoreResult<()> {
+    // Into the filter first: should the transaction roll back, the filter
+    // holds keys the table does not, which costs a probe, never a miss.
+    index.filter_add(rows);
     let written = insert_rows(held, &CMID_INSERTS, rows, |((sender, cmid), mid), args| {
         args.extend([
             ToSqlOutput::from(*sender),
@@ -290,21 +403,26 @@ fn rows_of(tx: &Transaction<'_>, after: i64, upto: i64) -> StoreResult<Vec<Row>>
 /// Reads the messages above the counter back into the table, at most
 /// `step` mids of them. Returns the counter it left and whether more are
 /// left.
-fn read_back(tx: &Transaction<'_>, held: &mut Held<'_>, step: i64) -> StoreResult<(i64, bool)> {
+fn read_back(
+    tx: &Transaction<'_>,
+    held: &mut Held<'_>,
+    index: &CmidIndex,
+    step: i64,
+) -> StoreResult<(i64, bool)> {
     let done = counter(tx, "cmids")?;
     let Some(top) = newest_mid(tx)?.filter(|&t| t > done) else {
         return Ok((done, false));
     };
     let upto = top.min(done.saturating_add(step));
     let rows = rows_of(tx, done, upto)?;
-    write(tx, held, &rows, upto)?;
+    write(tx, held, index, &rows, upto)?;
     Ok((upto, upto < top))
 }
 
 /// Reads the whole tail back into the table, so that it alone answers
 /// lookups.
-fn index_tail(tx: &Transaction<'_>, held: &mut Held<'_>) -> StoreResult<()> {
-    while read_back(tx, held, i64::MAX)?.1 {}
+fn index_tail(tx: &Transaction<'_>, held: &mut Held<'_>, index: &CmidIndex) -> StoreResult<()> {
+    while read_back(tx, held, index, i64::MAX)?.1 {}
     Ok(())
 }
 
@@ -331,18 +449,21 @@ pub(super) fn lookup(
     if keys.is_empty() {
         return Ok((hits, None));
     }
-    let (in_map, caught_up) = match index.candidates(at(tx)?, keys) {
+    let now = at(tx)?;
+    let (in_map, caught_up) = match index.candidates(now, keys) {
         Some(in_map) => (in_map, None),
         None => {
-            index_tail(tx, held)?;
+            index_tail(tx, held, index)?;
             (vec![None; keys.len()], Some(at(tx)?))
         }
     };
+    // Reading the tail back moved the counter, not data_version.
+    let in_table = index.maybe_in_table(now.version, keys);
     let mut message = tx.prepare_cached(
         "SELECT mid, kind, target, body FROM messages WHERE mid = ? AND sender = ? AND cmid = ?",
     )?;
     let mut indexed = tx.prepare_cached("SELECT mid FROM cmids WHERE sender = ? AND cmid = ?")?;
-    for (key, in_map) in keys.iter().zip(in_map) {
+    for ((key, in_map), in_table) in keys.iter().zip(in_map).zip(in_table) {
         // A candidate from the map that is another key (one hash, two
         // keys) means this key is not in the tail, whose hashes are unique.
         let mut hit = match in_map {
@@ -351,7 +472,7 @@ pub(super) fn lookup(
                 .optional()?,
             None => None,
         };
-        if hit.is_none() {
+        if hit.is_none() && in_table {
             let row: Option<i64> = indexed
                 .query_row(params![key.0, key.1], |r| r.get(0))
                 .optional()?;
@@ -414,11 +535,11 @@ async fn pass(w: &Writer, index: &Arc<CmidIndex>) -> StoreResult<bool> {
             let now = at(&tx)?;
             let more = match (newest_mid(&tx)?, index.take(now)) {
                 (Some(top), Some(rows)) if top > now.counter => {
-                    write(&tx, held, &rows, top)?;
+                    write(&tx, held, &index, &rows, top)?;
                     false
                 }
                 (_, Some(_)) => false,
-                (_, None) => read_back(&tx, held, READ_BACK_STEP)?.1,
+                (_, None) => read_back(&tx, held, &index, READ_BACK_STEP)?.1,
             };
             let after = at(&tx)?;
             tx.commit()?;
@@ -432,8 +553,77 @@ async fn pass(w: &Writer, index: &Arc<CmidIndex>) -> StoreResult<bool> {
     Ok(more)
 }
 
+/// One step of building the filter of the table's keys ([`TableKeys`]):
+/// starts a build if there is none to go on with, then reads up to `step`
+/// keys after the cursor. Returns whether more are left.
+fn filter_step(tx: &Transaction<'_>, index: &CmidIndex, step: usize) -> StoreResult<bool> {
+    let version = at(tx)?.version;
+    let mut t = index.table();
+    if t.complete && t.version == version {
+        return Ok(false);
+    }
+    if t.filter.is_none() || t.version != version {
+        t.drop_filter();
+        // The table holds at most one key per mid up to its counter.
+        let covered = usize::try_from(counter(tx, "cmids")?).unwrap_or(0);
+        if covered > FILTER_MAX_KEYS {
+            return Ok(false);
+        }
+        // Room for the table to grow threefold (more, with messages
+        // without a cmid) before the filter is built again.
+        let size = covered
+            .saturating_mul(3)
+            .clamp(FILTER_MIN_KEYS, FILTER_MAX_KEYS);
+        t.filter = Some(Filter::with_capacity(size));
+        t.version = version;
+    }
+    let limit = i64::try_from(step).unwrap_or(i64::MAX);
+    let keys: Vec<CmidKey> = match &t.cursor {
+        None => tx
+            .prepare_cached("SELECT sender, cmid FROM cmids ORDER BY sender, cmid LIMIT ?")?
+            .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?,
+        Some((sender, cmid)) => tx
+            .prepare_cached(
+                "SELECT sender, cmid FROM cmids WHERE (sender, cmid) > (?, ?) \
+                 ORDER BY sender, cmid LIMIT ?",
+            )?
+            .query_map(params![sender, cmid, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?,
+    };
+    let TableKeys { filter, hasher, .. } = &mut *t;
+    if let Some(f) = filter {
+        for k in &keys {
+            f.insert(key_hash(hasher, k));
+        }
+    }
+    if keys.len() < step {
+        t.complete = true;
+        t.cursor = None;
+        if let Some(f) = &t.filter {
+            tracing::debug!(keys = f.keys(), kib = f.bytes() / 1024, "cmid filter built");
+        }
+        return Ok(false);
+    }
+    t.cursor = keys.into_iter().last();
+    Ok(true)
+}
+
+/// One writer job of a filter build: [`filter_step`].
+async fn build_filter(w: &Writer, index: &Arc<CmidIndex>, step: usize) -> StoreResult<bool> {
+    let index = index.clone();
+    w.run(move |conn| {
+        let tx = writer::immediate(conn)?;
+        let more = filter_step(&tx, &index, step)?;
+        tx.commit()?;
+        Ok(more)
+    })
+    .await
+}
+
 /// The indexer task: a pass at start (for what a previous run left), then
-/// whenever [`INDEX_AT`] keys came in or every [`INDEX_EVERY`]. Ends when
+/// whenever [`INDEX_AT`] keys came in or every [`INDEX_EVERY`]; after each,
+/// the filter of the table's keys is built if it needs to be. Ends when
 /// the store is closed or dropped.
 pub(super) async fn indexer(writer: Weak<Writer>, index: Arc<CmidIndex>) {
     let mut first = true;
@@ -447,6 +637,16 @@ pub(super) async fn indexer(writer: Weak<Writer>, index: Arc<CmidIndex>) {
             async move { pass(&w, &index).await }
         };
         if !writer::background_pass(&writer, "indexing cmids", pass).await {
+            return;
+        }
+        if !index.table().wanted() {
+            continue;
+        }
+        let step = |w: Arc<Writer>| {
+            let index = index.clone();
+            async move { build_filter(&w, &index, FILTER_STEP).await }
+        };
+        if !writer::background_pass(&writer, "filtering cmids", step).await {
             return;
         }
     }
@@ -823,5 +1023,121 @@ mod tests {
         assert_eq!(retry_of(&send(&store, to(a, b, "one", "k1")).await), m1);
         assert_eq!(in_map(&store), Some(0), "read back, then a new map");
         store.close().await;
+    }
+
+    /// `PRAGMA data_version` as the writer sees it.
+    async fn version(s: &SqliteStore) -> i64 {
+        s.writer
+            .run(|c| {
+                let tx = writer::immediate(c)?;
+                Ok(at(&tx)?.version)
+            })
+            .await
+            .unwrap()
+    }
+
+    /// Builds the filter in steps of `step` keys; returns how many it took.
+    async fn build(s: &SqliteStore, step: usize) -> usize {
+        let mut steps = 1;
+        while build_filter(&s.writer, &s.cmids, step).await.unwrap() {
+            steps += 1;
+        }
+        steps
+    }
+
+    fn keys(sender: UserId, names: impl IntoIterator<Item = String>) -> Vec<CmidKey> {
+        names.into_iter().map(|n| (sender, n)).collect()
+    }
+
+    /// Once built, the filter says "maybe" for every key in the table, also
+    /// for keys written behind its scan or after it, and "no" for most new
+    /// keys, whose lookups then skip the probe; retries are found as before.
+    #[tokio::test]
+    async fn the_filter_spares_probes_of_new_keys_and_hides_none() {
+        let (_dir, _path, store, [a, b]) = users::<2>().await;
+        let mut mids = Vec::new();
+        for i in 0..5 {
+            let op = to(a, b, &format!("m{i}"), &format!("k{i}"));
+            mids.push(new_mid(&send(&store, op).await));
+        }
+        assert!(!pass(&store.writer, &store.cmids).await.unwrap());
+        let v = version(&store).await;
+        assert!(!store.cmids.filtered(v), "no filter before a build");
+        assert_eq!(
+            store.cmids.maybe_in_table(v, &keys(a, ["k0".into()])),
+            [true]
+        );
+
+        // Two keys a step: k0 k1, then k2 k3, then k4; between the first
+        // two steps a key is written to the table behind the scan.
+        assert!(build_filter(&store.writer, &store.cmids, 2).await.unwrap());
+        let late = new_mid(&send(&store, to(a, b, "late", "a-late")).await);
+        assert!(!pass(&store.writer, &store.cmids).await.unwrap());
+        assert_eq!(build(&store, 2).await, 2);
+        assert!(store.cmids.filtered(v));
+
+        let stored = keys(a, (0..5).map(|i| format!("k{i}")).chain(["a-late".into()]));
+        assert!(store.cmids.maybe_in_table(v, &stored).iter().all(|&m| m));
+        let fresh = keys(a, (0..1000).map(|i| format!("new-{i}")));
+        let maybe = store.cmids.maybe_in_table(v, &fresh);
+        let probed = maybe.iter().filter(|&&m| m).count();
+        assert!(probed < 50, "{probed} of 1000 new keys would be probed");
+
+        // Retries of keys in the table, and of one written after the
+        // build, are found; a new key is stored.
+        for (i, &m) in mids.iter().enumerate() {
+            let op = to(a, b, &format!("m{i}"), &format!("k{i}"));
+            assert_eq!(retry_of(&send(&store, op).await), m);
+        }
+        assert_eq!(
+            retry_of(&send(&store, to(a, b, "late", "a-late")).await),
+            late
+        );
+        let after = new_mid(&send(&store, to(a, b, "after", "after")).await);
+        assert!(!pass(&store.writer, &store.cmids).await.unwrap());
+        assert!(store.cmids.maybe_in_table(v, &keys(a, ["after".into()]))[0]);
+        store.cmids.forget();
+        assert_eq!(
+            retry_of(&send(&store, to(a, b, "after", "after")).await),
+            after
+        );
+        store.close().await;
+    }
+
+    /// Another process's keys are in no filter of this one: once it has
+    /// written, the filter is not trusted, lookups probe the table again,
+    /// and the next build starts over.
+    #[tokio::test]
+    async fn another_process_makes_the_filter_untrusted() {
+        let (_dir, path, one, [a, b]) = users::<2>().await;
+        new_mid(&send(&one, to(a, b, "one", "k1")).await);
+        assert!(!pass(&one.writer, &one.cmids).await.unwrap());
+        build(&one, FILTER_STEP).await;
+        let before = version(&one).await;
+        assert!(one.cmids.filtered(before));
+
+        let other = open(&path, false).await;
+        let m2 = new_mid(&send(&other, to(a, b, "two", "k2")).await);
+        assert!(!pass(&other.writer, &other.cmids).await.unwrap());
+        let now = version(&one).await;
+        assert_ne!(now, before);
+        assert!(!one.cmids.filtered(now));
+        assert!(!one.cmids.table().wanted(), "complete, until a lookup says");
+        assert_eq!(
+            one.cmids.maybe_in_table(now, &keys(a, ["k2".into()])),
+            [true]
+        );
+        assert!(one.cmids.table().wanted(), "a lookup found it stale");
+        // k2 is in the table, and in no map or filter of `one`.
+        assert_eq!(retry_of(&send(&one, to(a, b, "two", "k2")).await), m2);
+        // A new build covers it.
+        build(&one, FILTER_STEP).await;
+        assert!(one.cmids.filtered(now));
+        assert_eq!(
+            one.cmids.maybe_in_table(now, &keys(a, ["k2".into()])),
+            [true]
+        );
+        one.close().await;
+        other.close().await;
     }
 }
