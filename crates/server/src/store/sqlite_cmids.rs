@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use rusqlite::types::ToSqlOutput;
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::batch::Earlier;
 use super::sqlite::{counter, insert_rows, newest_mid, set_counter, Inserts, ROWS_PER_INSERT};
@@ -78,13 +78,20 @@ const READ_BACK_STEP: i64 = 65_536;
 /// Keys of the table one step of a filter build reads.
 const FILTER_STEP: usize = 65_536;
 
-/// The filter is sized for at least this many keys (12.5 KiB)...
+/// The filter is sized for at least this many keys (20 KiB)...
 const FILTER_MIN_KEYS: usize = 1 << 14;
 
-/// ...and at most this many (20 MiB). A table that may hold more (its
-/// counter, the newest mid it covers, is past this) gets no filter: its
+/// ...and at most this many (20 MiB). A table that may hold more (more
+/// mids from the oldest message to its counter) gets no filter: its
 /// lookups probe the table, as they do while a filter is being built.
 const FILTER_MAX_KEYS: usize = 1 << 24;
+
+/// Build steps per turn of the indexer, so that a long build (256 steps at
+/// the largest size) does not hold up the passes that empty the map.
+const FILTER_STEPS_PER_TURN: usize = 4;
+
+/// How long a table too big for a filter goes before it is sized again.
+const FILTER_RETRY: Duration = Duration::from_secs(600);
 
 /// The held statements that write `cmids`; slots after the messages' and
 /// the inbox log's. No row is written twice (the counter moves in the same
@@ -137,7 +144,11 @@ fn at(tx: &Transaction<'_>) -> StoreResult<At> {
 /// the scan began: another process's writes are in no filter of this one,
 /// so then the lookups probe again and the next pass builds anew. Rows
 /// deleted from the table stay in it, which costs a probe, never a miss.
-/// Like the map, only the writer thread touches it.
+///
+/// Every insert into the table must go through [`write`], and the filter
+/// holds for the writer's one connection only (data_version is per
+/// connection). The writer thread reads and changes it; the indexer only
+/// asks whether it needs building.
 #[derive(Default)]
 struct TableKeys {
     filter: Option<Filter>,
@@ -147,6 +158,8 @@ struct TableKeys {
     version: i64,
     /// A lookup found data_version moved: the next pass builds anew.
     stale: bool,
+    /// The table was too big for a filter: not sized again before this.
+    too_big_until: Option<std::time::Instant>,
     /// While building: the last key scanned.
     cursor: Option<CmidKey>,
     /// Random per process, as for the map.
@@ -154,6 +167,11 @@ struct TableKeys {
 }
 
 impl TableKeys {
+    /// Whether a build is under way.
+    fn building(&self) -> bool {
+        self.filter.is_some() && !self.complete
+    }
+
     fn drop_filter(&mut self) {
         self.filter = None;
         self.complete = false;
@@ -162,8 +180,15 @@ impl TableKeys {
     }
 
     /// Whether the indexer has building to do (a writer job); a complete
-    /// filter no lookup found stale needs none.
+    /// filter no lookup found stale needs none, nor a table found too big
+    /// a while ago.
     fn wanted(&self) -> bool {
+        if self
+            .too_big_until
+            .is_some_and(|t| std::time::Instant::now() < t)
+        {
+            return false;
+        }
         self.filter.is_none() || !self.complete || self.stale
     }
 }
@@ -224,7 +249,9 @@ impl CmidIndex {
 
     /// Adds keys written to the table to the filter, if there is one. A
     /// filter half again past its size (a twentieth of new keys would be
-    /// probed) is dropped, for the next pass to build bigger.
+    /// probed) is dropped, for the next pass to build bigger. Keys are
+    /// counted as added: one written ahead of the scan, or by a batch that
+    /// rolled back, counts twice, which only brings the rebuild forward.
     fn filter_add(&self, rows: &[Row]) {
         let mut t = self.table();
         let TableKeys { filter, hasher, .. } = &mut *t;
@@ -555,18 +582,36 @@ async fn pass(w: &Writer, index: &Arc<CmidIndex>) -> StoreResult<bool> {
 
 /// One step of building the filter of the table's keys ([`TableKeys`]):
 /// starts a build if there is none to go on with, then reads up to `step`
-/// keys after the cursor. Returns whether more are left.
+/// keys after the cursor. Returns whether more are left. A build that
+/// finds data_version moved since it began is dropped and the step ends
+/// the pass (another process writing between steps could otherwise keep
+/// it starting over for ever); a complete filter found stale starts anew.
 fn filter_step(tx: &Transaction<'_>, index: &CmidIndex, step: usize) -> StoreResult<bool> {
+    debug_assert!(step > 0, "a build needs steps of at least one key");
     let version = at(tx)?.version;
     let mut t = index.table();
     if t.complete && t.version == version {
         return Ok(false);
     }
-    if t.filter.is_none() || t.version != version {
+    if t.filter.is_some() && t.version != version {
+        // A stale filter is built anew at once; a build under way stops.
+        let stale = t.complete;
         t.drop_filter();
-        // The table holds at most one key per mid up to its counter.
-        let covered = usize::try_from(counter(tx, "cmids")?).unwrap_or(0);
+        if !stale {
+            return Ok(false);
+        }
+    }
+    if t.filter.is_none() {
+        // The table holds at most one key per mid from the oldest message
+        // left to its counter.
+        let top = counter(tx, "cmids")?;
+        let oldest: i64 = tx
+            .prepare_cached("SELECT COALESCE(MIN(mid), 1) FROM messages")?
+            .query_row([], |r| r.get(0))?;
+        let covered = usize::try_from(top.saturating_sub(oldest).saturating_add(1)).unwrap_or(0);
         if covered > FILTER_MAX_KEYS {
+            t.too_big_until = Some(std::time::Instant::now() + FILTER_RETRY);
+            tracing::debug!(covered, "cmid table too big for a filter; lookups probe it");
             return Ok(false);
         }
         // Room for the table to grow threefold (more, with messages
@@ -576,9 +621,10 @@ fn filter_step(tx: &Transaction<'_>, index: &CmidIndex, step: usize) -> StoreRes
             .clamp(FILTER_MIN_KEYS, FILTER_MAX_KEYS);
         t.filter = Some(Filter::with_capacity(size));
         t.version = version;
+        t.too_big_until = None;
     }
     let limit = i64::try_from(step).unwrap_or(i64::MAX);
-    let keys: Vec<CmidKey> = match &t.cursor {
+    let mut keys: Vec<CmidKey> = match &t.cursor {
         None => tx
             .prepare_cached("SELECT sender, cmid FROM cmids ORDER BY sender, cmid LIMIT ?")?
             .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -605,15 +651,17 @@ fn filter_step(tx: &Transaction<'_>, index: &CmidIndex, step: usize) -> StoreRes
         }
         return Ok(false);
     }
-    t.cursor = keys.into_iter().last();
+    t.cursor = keys.pop();
     Ok(true)
 }
 
-/// One writer job of a filter build: [`filter_step`].
+/// One writer job of a filter build: [`filter_step`], in a read
+/// transaction (it writes nothing; the writer thread orders it with the
+/// writes that feed the filter).
 async fn build_filter(w: &Writer, index: &Arc<CmidIndex>, step: usize) -> StoreResult<bool> {
     let index = index.clone();
     w.run(move |conn| {
-        let tx = writer::immediate(conn)?;
+        let tx = Transaction::new_unchecked(conn, TransactionBehavior::Deferred)?;
         let more = filter_step(&tx, &index, step)?;
         tx.commit()?;
         Ok(more)
@@ -626,12 +674,13 @@ async fn build_filter(w: &Writer, index: &Arc<CmidIndex>, step: usize) -> StoreR
 /// the filter of the table's keys is built if it needs to be. Ends when
 /// the store is closed or dropped.
 pub(super) async fn indexer(writer: Weak<Writer>, index: Arc<CmidIndex>) {
-    let mut first = true;
+    // At start, and while a build is under way: no wait.
+    let mut busy = true;
     loop {
-        if !first {
+        if !busy {
             let _ = tokio::time::timeout(INDEX_EVERY, index.wake.notified()).await;
         }
-        first = false;
+        busy = false;
         let pass = |w: Arc<Writer>| {
             let index = index.clone();
             async move { pass(&w, &index).await }
@@ -642,13 +691,21 @@ pub(super) async fn indexer(writer: Weak<Writer>, index: Arc<CmidIndex>) {
         if !index.table().wanted() {
             continue;
         }
+        // A few steps, then a map pass again if the build goes on.
+        let mut left = FILTER_STEPS_PER_TURN;
         let step = |w: Arc<Writer>| {
             let index = index.clone();
-            async move { build_filter(&w, &index, FILTER_STEP).await }
+            left -= 1;
+            let last = left == 0;
+            async move {
+                let more = build_filter(&w, &index, FILTER_STEP).await?;
+                Ok(more && !last)
+            }
         };
         if !writer::background_pass(&writer, "filtering cmids", step).await {
             return;
         }
+        busy = index.table().building();
     }
 }
 
@@ -1096,12 +1153,54 @@ mod tests {
         let after = new_mid(&send(&store, to(a, b, "after", "after")).await);
         assert!(!pass(&store.writer, &store.cmids).await.unwrap());
         assert!(store.cmids.maybe_in_table(v, &keys(a, ["after".into()]))[0]);
+        // A key that reaches the table through a lookup's read-back of the
+        // tail (the map was dropped) is in the filter too.
+        let tail = new_mid(&send(&store, to(a, b, "tail", "tail")).await);
         store.cmids.forget();
         assert_eq!(
             retry_of(&send(&store, to(a, b, "after", "after")).await),
             after
         );
+        assert!(store.cmids.filtered(v));
+        assert!(store.cmids.maybe_in_table(v, &keys(a, ["tail".into()]))[0]);
+        assert_eq!(
+            retry_of(&send(&store, to(a, b, "tail", "tail")).await),
+            tail
+        );
         store.close().await;
+    }
+
+    /// A build that finds another process wrote since it began stops
+    /// (rather than start over while the other process goes on writing),
+    /// and the next pass builds from the start.
+    #[tokio::test]
+    async fn a_build_stops_when_another_process_writes_mid_way() {
+        let (_dir, path, one, [a, b]) = users::<2>().await;
+        for k in ["k1", "k2", "k3"] {
+            new_mid(&send(&one, to(a, b, k, k)).await);
+        }
+        assert!(!pass(&one.writer, &one.cmids).await.unwrap());
+        assert!(build_filter(&one.writer, &one.cmids, 1).await.unwrap());
+        let other = open(&path, false).await;
+        let m4 = new_mid(&send(&other, to(a, b, "k4", "k4")).await);
+        assert!(!pass(&other.writer, &other.cmids).await.unwrap());
+        assert!(!build_filter(&one.writer, &one.cmids, 1).await.unwrap());
+        assert!(!one.cmids.table().building(), "the build was dropped");
+        assert!(one.cmids.table().wanted());
+        let now = version(&one).await;
+        assert_eq!(
+            build(&one, 1).await,
+            5,
+            "k1, k2, k3, k4, then an empty step"
+        );
+        assert!(one.cmids.filtered(now));
+        assert_eq!(
+            one.cmids.maybe_in_table(now, &keys(a, ["k4".into()])),
+            [true]
+        );
+        assert_eq!(retry_of(&send(&one, to(a, b, "k4", "k4")).await), m4);
+        one.close().await;
+        other.close().await;
     }
 
     /// Another process's keys are in no filter of this one: once it has

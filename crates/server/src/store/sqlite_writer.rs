@@ -320,8 +320,9 @@ impl Flusher {
 
     /// What a job that just ran must wait for: a flush if it changed rows,
     /// or while earlier flushes are unanswered (it may have read their
-    /// rows); otherwise nothing, unless flushing has failed. A flush comes
-    /// with its request, for [`Flusher::submit`].
+    /// rows); otherwise nothing, unless flushing has failed. With a flush
+    /// comes the request the writer hands to [`Flusher::submit`] once it
+    /// has answered its caller.
     fn durable_after(&self, changed: bool) -> (Durable, Option<Waiter>) {
         // `outstanding` before `failed`: the flusher records a failure
         // before it counts the failed requests as answered.
@@ -335,7 +336,7 @@ impl Flusher {
     }
 
     /// A flush for a job that just ran on the writer thread, counted as
-    /// outstanding from now on: the job's next one sees it. It begins once
+    /// outstanding from now on, so the next job sees it. It begins once
     /// [`Flusher::submit`] hands it over, so after the job's COMMIT.
     fn request(&self) -> (Durable, Option<Waiter>) {
         if let Some(e) = self.failure() {
@@ -403,21 +404,25 @@ fn flush_loop(wal: &Path, queue: mpsc::Receiver<Waiter>, state: &FlushState, mut
         waiters.extend(queue.try_iter());
         let res = match state.failed.get() {
             Some(e) => Err(e.clone()),
-            None => sync(wal, &mut file).map_err(|e| {
-                // What the OS held for the WAL may never reach the disk,
-                // and a later sync would not say so: stop here (module docs).
-                tracing::error!(
-                    error = %e,
-                    wal = %wal.display(),
-                    "fdatasync of the SQLite WAL failed: this server now refuses every write \
-                     (errno 10) until it is restarted and SQLite recovers from what is on disk"
-                );
-                let e = StoreError::unavailable(format!(
-                    "the database's log could not be flushed to disk ({e}); writes are \
+            // A sync that panicked counts as one that failed: the thread
+            // goes on answering, and the failure is final like any other.
+            None => catch_unwind(AssertUnwindSafe(|| sync(wal, &mut file)))
+                .unwrap_or_else(|_| Err(StoreError::unavailable("fdatasync panicked")))
+                .map_err(|e| {
+                    // What the OS held for the WAL may never reach the disk,
+                    // and a later sync would not say so: stop here (module docs).
+                    tracing::error!(
+                        error = %e,
+                        wal = %wal.display(),
+                        "fdatasync of the SQLite WAL failed: this server now refuses every write \
+                         (errno 10) until it is restarted and SQLite recovers from what is on disk"
+                    );
+                    let e = StoreError::unavailable(format!(
+                        "the database's log could not be flushed to disk ({e}); writes are \
                      refused until the server restarts"
-                ));
-                state.failed.get_or_init(|| e).clone()
-            }),
+                    ));
+                    state.failed.get_or_init(|| e).clone()
+                }),
         };
         for w in waiters.drain(..) {
             // Counted as answered before the answer goes: whoever hears it
@@ -717,6 +722,39 @@ mod tests {
             "no sync after the failure"
         );
         assert!(w.failure().is_some(), "readiness checks see it");
+        w.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_panicking_flush_is_a_failed_flush() {
+        // The flusher thread lives on and answers: the batch it covered
+        // and every later write fail, as after any failed flush.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trigger = armed.clone();
+        let sync: SyncFn = Box::new(move |wal, file| {
+            if trigger.load(Ordering::SeqCst) {
+                panic!("injected panic in fdatasync");
+            }
+            sync_wal(wal, file)
+        });
+        let w = writer_syncing_with(&dir, sync).await;
+        create_t(&w).await;
+        armed.store(true, Ordering::SeqCst);
+        let (_, durable) = w
+            .run_staged(|h| Ok(h.conn().execute("INSERT INTO t VALUES (1)", [])?))
+            .await
+            .expect("the insert commits");
+        let err = durable.wait().await.expect_err("its flush panicked");
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(w.failure().is_some(), "readiness checks see it");
+        let write = w
+            .transact(|tx| Ok(tx.execute("INSERT INTO t VALUES (2)", [])?))
+            .await;
+        assert!(
+            matches!(write, Err(StoreError::Unavailable(_))),
+            "{write:?}"
+        );
         w.stop().await;
     }
 
