@@ -218,14 +218,15 @@ impl Writer {
                 Some(fl) if out.is_ok() => fl.durable_after(conn.total_changes() != before),
                 _ => (Durable::ready(), None),
             };
-            // The caller first, the flusher second: the caller pushes the
-            // batch at once (it needs no flush for that), and waking the
-            // flusher first would put its wake-up, and its thread on the
-            // other core, ahead of the push.
-            let _ = reply.send(out.map(|o| (o, durable)));
-            if let (Some(fl), Some(flush)) = (flusher, flush) {
+            // The flusher first, the caller second: a sender at window 1
+            // waits for this flush (its ACK) before its next message, and
+            // answering first put the flush behind the caller's wake-up
+            // (BENCHMARKS.md, issue 9, ninth pass: answering first lost 5
+            // of 6 pairs at window 1, run in balanced order).
+            if let (Some(fl), Some(flush)) = (&flusher, flush) {
                 fl.submit(flush);
             }
+            let _ = reply.send(out.map(|o| (o, durable)));
         });
         {
             let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
@@ -321,8 +322,8 @@ impl Flusher {
     /// What a job that just ran must wait for: a flush if it changed rows,
     /// or while earlier flushes are unanswered (it may have read their
     /// rows); otherwise nothing, unless flushing has failed. With a flush
-    /// comes the request the writer hands to [`Flusher::submit`] once it
-    /// has answered its caller.
+    /// comes the request the writer hands to [`Flusher::submit`] before it
+    /// answers its caller.
     fn durable_after(&self, changed: bool) -> (Durable, Option<Waiter>) {
         // `outstanding` before `failed`: the flusher records a failure
         // before it counts the failed requests as answered.
