@@ -624,19 +624,18 @@ fn filter_step(tx: &Transaction<'_>, index: &CmidIndex, step: usize) -> StoreRes
         t.too_big_until = None;
     }
     let limit = i64::try_from(step).unwrap_or(i64::MAX);
-    let mut keys: Vec<CmidKey> = match &t.cursor {
-        None => tx
-            .prepare_cached("SELECT sender, cmid FROM cmids ORDER BY sender, cmid LIMIT ?")?
-            .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?,
-        Some((sender, cmid)) => tx
-            .prepare_cached(
-                "SELECT sender, cmid FROM cmids WHERE (sender, cmid) > (?, ?) \
-                 ORDER BY sender, cmid LIMIT ?",
-            )?
-            .query_map(params![sender, cmid, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?,
+    // Before the first step, a cursor below every key (user ids are > 0).
+    let (sender, cmid) = match &t.cursor {
+        Some((sender, cmid)) => (*sender, cmid.as_str()),
+        None => (i64::MIN, ""),
     };
+    let mut keys: Vec<CmidKey> = tx
+        .prepare_cached(
+            "SELECT sender, cmid FROM cmids WHERE (sender, cmid) > (?, ?) \
+             ORDER BY sender, cmid LIMIT ?",
+        )?
+        .query_map(params![sender, cmid, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
     let TableKeys { filter, hasher, .. } = &mut *t;
     if let Some(f) = filter {
         for k in &keys {

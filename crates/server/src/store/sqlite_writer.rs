@@ -214,18 +214,13 @@ impl Writer {
             });
             // A job that committed changes needs a flush; one that changed
             // nothing may still have read rows whose flush is under way.
-            let (durable, flush) = match &flusher {
+            // The flush is asked for before the caller hears: a sender at
+            // window 1 waits for it (its ACK), and answering first lost 5 of
+            // 6 balanced pairs there (BENCHMARKS.md, issue 9, ninth pass).
+            let durable = match flusher {
                 Some(fl) if out.is_ok() => fl.durable_after(conn.total_changes() != before),
-                _ => (Durable::ready(), None),
+                _ => Durable::ready(),
             };
-            // The flusher first, the caller second: a sender at window 1
-            // waits for this flush (its ACK) before its next message, and
-            // answering first put the flush behind the caller's wake-up
-            // (BENCHMARKS.md, issue 9, ninth pass: answering first lost 5
-            // of 6 pairs at window 1, run in balanced order).
-            if let (Some(fl), Some(flush)) = (&flusher, flush) {
-                fl.submit(flush);
-            }
             let _ = reply.send(out.map(|o| (o, durable)));
         });
         {
@@ -321,48 +316,40 @@ impl Flusher {
 
     /// What a job that just ran must wait for: a flush if it changed rows,
     /// or while earlier flushes are unanswered (it may have read their
-    /// rows); otherwise nothing, unless flushing has failed. With a flush
-    /// comes the request the writer hands to [`Flusher::submit`] before it
-    /// answers its caller.
-    fn durable_after(&self, changed: bool) -> (Durable, Option<Waiter>) {
+    /// rows); otherwise nothing, unless flushing has failed.
+    fn durable_after(&self, changed: bool) -> Durable {
         // `outstanding` before `failed`: the flusher records a failure
         // before it counts the failed requests as answered.
         if changed || self.state.outstanding.load(Ordering::SeqCst) > 0 {
             return self.request();
         }
         match self.failure() {
-            Some(e) => (failed(e), None),
-            None => (Durable::ready(), None),
+            Some(e) => failed(e),
+            None => Durable::ready(),
         }
     }
 
-    /// A flush for a job that just ran on the writer thread, counted as
-    /// outstanding from now on, so the next job sees it. It begins once
-    /// [`Flusher::submit`] hands it over, so after the job's COMMIT.
-    fn request(&self) -> (Durable, Option<Waiter>) {
+    /// Asks for a flush that begins after this call; called on the writer
+    /// thread right after a COMMIT.
+    fn request(&self) -> Durable {
         if let Some(e) = self.failure() {
-            return (failed(e), None);
+            return failed(e);
         }
         self.state.outstanding.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = oneshot::channel();
-        (Durable::pending(rx), Some(tx))
-    }
-
-    /// Hands a flush from [`Flusher::request`] to the flusher thread.
-    fn submit(&self, flush: Waiter) {
-        let refused = match self
+        let sent = self
             .requests
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-        {
-            Some(q) => q.send(flush).err().map(|e| e.0),
-            None => Some(flush),
-        };
-        // Stopped: nothing can be promised durable.
-        if let Some(flush) = refused {
-            self.state.outstanding.fetch_sub(1, Ordering::SeqCst);
-            let _ = flush.send(Err(StoreError::Closed));
+            .map(|q| q.send(tx));
+        match sent {
+            Some(Ok(())) => Durable::pending(rx),
+            // Stopped: nothing can be promised durable.
+            _ => {
+                self.state.outstanding.fetch_sub(1, Ordering::SeqCst);
+                failed(StoreError::Closed)
+            }
         }
     }
 
@@ -420,7 +407,7 @@ fn flush_loop(wal: &Path, queue: mpsc::Receiver<Waiter>, state: &FlushState, mut
                     );
                     let e = StoreError::unavailable(format!(
                         "the database's log could not be flushed to disk ({e}); writes are \
-                     refused until the server restarts"
+                         refused until the server restarts"
                     ));
                     state.failed.get_or_init(|| e).clone()
                 }),
