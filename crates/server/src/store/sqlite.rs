@@ -50,7 +50,7 @@ use super::sqlite_writer::{self as writer, Held, Writer, WriterOptions};
 use super::{
     backfill_name_keys, key_digest, AccountChange, AccountEvent, AdminStore, Conversation,
     DeletedUser, Durable, FriendStore, GroupId, GroupInfo, GroupStore, MessageStore, Person, Role,
-    StoreError, StoreOptions, StoreResult, StoredMessage, TokenRequest, UserId, UserRecord,
+    StoreError, StoreOptions, StoreResult, StoredMessage, Target, TokenRequest, UserId, UserRecord,
     UserStore, UserSummary, WriteOp, WriteOutcome,
 };
 
@@ -73,6 +73,11 @@ pub struct SqliteStore {
 /// about twice this, a few milliseconds at worst; at 250,000 deliveries a
 /// second this still gives confirmations over 100 ms to arrive.
 const MERGE_AT: usize = 32_768;
+
+/// Group commits of at most this many writes may run in place, on the
+/// committer's own thread, when the server is quiet (`sqlite_writer`,
+/// module docs).
+const IN_PLACE_WRITES: usize = 16;
 
 /// How often the merger looks at the log when it is not full: a quiet
 /// server's rows wait one to two of these.
@@ -232,7 +237,7 @@ const MAX_CACHED_COUNTERS: usize = 1 << 18;
 /// The writer is the only connection that writes them, and it checks that
 /// with `PRAGMA data_version`, which changes when any other connection (or
 /// process) commits: then, and after any batch that failed, it forgets
-/// everything and reads again. Only the writer thread touches it; the mutex
+/// everything and reads again. Only the writer (its thread, or a commit in place, under its lock) touches it; the mutex
 /// is never contended.
 #[derive(Debug, Default)]
 struct Counters {
@@ -432,7 +437,8 @@ impl SqliteStore {
     }
 }
 
-// Writes: each runs as one transaction on the writer thread, with single-row
+// Writes: each runs as one transaction on the writer (its thread, or in
+// place for a quiet server's small commits), with single-row
 // statements from its cache.
 
 /// What a batch must read, one cached lookup per user, group and cmid.
@@ -1076,42 +1082,57 @@ impl MessageStore for SqliteStore {
         let log = self.log.clone();
         let index = self.index.clone();
         let cmid_index = self.cmids.clone();
+        let writes = ops.len();
+        // Small: a few dozen µs of SQLite work. Not a group's fan-out (up to
+        // a row per member), nor a cmid lookup that may read the whole tail
+        // back first.
+        let small = writes <= IN_PLACE_WRITES
+            && ops.iter().all(|op| match op {
+                WriteOp::Append(m) => {
+                    matches!(m.target, Target::User(_))
+                        && (m.cmid.is_none() || cmid_index.map_trusted())
+                }
+                _ => true,
+            });
+        let job = move |held: &mut Held<'_>| {
+            let mut known = counters.lock().unwrap_or_else(|poisoned| {
+                // A batch panicked halfway: start over from the tables.
+                counters.clear_poison();
+                let mut known = poisoned.into_inner();
+                known.forget();
+                known
+            });
+            let mut batch = || {
+                let tx = writer::immediate(held.conn())?;
+                if known.check(&tx)? {
+                    // Another process may have stored messages the
+                    // history list does not name (the cmid map checks
+                    // `data_version` itself).
+                    index.forget();
+                }
+                let (out, done) = commit_batch(&tx, held, &ops, &mut known, &cmid_index)?;
+                cmid_index.committing();
+                tx.commit()?;
+                if let Some(now) = done.caught_up {
+                    cmid_index.caught_up(now);
+                }
+                cmid_index.committed(done.cmids);
+                log.staged.fetch_add(done.logged, Ordering::Relaxed);
+                index.committed(done.keys);
+                Ok(out)
+            };
+            let out = batch();
+            if out.is_err() {
+                // What it remembered may be from the rolled-back batch.
+                known.forget();
+            }
+            out
+        };
+        // On a quiet server the batch skips the hops to the writer thread
+        // and back (`sqlite_writer`, module docs).
         let out = self
             .writer
-            .run_staged(move |held| {
-                let mut known = counters.lock().unwrap_or_else(|poisoned| {
-                    // A batch panicked halfway: start over from the tables.
-                    counters.clear_poison();
-                    let mut known = poisoned.into_inner();
-                    known.forget();
-                    known
-                });
-                let mut batch = || {
-                    let tx = writer::immediate(held.conn())?;
-                    if known.check(&tx)? {
-                        // Another process may have stored messages the
-                        // history list does not name (the cmid map checks
-                        // `data_version` itself).
-                        index.forget();
-                    }
-                    let (out, done) = commit_batch(&tx, held, &ops, &mut known, &cmid_index)?;
-                    cmid_index.committing();
-                    tx.commit()?;
-                    if let Some(now) = done.caught_up {
-                        cmid_index.caught_up(now);
-                    }
-                    cmid_index.committed(done.cmids);
-                    log.staged.fetch_add(done.logged, Ordering::Relaxed);
-                    index.committed(done.keys);
-                    Ok(out)
-                };
-                let out = batch();
-                if out.is_err() {
-                    // What it remembered may be from the rolled-back batch.
-                    known.forget();
-                }
-                out
-            })
+            .run_staged_here_if_quiet(writes, small, job)
             .await;
         if self.log.staged.load(Ordering::Relaxed) >= MERGE_AT {
             self.log.full.notify_one();

@@ -104,7 +104,7 @@ static CMID_INSERTS: Inserts = Inserts::new(
 );
 
 /// The keys above the counter, shared by the commits and the passes. Both
-/// run on the writer thread, one after the other, so the lock is never
+/// run on the writer, one after the other, so the lock is never
 /// contended and a pass never sees half a commit.
 #[derive(Default)]
 pub(super) struct CmidIndex {
@@ -147,7 +147,7 @@ fn at(tx: &Transaction<'_>) -> StoreResult<At> {
 ///
 /// Every insert into the table must go through [`write`], and the filter
 /// holds for the writer's one connection only (data_version is per
-/// connection). The writer thread reads and changes it; the indexer only
+/// connection). The writer reads and changes it; the indexer only
 /// asks whether it needs building.
 #[derive(Default)]
 struct TableKeys {
@@ -239,6 +239,14 @@ fn key_hash(hasher: &RandomState, (sender, cmid): &CmidKey) -> u64 {
 }
 
 impl CmidIndex {
+    /// Whether a batch's lookups may use the map as it stands rather than
+    /// first read the whole tail back (as long as no other process has
+    /// written): a commit that could read it back is not small.
+    pub(super) fn map_trusted(&self) -> bool {
+        let m = self.map();
+        m.valid && !m.in_flight
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, Map> {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -289,14 +297,14 @@ impl CmidIndex {
         t.filter.is_some() && t.complete && t.version == version
     }
 
-    /// Call on the writer thread just before a batch commits; then
+    /// Call on the writer just before a batch commits; then
     /// [`CmidIndex::committed`] once it has.
     pub(super) fn committing(&self) {
         self.map().in_flight = true;
     }
 
     /// Notes the cmids of a committed batch, with their mids; call on the
-    /// writer thread, after the commit.
+    /// writer, after the commit.
     pub(super) fn committed(&self, stored: Vec<(CmidKey, i64)>) {
         let mut m = self.map();
         m.in_flight = false;

@@ -184,7 +184,7 @@ pub(super) struct HistoryIndex {
     /// caught up, so that the next pass need not read them back from
     /// `messages` (that read, a row and a `String` per message, was ~3.9k
     /// instructions a message). Commits and index steps both run on the
-    /// writer thread, one after the other, so the lock is never contended
+    /// writer, one after the other under its lock, so this is never contended
     /// and a step never sees half a commit.
     fresh: Mutex<Fresh>,
 }

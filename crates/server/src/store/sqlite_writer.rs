@@ -1,6 +1,8 @@
-//! The SQLite store's one writer: a plain thread that owns a
-//! `rusqlite::Connection` and runs every write the store makes, and beside
-//! it a flusher thread that makes those writes durable.
+//! The SQLite store's one writer: one `rusqlite::Connection` that runs
+//! every write the store makes, one at a time under a lock, on a plain
+//! thread of its own (or, for a quiet server's small group commits, on the
+//! caller's thread: below), and beside it a flusher thread that makes those
+//! writes durable.
 //!
 //! Why not sqlx, as for reads: sqlx runs each connection on a worker thread
 //! of its own and every statement is a round trip over a channel to it, so a
@@ -13,6 +15,22 @@
 //! statement cache. SQLite allows one writer at a time anyway;
 //! owning it on one thread also queues writes in process instead of on
 //! SQLite's lock.
+//!
+//! Why a group commit may also run on its caller's thread
+//! ([`Writer::run_staged_here_if_quiet`]): on a quiet server each hop into
+//! the writer thread and back is a wake-up of a sleeping thread, 35-55 µs
+//! each way on the VMs this was measured on; the two together cost more
+//! than the write itself (60-100 µs).
+//! The connection and its held statements therefore sit behind a mutex
+//! ([`Owned`]); the thread takes it for each job, and a small commit runs in
+//! place when the thread is idle, nothing is queued for it, and the server
+//! is quiet ([`Pace`]). Only then: on a busy server the slower hop is what
+//! lets the next batch grow, and commits in place there made batches half
+//! as big and window-1 throughput lower. Big writes (and those the caller
+//! cannot bound: a group's fan-out, a cmid lookup that may first read the
+//! index's tail back) always go to the thread, so an async worker is held
+//! only for a small commit, or, while another process holds SQLite's write
+//! lock (an operator command, for milliseconds), until the busy timeout.
 //!
 //! Why a flusher: with `synchronous = FULL` SQLite calls `fdatasync` on the
 //! WAL inside every COMMIT, so the writer sat idle for the disk between
@@ -35,10 +53,12 @@
 
 use std::fs::File;
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -50,6 +70,14 @@ use super::{Durable, StoreError, StoreResult};
 /// Distinct statements the writer runs, with room to spare: each is prepared
 /// once and then reused from the cache.
 const STATEMENT_CACHE: usize = 128;
+
+/// The span over which [`Pace`] counts writes.
+const PACE_WINDOW: Duration = Duration::from_millis(20);
+
+/// Writes a second up to which the server counts as quiet. The open loop
+/// of 2,000 messages a second, with their confirmations, makes about 3,500;
+/// window 1 with 200 senders makes over 15,000 even on a slow minute.
+const QUIET_WRITES_PER_SEC: u64 = 10_000;
 
 /// Work for the writer thread. It answers through a channel of its own.
 type Job = Box<dyn FnOnce(&mut Held<'_>) + Send>;
@@ -99,6 +127,140 @@ impl<'c> Held<'c> {
     fn clear(&mut self) {
         self.stmts.clear();
     }
+
+    /// After a job: a job that panicked mid-transaction was rolled back as
+    /// its guard dropped; should one ever leave a transaction open, end it
+    /// here so the next job can begin its own.
+    fn end_open_transaction(&mut self) {
+        if !self.conn.is_autocommit() {
+            tracing::error!("SQLite write left a transaction open; rolling back");
+            self.clear();
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "SQLite rollback failed");
+            }
+        }
+    }
+}
+
+/// The writer's connection with its held statements, as one value that can
+/// move between threads: the writer thread runs its jobs on it, and a small
+/// write may run on its caller's thread (module docs). Reached only through
+/// the writer's mutex, and never handed out: jobs get `&mut Held<'_>`.
+///
+/// Invariant: every statement in `held` was prepared on `*conn` (only
+/// [`Held::get`] fills it, from its own connection).
+struct Owned {
+    /// Borrows `*conn`: dropped first, by hand, in `Drop`.
+    held: ManuallyDrop<Held<'static>>,
+    /// From `Box::leak`; freed (and closed) in `Drop`.
+    conn: NonNull<Connection>,
+}
+
+// SAFETY: `Connection` is `Send`. `Held` is not, for two reasons: it holds
+// `&Connection` (and `Connection` is not `Sync`), and each `Statement` holds
+// a raw `sqlite3_stmt` pointer. Both point into this value's own connection
+// (the invariant above) and move with it, as rusqlite itself moves a
+// connection's cached statements with it (its `StatementCache` is `Send`).
+// `Owned` is only reached through the writer's `Mutex`, so no two threads
+// use the connection or its statements at once; used one thread at a time
+// is what SQLite's multi-thread mode (`SQLITE_OPEN_NO_MUTEX`) allows.
+#[allow(unsafe_code)]
+unsafe impl Send for Owned {}
+
+#[allow(unsafe_code)]
+impl Owned {
+    fn new(conn: Connection) -> Owned {
+        let conn = NonNull::from(Box::leak(Box::new(conn)));
+        // SAFETY: the connection stays at this heap address until `Drop`
+        // frees it, after dropping `held`. Jobs get `held` only as
+        // `&mut Held<'_>` under a higher-ranked lifetime, so nothing they
+        // borrow from it can outlive the job.
+        let held = Held::new(unsafe { conn.as_ref() });
+        Owned {
+            held: ManuallyDrop::new(held),
+            conn,
+        }
+    }
+
+    /// Runs one job, then makes sure it left no transaction open.
+    fn run(&mut self, job: impl FnOnce(&mut Held<'_>)) {
+        job(&mut self.held);
+        self.held.end_open_transaction();
+    }
+}
+
+#[allow(unsafe_code)]
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // SAFETY: `held` is dropped exactly once, here, before the
+        // connection its statements borrow; `conn` came from `Box::leak` in
+        // `new` and nothing refers to it once `held` is gone.
+        let conn = unsafe {
+            ManuallyDrop::drop(&mut self.held);
+            Box::from_raw(self.conn.as_ptr())
+        };
+        if let Err((_, e)) = conn.close() {
+            tracing::warn!(error = %e, "closing the SQLite writer connection failed");
+        }
+    }
+}
+
+/// How many writes the group commit has been bringing lately, over the
+/// last full [`PACE_WINDOW`] and the current one: the server is quiet while
+/// that rate stays at or below [`QUIET_WRITES_PER_SEC`].
+#[derive(Debug)]
+struct Pace {
+    /// When the current window began.
+    window: std::time::Instant,
+    /// Writes counted in the current window.
+    this: usize,
+    /// Writes in the window before it (0 if that one is long past).
+    last: usize,
+}
+
+impl Pace {
+    fn new(now: std::time::Instant) -> Pace {
+        Pace {
+            window: now,
+            this: 0,
+            last: 0,
+        }
+    }
+
+    /// Counts `writes` at `now`; whether the server is still quiet.
+    fn quiet(&mut self, writes: usize, now: std::time::Instant) -> bool {
+        let mut age = now.saturating_duration_since(self.window);
+        if age >= PACE_WINDOW {
+            // Whole windows on a fixed grid, so that `last` is always one
+            // window long and the span counted 20-40 ms.
+            let passed = (age.as_nanos() / PACE_WINDOW.as_nanos()) as u32;
+            self.last = if passed == 1 { self.this } else { 0 };
+            self.this = 0;
+            self.window += PACE_WINDOW * passed;
+            age -= PACE_WINDOW * passed;
+        }
+        self.this = self.this.saturating_add(writes);
+        let counted = (self.last as u128).saturating_add(self.this as u128);
+        let span = (PACE_WINDOW + age).as_micros();
+        counted * 1_000_000 <= u128::from(QUIET_WRITES_PER_SEC) * span
+    }
+}
+
+/// What the writer's handle and its thread share.
+struct Shared {
+    /// The connection: `None` once the thread has closed it.
+    conn: Mutex<Option<Owned>>,
+    /// Jobs sent to the thread and not yet finished: a write runs in place
+    /// only when this is 0, so it never overtakes a queued one.
+    queued: AtomicUsize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Option<Owned>> {
+        // Jobs catch their own panics, so a poisoned lock holds a usable
+        // connection.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// How the flusher makes the WAL durable: [`sync_wal`], or in tests one that
@@ -118,6 +280,12 @@ pub(crate) struct WriterOptions {
 pub(crate) struct Writer {
     /// `None` once [`Writer::stop`] ran: later writes get `Closed`.
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// Set by [`Writer::stop`]: no more writes in place either.
+    stopping: AtomicBool,
+    /// The group commit's recent writes: commits run in place only on a
+    /// quiet server.
+    pace: Mutex<Pace>,
+    shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// With FULL durability: the flusher thread.
     flusher: Option<Arc<Flusher>>,
@@ -138,12 +306,18 @@ impl Writer {
         } else {
             None
         };
+        let shared = Arc::new(Shared {
+            conn: Mutex::new(None),
+            queued: AtomicUsize::new(0),
+        });
+        let served = shared.clone();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || match connect(&opts) {
                 Ok(conn) => {
+                    *served.lock() = Some(Owned::new(conn));
                     let _ = ready.send(Ok(()));
-                    serve(conn, queue);
+                    serve(&served, queue);
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -153,6 +327,9 @@ impl Writer {
         opened.await.map_err(|_| StoreError::Closed)??;
         Ok(Writer {
             jobs: Mutex::new(Some(jobs)),
+            stopping: AtomicBool::new(false),
+            pace: Mutex::new(Pace::new(std::time::Instant::now())),
+            shared,
             thread: Mutex::new(Some(thread)),
             flusher,
         })
@@ -198,39 +375,71 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         let flusher = self.flusher.clone();
         let job: Job = Box::new(move |held| {
-            let conn = held.conn();
-            // After a failed flush nothing more is written or read here.
-            if let Some(e) = flusher.as_ref().and_then(|fl| fl.failure()) {
-                let _ = reply.send(Err(e));
-                return;
-            }
-            let before = conn.total_changes();
-            // A panic answers its caller and leaves the thread serving; the
-            // transaction guard rolls back as it unwinds.
-            let out = catch_unwind(AssertUnwindSafe(|| f(held))).unwrap_or_else(|_| {
-                // A held statement may have been left bound mid-run.
-                held.clear();
-                Err(StoreError::unavailable("SQLite write panicked"))
-            });
-            // A job that committed changes needs a flush; one that changed
-            // nothing may still have read rows whose flush is under way.
-            // The flush is asked for before the caller hears: a sender at
-            // window 1 waits for it (its ACK), and answering first lost 5 of
-            // 6 balanced pairs there (BENCHMARKS.md, issue 9, ninth pass).
-            let durable = match flusher {
-                Some(fl) if out.is_ok() => fl.durable_after(conn.total_changes() != before),
-                _ => Durable::ready(),
-            };
-            let _ = reply.send(out.map(|o| (o, durable)));
+            let _ = reply.send(execute(held, flusher.as_deref(), f));
         });
         {
             let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+            // Counted before it is sent: from here on no write runs in
+            // place ahead of it.
+            self.shared.queued.fetch_add(1, Ordering::SeqCst);
             let sent = jobs.as_ref().map(|q| q.send(job));
             if !matches!(sent, Some(Ok(()))) {
+                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
                 return Err(StoreError::Closed);
             }
         }
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`Writer::run_staged`] for a group commit of `writes` writes, run
+    /// right here on the caller's thread if the caller knows it to be
+    /// `small` (a few dozen µs of work), the server is quiet, and the
+    /// writer is idle with nothing queued (module docs). The caller's
+    /// thread (an async worker) is busy until `f` has run.
+    pub(crate) async fn run_staged_here_if_quiet<T, F>(
+        &self,
+        writes: usize,
+        small: bool,
+        f: F,
+    ) -> StoreResult<(T, Durable)>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Held<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        let quiet = self
+            .pace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .quiet(writes, std::time::Instant::now());
+        if !(quiet && small) {
+            return self.run_staged(f).await;
+        }
+        match self.try_run_here(f) {
+            Ok(out) => out,
+            Err(f) => self.run_staged(f).await,
+        }
+    }
+
+    /// Runs `f` here if the writer is idle with nothing queued; otherwise
+    /// hands `f` back.
+    fn try_run_here<T, F>(&self, f: F) -> Result<StoreResult<(T, Durable)>, F>
+    where
+        F: FnOnce(&mut Held<'_>) -> StoreResult<T>,
+    {
+        if self.stopping.load(Ordering::SeqCst) || self.shared.queued.load(Ordering::SeqCst) != 0 {
+            return Err(f);
+        }
+        let mut conn = match self.shared.conn.try_lock() {
+            Ok(conn) => conn,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(f),
+        };
+        let Some(owned) = conn.as_mut() else {
+            return Err(f);
+        };
+        let mut out = None;
+        owned.run(|held| out = Some(execute(held, self.flusher.as_deref(), f)));
+        Ok(out.expect("the job ran"))
     }
 
     /// The failed flush that stopped all writing, if one did: readiness
@@ -242,6 +451,7 @@ impl Writer {
     /// Refuses new writes, lets the queued ones finish (and flush), and
     /// waits for the thread to close its connection.
     pub(crate) async fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         drop(
             self.jobs
                 .lock()
@@ -445,8 +655,8 @@ fn sync_wal(wal: &Path, file: &mut Option<File>) -> StoreResult<()> {
 
 /// Opens the writer's connection with the pragmas the sqlx connections get.
 fn connect(opts: &WriterOptions) -> StoreResult<Connection> {
-    // The file exists (migrations created it): no CREATE. NO_MUTEX: only
-    // this thread uses the connection.
+    // The file exists (migrations created it): no CREATE. NO_MUTEX: one
+    // thread at a time uses the connection, under the writer's lock.
     let conn = Connection::open_with_flags(
         &opts.path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -515,26 +725,49 @@ pub(crate) fn immediate(conn: &Connection) -> rusqlite::Result<Transaction<'_>> 
     Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
 }
 
-/// The thread's loop: one job at a time until every sender is gone.
-fn serve(conn: Connection, queue: mpsc::Receiver<Job>) {
-    let mut held = Held::new(&conn);
+/// Runs one job on the writer's connection and gives its result, with what
+/// its caller must wait for before the result counts as durable.
+fn execute<T, F>(held: &mut Held<'_>, flusher: Option<&Flusher>, f: F) -> StoreResult<(T, Durable)>
+where
+    F: FnOnce(&mut Held<'_>) -> StoreResult<T>,
+{
+    let conn = held.conn();
+    // After a failed flush nothing more is written or read here.
+    if let Some(e) = flusher.and_then(|fl| fl.failure()) {
+        return Err(e);
+    }
+    let before = conn.total_changes();
+    // A panic answers its caller and leaves the writer serving; the
+    // transaction guard rolls back as it unwinds.
+    let out = catch_unwind(AssertUnwindSafe(|| f(held))).unwrap_or_else(|_| {
+        // A held statement may have been left bound mid-run.
+        held.clear();
+        Err(StoreError::unavailable("SQLite write panicked"))
+    });
+    // A job that committed changes needs a flush; one that changed nothing
+    // may still have read rows whose flush is under way. The flush is asked
+    // for before the caller hears: a sender at window 1 waits for it (its
+    // ACK), and answering first lost 5 of 6 balanced pairs there
+    // (BENCHMARKS.md, issue 9, ninth pass).
+    let durable = match flusher {
+        Some(fl) if out.is_ok() => fl.durable_after(conn.total_changes() != before),
+        _ => Durable::ready(),
+    };
+    out.map(|o| (o, durable))
+}
+
+/// The thread's loop: one job at a time until every sender is gone, then it
+/// closes the connection.
+fn serve(shared: &Shared, queue: mpsc::Receiver<Job>) {
     while let Ok(job) = queue.recv() {
-        job(&mut held);
-        // A job that panicked mid-transaction was rolled back as its guard
-        // dropped; should one ever leave a transaction open, end it here so
-        // the next job can begin its own.
-        if !conn.is_autocommit() {
-            tracing::error!("SQLite write left a transaction open; rolling back");
-            held.clear();
-            if let Err(e) = conn.execute_batch("ROLLBACK") {
-                tracing::error!(error = %e, "SQLite rollback failed");
-            }
+        if let Some(owned) = shared.lock().as_mut() {
+            owned.run(job);
         }
+        shared.queued.fetch_sub(1, Ordering::SeqCst);
     }
-    drop(held);
-    if let Err((_, e)) = conn.close() {
-        tracing::warn!(error = %e, "closing the SQLite writer connection failed");
-    }
+    // Taken out under the lock, so no write in place can be running on it.
+    let owned = shared.lock().take();
+    drop(owned);
 }
 
 #[cfg(test)]
@@ -759,8 +992,12 @@ mod tests {
             sync_wal(wal, file)
         });
         let w = writer_syncing_with(&dir, sync).await;
-        tokens.send(()).expect("token");
-        create_t(&w).await;
+        // CREATE TABLE changes no rows (SQLite counts none), so it asks for
+        // no flush and takes no token: a token sent for it would let the
+        // insert's flush below finish before the read looks.
+        tokio::time::timeout(Duration::from_secs(10), create_t(&w))
+            .await
+            .expect("creating the table waited for no flush");
         let count = |h: &mut Held<'_>| -> StoreResult<i64> {
             Ok(h.conn()
                 .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?)
@@ -852,5 +1089,256 @@ mod tests {
             w.transact(|_| Ok(())).await,
             Err(StoreError::Closed)
         ));
+    }
+
+    /// The name of the thread a write ran on.
+    fn thread_name() -> Option<String> {
+        std::thread::current().name().map(str::to_owned)
+    }
+
+    /// Waits until the writer thread has finished its jobs and let go of
+    /// the connection: it answers a job's caller just before that.
+    async fn wait_idle(w: &Writer) {
+        for _ in 0..10_000 {
+            let free =
+                w.shared.queued.load(Ordering::SeqCst) == 0 && w.shared.conn.try_lock().is_ok();
+            if free {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("the writer thread never went idle");
+    }
+
+    /// A job that inserts `x` and says where it ran.
+    fn insert(
+        x: i64,
+    ) -> impl FnOnce(&mut Held<'_>) -> StoreResult<Option<String>> + Send + 'static {
+        move |h: &mut Held<'_>| {
+            let tx = immediate(h.conn())?;
+            tx.execute("INSERT INTO t (x) VALUES (?)", [x])?;
+            tx.commit()?;
+            Ok(thread_name())
+        }
+    }
+
+    /// The rows of `t` in the order they were written.
+    async fn rows(w: &Writer) -> Vec<i64> {
+        w.run(|c| {
+            let mut st = c.prepare("SELECT x FROM t ORDER BY rowid")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+        .expect("read back")
+    }
+
+    /// A small write runs on its caller's thread while the writer is idle,
+    /// and waits for its flush like any other; a write that is not small,
+    /// or that finds a job queued or running, goes to the writer thread,
+    /// behind what is queued there.
+    #[tokio::test]
+    async fn a_write_runs_in_place_only_when_the_writer_is_idle() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let w = writer(&dir, true).await;
+        create_t(&w).await;
+        wait_idle(&w).await;
+
+        let (ran_on, durable) = w
+            .run_staged_here_if_quiet(1, true, insert(1))
+            .await
+            .expect("write in place");
+        assert_eq!(
+            ran_on,
+            thread_name(),
+            "an idle writer lets the caller write"
+        );
+        assert!(durable.0.is_some(), "a write in place waits for its flush");
+        durable.wait().await.expect("flushed");
+
+        // Not small: on the thread, idle or not.
+        let (ran_on, _) = w
+            .run_staged_here_if_quiet(1, false, insert(2))
+            .await
+            .expect("big write");
+        assert_eq!(ran_on.as_deref(), Some("sqlite-writer"));
+
+        // A job queued for the thread: a write goes behind it.
+        wait_idle(&w).await;
+        w.shared.queued.fetch_add(1, Ordering::SeqCst);
+        let (ran_on, _) = w
+            .run_staged_here_if_quiet(1, true, insert(3))
+            .await
+            .expect("write behind a queued job");
+        w.shared.queued.fetch_sub(1, Ordering::SeqCst);
+        assert_eq!(ran_on.as_deref(), Some("sqlite-writer"));
+
+        // Hold the writer thread with a job of its own.
+        let (started, running) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let mut blocker = Box::pin(w.run_staged(move |h| {
+            started.send(()).expect("test waits");
+            released.recv().expect("test releases");
+            insert(4)(h)
+        }));
+        assert!((&mut blocker).now_or_never().is_none());
+        running.recv().expect("the blocker runs");
+        let mut queued = Box::pin(w.run_staged_here_if_quiet(1, true, insert(5)));
+        assert!(
+            (&mut queued).now_or_never().is_none(),
+            "a write waits while the writer is busy"
+        );
+        release.send(()).expect("blocker waits");
+        blocker.await.expect("blocker");
+        let (ran_on, durable) = queued.await.expect("queued write");
+        assert_eq!(ran_on.as_deref(), Some("sqlite-writer"));
+        durable.wait().await.expect("flushed");
+
+        assert_eq!(rows(&w).await, [1, 2, 3, 4, 5], "in the order they ran");
+        w.stop().await;
+        assert!(matches!(
+            w.run_staged_here_if_quiet(1, true, insert(6)).await,
+            Err(StoreError::Closed)
+        ));
+    }
+
+    /// A write in place that panics answers its caller, is rolled back,
+    /// and leaves the writer writing, in place and on its thread.
+    #[tokio::test]
+    async fn a_panic_in_place_is_rolled_back_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let w = writer(&dir, true).await;
+        create_t(&w).await;
+        wait_idle(&w).await;
+        let (ran, ran_on) = std::sync::mpsc::channel();
+        let r = w
+            .run_staged_here_if_quiet(1, true, move |h| -> StoreResult<()> {
+                ran.send(thread_name()).expect("test listens");
+                let tx = immediate(h.conn())?;
+                tx.execute("INSERT INTO t (x) VALUES (1)", [])?;
+                panic!("job bug before the commit");
+            })
+            .await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))));
+        assert_eq!(ran_on.recv().expect("it ran"), thread_name(), "in place");
+        let (ran_on, durable) = w
+            .run_staged_here_if_quiet(1, true, insert(2))
+            .await
+            .expect("write after the panic");
+        assert_eq!(ran_on, thread_name(), "still in place");
+        durable.wait().await.expect("flushed");
+        w.run_staged(insert(3)).await.expect("write on the thread");
+        assert_eq!(
+            rows(&w).await,
+            [2, 3],
+            "the panicked insert was rolled back"
+        );
+        w.stop().await;
+    }
+
+    /// A busy server's small commits go to the thread too.
+    #[tokio::test]
+    async fn a_busy_server_commits_on_the_thread() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let w = writer(&dir, false).await;
+        create_t(&w).await;
+        wait_idle(&w).await;
+        let (ran_on, _) = w
+            .run_staged_here_if_quiet(1, true, insert(1))
+            .await
+            .expect("write");
+        assert_eq!(ran_on, thread_name(), "quiet: in place");
+        // A window that has not ended (it began in the future, so the test
+        // does not depend on timing) and is full.
+        *w.pace.lock().unwrap() = Pace {
+            window: std::time::Instant::now() + Duration::from_secs(3600),
+            this: quiet_in_one_window(),
+            last: 0,
+        };
+        let (ran_on, _) = w
+            .run_staged_here_if_quiet(1, true, insert(2))
+            .await
+            .expect("write");
+        assert_eq!(
+            ran_on.as_deref(),
+            Some("sqlite-writer"),
+            "busy: on the thread"
+        );
+        w.stop().await;
+    }
+
+    /// Writes in place and on the thread, from many tasks on two worker
+    /// threads, while the thread also runs its own jobs: every write lands
+    /// once, nothing deadlocks, and stopping waits for what is running.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_in_place_and_on_the_thread_mix_safely() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let w = Arc::new(writer(&dir, true).await);
+        create_t(&w).await;
+        let mut tasks = Vec::new();
+        for task in 0..8i64 {
+            let w = w.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut in_place = 0;
+                for i in 0..50 {
+                    let x = task * 1000 + i;
+                    let (ran_on, durable) = if i % 3 == 0 {
+                        w.run_staged(insert(x)).await
+                    } else {
+                        w.run_staged_here_if_quiet(1, true, insert(x)).await
+                    }
+                    .expect("write");
+                    durable.wait().await.expect("flushed");
+                    in_place += usize::from(ran_on.as_deref() != Some("sqlite-writer"));
+                }
+                in_place
+            }));
+        }
+        let mut in_place = 0;
+        for t in tasks {
+            in_place += t.await.expect("task");
+        }
+        let mut got = rows(&w).await;
+        got.sort_unstable();
+        let want: Vec<i64> = (0..8i64)
+            .flat_map(|t| (0..50).map(move |i| t * 1000 + i))
+            .collect();
+        assert_eq!(got, want);
+        assert!(in_place > 0, "some writes ran in place");
+        w.stop().await;
+    }
+
+    /// The pace counts the writes of the current window and the one before.
+    #[test]
+    fn the_pace_counts_two_windows() {
+        let full = quiet_in_one_window();
+        let t0 = std::time::Instant::now();
+        let mut pace = Pace::new(t0);
+        assert!(pace.quiet(full, t0));
+        assert!(!pace.quiet(1, t0), "past the limit in one window");
+        // The next window still counts the last one's writes.
+        let next = t0 + PACE_WINDOW;
+        assert!(!pace.quiet(0, next));
+        assert!(
+            pace.quiet(0, next + PACE_WINDOW),
+            "the busy window has passed"
+        );
+        assert!(pace.quiet(full, next + PACE_WINDOW));
+        // Half a window later, half a window's writes more fit: a rate over
+        // the time counted.
+        let later = next + PACE_WINDOW + PACE_WINDOW / 2;
+        assert!(pace.quiet(full / 2, later));
+        assert!(!pace.quiet(1, later));
+        // Windows stay on their grid: 2.5 windows on is the middle of one,
+        // and the busy window before it is over two windows back.
+        assert!(pace.quiet(full, later + 2 * PACE_WINDOW));
+        // After a silence longer than two windows nothing counts.
+        assert!(pace.quiet(1, later + 6 * PACE_WINDOW));
+    }
+
+    /// The writes a window may hold at the quiet rate.
+    fn quiet_in_one_window() -> usize {
+        (u128::from(QUIET_WRITES_PER_SEC) * PACE_WINDOW.as_micros() / 1_000_000) as usize
     }
 }
